@@ -1,0 +1,329 @@
+//! The schema: one struct per TOML table, with the TOML a user writes on every field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+pub use toml::Spanned;
+
+use crate::units::{ByteSize, Duration};
+
+/// `shutdown_grace` when unset: how long open tunnels may run after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `max_header_bytes` when unset.
+pub const DEFAULT_MAX_HEADER_BYTES: ByteSize = ByteSize(32 * 1024);
+/// `handshake_timeout` when unset.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `connect_timeout` when unset.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `idle_timeout` when unset.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `max_fails` when unset (as nginx).
+pub const DEFAULT_MAX_FAILS: u32 = 1;
+/// `fail_timeout` when unset (as nginx).
+pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+/// `connect_attempts` when unset.
+pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
+/// `keepalive` when unset: idle upstream connections kept per server.
+pub const DEFAULT_KEEPALIVE: usize = 32;
+/// `keepalive_timeout` when unset.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `timeout` of a plugin call when unset.
+pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration(std::time::Duration::from_millis(5));
+/// `max_memory` of a plugin instance when unset.
+pub const DEFAULT_PLUGIN_MAX_MEMORY: ByteSize = ByteSize(16 << 20);
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How long open tunnels may keep running after SIGTERM/SIGINT before they are closed.
+    /// `shutdown_grace = "30s"`
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Duration,
+    /// Threads that run connections; defaults to the number of CPUs.
+    /// `worker_threads = 2`
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
+    /// The admin HTTP endpoint (`/healthz`, `/readyz`). Off when absent.
+    /// `[admin]`
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// `[[listener]]` tables: where airlock accepts connections.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<Listener>,
+    /// `[[route]]` tables: which requests go where, matched by host and path.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Route>,
+    /// `[upstream.NAME]` tables: pools of backend servers.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// `[plugin.NAME]` tables: WebAssembly handshake plugins.
+    #[serde(default, rename = "plugin")]
+    pub plugins: BTreeMap<String, Plugin>,
+}
+
+fn default_shutdown_grace() -> Duration {
+    DEFAULT_SHUTDOWN_GRACE
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `bind = "127.0.0.1:9900"`; port 0 picks a free port (logged at start).
+    pub bind: Spanned<BindAddr>,
+}
+
+/// `[[listener]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `name = "public"`; unique among listeners.
+    pub name: Spanned<String>,
+    /// `bind = "0.0.0.0:8080"`; port 0 picks a free port (logged at start).
+    pub bind: Spanned<BindAddr>,
+    /// Peers whose `X-Forwarded-*` headers are believed and appended to.
+    /// `trusted_proxies = ["10.0.0.0/8", "192.168.1.7"]`
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Largest request head accepted; larger heads get 431.
+    /// `max_header_bytes = "32KiB"`
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+    /// Time allowed for a complete request head; a partial head gets 408 after it.
+    /// `handshake_timeout = "10s"`
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Duration,
+}
+
+fn default_max_header_bytes() -> ByteSize {
+    DEFAULT_MAX_HEADER_BYTES
+}
+fn default_handshake_timeout() -> Duration {
+    DEFAULT_HANDSHAKE_TIMEOUT
+}
+
+/// `[[route]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// `name = "chat"`; unique among routes; appears in logs.
+    pub name: Spanned<String>,
+    /// Only on these listeners; all listeners when absent. `listeners = ["public"]`
+    #[serde(default)]
+    pub listeners: Option<Vec<Spanned<String>>>,
+    /// `host = "chat.example.com"` or `host = "*.example.com"`; any host when absent.
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    /// `path_prefix = "/ws"`: paths that start with these characters.
+    #[serde(default)]
+    pub path_prefix: Option<Spanned<String>>,
+    /// `path_exact = "/ws"`: only this path.
+    #[serde(default)]
+    pub path_exact: Option<Spanned<String>>,
+    /// `path_regex = "^/rooms/[0-9]+$"`: paths the regex matches.
+    #[serde(default)]
+    pub path_regex: Option<Spanned<String>>,
+    /// `upstream = "chat"`: the `[upstream.NAME]` pool requests go to.
+    pub upstream: Spanned<String>,
+    /// `plugins = ["origin", "auth"]`: handshake plugins, run in this order.
+    #[serde(default)]
+    pub plugins: Vec<Spanned<String>>,
+    /// `strip_prefix = "/ws"`: removed from the start of the path before forwarding.
+    #[serde(default)]
+    pub strip_prefix: Option<Spanned<String>>,
+    /// `connect_timeout = "5s"`: time allowed to connect to one upstream server.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// `idle_timeout = "1h"`: a tunnel with no bytes either way for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// `max_lifetime = "24h"`: a tunnel is closed after this long whatever it does.
+    #[serde(default)]
+    pub max_lifetime: Option<Duration>,
+}
+
+fn default_connect_timeout() -> Duration {
+    DEFAULT_CONNECT_TIMEOUT
+}
+fn default_idle_timeout() -> Duration {
+    DEFAULT_IDLE_TIMEOUT
+}
+
+/// How a pool picks a server. `balance = "round_robin"`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each server in turn, in proportion to its weight.
+    #[default]
+    RoundRobin,
+    /// The server with the fewest live tunnels and in-flight requests per unit of weight.
+    LeastConn,
+}
+
+/// `[upstream.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `servers = ["127.0.0.1:9001", { addr = "backend:9002", weight = 2 }]`
+    pub servers: Spanned<Vec<Spanned<Server>>>,
+    /// `balance = "round_robin"` or `"least_conn"`.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Connect failures within `fail_timeout` that take a server out of rotation.
+    /// `max_fails = 1`; 0 disables passive health.
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    /// Window for counting failures, and how long a failed server stays out.
+    /// `fail_timeout = "10s"`
+    #[serde(default = "default_fail_timeout")]
+    pub fail_timeout: Duration,
+    /// Servers tried for one request when connecting fails. `connect_attempts = 3`
+    #[serde(default = "default_connect_attempts")]
+    pub connect_attempts: u32,
+    /// Idle keep-alive connections kept per server for plain HTTP. `keepalive = 32`
+    #[serde(default = "default_keepalive")]
+    pub keepalive: usize,
+    /// How long an idle keep-alive connection is kept. `keepalive_timeout = "60s"`
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: Duration,
+}
+
+fn default_max_fails() -> u32 {
+    DEFAULT_MAX_FAILS
+}
+fn default_fail_timeout() -> Duration {
+    DEFAULT_FAIL_TIMEOUT
+}
+fn default_connect_attempts() -> u32 {
+    DEFAULT_CONNECT_ATTEMPTS
+}
+fn default_keepalive() -> usize {
+    DEFAULT_KEEPALIVE
+}
+fn default_keepalive_timeout() -> Duration {
+    DEFAULT_KEEPALIVE_TIMEOUT
+}
+
+/// One upstream server: `"host:port"` or `{ addr = "host:port", weight = 2 }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// `"10.0.0.5:9001"` or `"backend.internal:9001"` (resolved at connect time).
+    pub addr: String,
+    /// Relative share of traffic; at least 1. Default 1.
+    pub weight: u32,
+}
+
+impl<'de> Deserialize<'de> for Server {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            addr: String,
+            #[serde(default = "one")]
+            weight: u32,
+        }
+        fn one() -> u32 {
+            1
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Server;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#"a server "host:port" or a table { addr = "host:port", weight = N }"#)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Server, E> {
+                Ok(Server {
+                    addr: s.to_string(),
+                    weight: 1,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Server, A::Error> {
+                let t = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Server {
+                    addr: t.addr,
+                    weight: t.weight,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What happens to a handshake when a plugin fails (traps, times out, runs out of memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Reject the handshake with 503.
+    #[default]
+    Deny,
+    /// Let the handshake through as if the plugin had allowed it unchanged.
+    Allow,
+}
+
+/// `[plugin.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugin {
+    /// `wasm = "plugins/origin_allowlist.wasm"`, relative to the config file.
+    pub wasm: Spanned<String>,
+    /// `config = { allow = ["https://app.example.com"] }`: handed to the plugin as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// `timeout = "5ms"`: deadline for one call into the plugin.
+    #[serde(default = "default_plugin_timeout")]
+    pub timeout: Duration,
+    /// `max_memory = "16MiB"`: linear memory one instance may grow to.
+    #[serde(default = "default_plugin_max_memory")]
+    pub max_memory: ByteSize,
+    /// `on_error = "deny"` (503) or `"allow"`.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// `instances = 16`: warm instances kept for reuse.
+    #[serde(default)]
+    pub instances: Option<Spanned<usize>>,
+}
+
+fn default_plugin_timeout() -> Duration {
+    DEFAULT_PLUGIN_TIMEOUT
+}
+fn default_plugin_max_memory() -> ByteSize {
+    DEFAULT_PLUGIN_MAX_MEMORY
+}
+
+/// A listening address: `"0.0.0.0:8080"`, `"[::]:8443"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindAddr(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for BindAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(BindAddr).map_err(|_| {
+            de::Error::custom(format!(
+                r#"invalid address "{s}"; write an IP address and port, like "0.0.0.0:8080", "127.0.0.1:0" or "[::]:8080""#
+            ))
+        })
+    }
+}
+
+/// An IP network or single address: `"10.0.0.0/8"`, `"192.168.1.7"`, `"::1"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub IpNet);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse::<IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map(Cidr)
+            .map_err(|_| {
+                de::Error::custom(format!(
+                    r#"invalid network "{s}"; write an address or CIDR block, like "10.0.0.0/8" or "192.168.1.7""#
+                ))
+            })
+    }
+}

@@ -1,0 +1,310 @@
+//! Cross-checks that serde cannot express: uniqueness, references between tables, and the
+//! shape of strings (hosts, paths, regexes, server addresses).
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+
+use crate::model::{Config, Route, Spanned};
+
+pub(crate) struct Problem {
+    pub span: Option<Range<usize>>,
+    pub message: String,
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn at<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.0.push(Problem {
+            span: Some(at.span()),
+            message: message.into(),
+        });
+    }
+    fn whole_file(&mut self, message: impl Into<String>) {
+        self.0.push(Problem {
+            span: None,
+            message: message.into(),
+        });
+    }
+}
+
+pub(crate) fn validate(config: &Config) -> Vec<Problem> {
+    let mut p = Problems::default();
+    check_listeners(config, &mut p);
+    for route in &config.routes {
+        check_route(config, route, &mut p);
+    }
+    check_unique(config.routes.iter().map(|r| &r.name), "route", &mut p);
+    check_upstreams(config, &mut p);
+    check_plugins(config, &mut p);
+    if config.worker_threads == Some(0) {
+        p.whole_file("`worker_threads` must be at least 1");
+    }
+    p.0
+}
+
+fn check_unique<'a>(
+    names: impl Iterator<Item = &'a Spanned<String>>,
+    what: &str,
+    p: &mut Problems,
+) {
+    let mut seen = BTreeSet::new();
+    for name in names {
+        if name.get_ref().is_empty() {
+            p.at(name, format!("{what} name must not be empty"));
+        } else if !seen.insert(name.get_ref().as_str()) {
+            p.at(
+                name,
+                format!(
+                    "duplicate {what} name `{}`; {what} names must be unique",
+                    name.get_ref()
+                ),
+            );
+        }
+    }
+}
+
+fn check_listeners(config: &Config, p: &mut Problems) {
+    if config.listeners.is_empty() {
+        p.whole_file(
+            "no listeners: add at least one [[listener]] table with a `name` and a `bind` address",
+        );
+    }
+    check_unique(config.listeners.iter().map(|l| &l.name), "listener", p);
+    let mut binds = HashMap::new();
+    for l in &config.listeners {
+        let addr = l.bind.get_ref().0;
+        // Port 0 asks the OS for a fresh port each time, so two of them never collide.
+        if addr.port() == 0 {
+            continue;
+        }
+        if let Some(other) = binds.insert(addr, l.name.get_ref().as_str()) {
+            p.at(
+                &l.bind,
+                format!(
+                    "listener `{}` binds {addr}, which listener `{other}` already binds",
+                    l.name.get_ref()
+                ),
+            );
+        }
+    }
+    if let Some(admin) = &config.admin {
+        let addr = admin.bind.get_ref().0;
+        if let Some(other) = binds.get(&addr).filter(|_| addr.port() != 0) {
+            p.at(
+                &admin.bind,
+                format!("admin binds {addr}, which listener `{other}` already binds"),
+            );
+        }
+    }
+}
+
+fn names<T>(map: &std::collections::BTreeMap<String, T>) -> String {
+    if map.is_empty() {
+        "none are defined".to_string()
+    } else {
+        let list: Vec<_> = map.keys().map(|k| format!("`{k}`")).collect();
+        format!("defined: {}", list.join(", "))
+    }
+}
+
+fn check_route(config: &Config, route: &Route, p: &mut Problems) {
+    let name = route.name.get_ref();
+    if !config.upstreams.contains_key(route.upstream.get_ref()) {
+        p.at(
+            &route.upstream,
+            format!(
+                "route `{name}` uses upstream `{}`, which is not defined ({}); add an [upstream.{}] table",
+                route.upstream.get_ref(),
+                names(&config.upstreams),
+                route.upstream.get_ref()
+            ),
+        );
+    }
+    for plugin in &route.plugins {
+        if !config.plugins.contains_key(plugin.get_ref()) {
+            p.at(
+                plugin,
+                format!(
+                    "route `{name}` uses plugin `{}`, which is not defined ({}); add a [plugin.{}] table",
+                    plugin.get_ref(),
+                    names(&config.plugins),
+                    plugin.get_ref()
+                ),
+            );
+        }
+    }
+    if let Some(listeners) = &route.listeners {
+        for l in listeners {
+            if !config
+                .listeners
+                .iter()
+                .any(|x| x.name.get_ref() == l.get_ref())
+            {
+                p.at(
+                    l,
+                    format!(
+                        "route `{name}` names listener `{}`, which is not defined",
+                        l.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(host) = &route.host {
+        check_host(host, p);
+    }
+    let matchers = [&route.path_exact, &route.path_prefix, &route.path_regex];
+    let mut given = matchers.iter().filter_map(|m| m.as_ref());
+    if let (Some(_), Some(second)) = (given.next(), given.next()) {
+        p.at(
+            second,
+            format!("route `{name}` has more than one of `path_exact`, `path_prefix` and `path_regex`; keep one"),
+        );
+    }
+    for (key, value) in [
+        ("path_exact", &route.path_exact),
+        ("path_prefix", &route.path_prefix),
+        ("strip_prefix", &route.strip_prefix),
+    ] {
+        if let Some(v) = value
+            && !v.get_ref().starts_with('/')
+        {
+            p.at(v, format!("`{key}` must start with \"/\", like \"/ws\""));
+        }
+    }
+    if let Some(re) = &route.path_regex
+        && let Err(e) = regex::Regex::new(re.get_ref())
+    {
+        let detail = e.to_string();
+        let detail = detail.lines().last().unwrap_or_default().trim();
+        let detail = detail.strip_prefix("error: ").unwrap_or(detail);
+        p.at(
+            re,
+            format!("`path_regex` is not a valid regular expression: {detail}"),
+        );
+    }
+    if route.idle_timeout.get().is_zero() {
+        p.whole_file(format!(
+            "route `{name}`: `idle_timeout` must be greater than zero"
+        ));
+    }
+    if route.connect_timeout.get().is_zero() {
+        p.whole_file(format!(
+            "route `{name}`: `connect_timeout` must be greater than zero"
+        ));
+    }
+}
+
+fn check_host(host: &Spanned<String>, p: &mut Problems) {
+    let h = host.get_ref();
+    let bare = h.strip_prefix("*.").unwrap_or(h);
+    let ok = !bare.is_empty()
+        && bare.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !ok {
+        p.at(
+            host,
+            format!(
+                r#"invalid host "{h}"; write a host name like "chat.example.com", or "*.example.com" for its subdomains (no port, no other wildcards)"#
+            ),
+        );
+    }
+}
+
+fn check_upstreams(config: &Config, p: &mut Problems) {
+    for (name, up) in &config.upstreams {
+        if up.servers.get_ref().is_empty() {
+            p.at(
+                &up.servers,
+                format!("upstream `{name}` has no servers; list at least one \"host:port\""),
+            );
+        }
+        for server in up.servers.get_ref() {
+            let s = server.get_ref();
+            if !valid_server_addr(&s.addr) {
+                p.at(
+                    server,
+                    format!(
+                        r#"invalid server address "{}" in upstream `{name}`; write host and port, like "127.0.0.1:9001" or "backend.internal:9001""#,
+                        s.addr
+                    ),
+                );
+            }
+            if s.weight == 0 {
+                p.at(
+                    server,
+                    format!(
+                        "server \"{}\" in upstream `{name}` has weight 0; weights start at 1",
+                        s.addr
+                    ),
+                );
+            }
+        }
+        if up.connect_attempts == 0 {
+            p.at(
+                &up.servers,
+                format!("upstream `{name}`: `connect_attempts` must be at least 1"),
+            );
+        }
+    }
+}
+
+fn valid_server_addr(addr: &str) -> bool {
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            port.parse::<u16>().is_ok_and(|p| p != 0)
+                && !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }
+        None => false,
+    }
+}
+
+fn check_plugins(config: &Config, p: &mut Problems) {
+    for (name, plugin) in &config.plugins {
+        if plugin.wasm.get_ref().is_empty() {
+            p.at(
+                &plugin.wasm,
+                format!("plugin `{name}`: `wasm` must name a .wasm file"),
+            );
+        }
+        if let Some(n) = &plugin.instances
+            && *n.get_ref() == 0
+        {
+            p.at(
+                n,
+                format!("plugin `{name}`: `instances` must be at least 1"),
+            );
+        }
+        if plugin.timeout.get().is_zero() {
+            p.at(
+                &plugin.wasm,
+                format!("plugin `{name}`: `timeout` must be greater than zero"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_server_addr;
+
+    #[test]
+    fn server_addresses() {
+        assert!(valid_server_addr("127.0.0.1:9001"));
+        assert!(valid_server_addr("[::1]:9001"));
+        assert!(valid_server_addr("backend.internal:80"));
+        assert!(!valid_server_addr("backend.internal"));
+        assert!(!valid_server_addr("backend:0"));
+        assert!(!valid_server_addr(":80"));
+        assert!(!valid_server_addr("http://backend:80"));
+    }
+}
