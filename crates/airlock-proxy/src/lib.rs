@@ -1,1 +1,249 @@
+//! airlock's data plane: listeners, routing, HTTP/1.1 forwarding, upgrades and the byte
+//! tunnel, upstream pools with balancing and passive health, the admin endpoint and
+//! graceful shutdown.
+//!
+//! Not here: parsing configuration (`airlock-config`), logging setup
+//! (`airlock-telemetry`), the command line (`airlock`).
+//!
+//! Use: [`Plan::build`] checks a configuration without touching the network,
+//! [`Plan::bind`] binds every socket, [`Bound::start`] starts serving and returns a
+//! [`Running`] handle for shutdown.
 
+#![forbid(unsafe_code)]
+
+mod access_log;
+mod admin;
+mod body;
+mod drain;
+mod error;
+mod forwarded;
+mod handler;
+mod headers;
+mod http_forward;
+pub mod route;
+mod serve;
+pub mod tunnel;
+mod upgrade;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_config::LoadedConfig;
+use tokio::net::TcpListener;
+
+pub use error::{ErrorSource, ProxyError};
+
+use drain::Drain;
+use forwarded::TrustedProxies;
+use handler::ListenerCtx;
+use route::{HostMatch, PathMatch, Route, Router};
+use upstream::Pool;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "route `{route}` lists plugins, but this build of airlock cannot run Wasm plugins yet; \
+         remove `plugins` from the route (running the route without its policy would be unsafe)"
+    )]
+    PluginsUnsupported { route: String },
+    #[error("cannot bind listener `{listener}` to {addr}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A configuration turned into runtime objects, not yet bound to any socket.
+pub struct Plan {
+    listeners: Vec<(ListenerCtx, SocketAddr)>,
+    admin: Option<SocketAddr>,
+    shutdown_grace: Duration,
+}
+
+impl Plan {
+    /// Build everything the configuration describes, without touching the network.
+    pub fn build(loaded: &LoadedConfig) -> Result<Self, StartError> {
+        let config = &loaded.config;
+        if let Some(route) = config.routes.iter().find(|r| !r.plugins.is_empty()) {
+            return Err(StartError::PluginsUnsupported {
+                route: route.name.get_ref().clone(),
+            });
+        }
+        let pools: HashMap<&str, Arc<Pool>> = config
+            .upstreams
+            .iter()
+            .map(|(name, up)| (name.as_str(), Arc::new(Pool::from_config(name, up))))
+            .collect();
+        let routes: Vec<(Option<Vec<String>>, Arc<Route>)> = config
+            .routes
+            .iter()
+            .map(|r| {
+                let only = r
+                    .listeners
+                    .as_ref()
+                    .map(|l| l.iter().map(|n| n.get_ref().clone()).collect());
+                (only, Arc::new(build_route(r, &pools)))
+            })
+            .collect();
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let name = l.name.get_ref();
+                let mine = routes
+                    .iter()
+                    .filter(|(only, _)| only.as_ref().is_none_or(|o| o.contains(name)))
+                    .map(|(_, r)| r.clone())
+                    .collect();
+                let ctx = ListenerCtx {
+                    name: name.as_str().into(),
+                    router: Router::new(mine),
+                    trusted: TrustedProxies::new(l.trusted_proxies.iter().map(|c| c.0).collect()),
+                    max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX),
+                    handshake_timeout: l.handshake_timeout.get(),
+                };
+                (ctx, l.bind.get_ref().0)
+            })
+            .collect();
+        Ok(Self {
+            listeners,
+            admin: config.admin.as_ref().map(|a| a.bind.get_ref().0),
+            shutdown_grace: config.shutdown_grace.get(),
+        })
+    }
+
+    /// Bind every listener and the admin endpoint. Nothing is served until `start`.
+    pub async fn bind(self) -> Result<Bound, StartError> {
+        let mut listeners = Vec::new();
+        for (ctx, addr) in self.listeners {
+            let socket = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    listener: ctx.name.to_string(),
+                    addr,
+                    source,
+                })?;
+            listeners.push((Arc::new(ctx), socket));
+        }
+        let admin = match self.admin {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            listener: "admin".into(),
+                            addr,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        Ok(Bound {
+            listeners,
+            admin,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+fn build_route(r: &airlock_config::Route, pools: &HashMap<&str, Arc<Pool>>) -> Route {
+    let path = if let Some(p) = &r.path_exact {
+        PathMatch::Exact(p.get_ref().clone())
+    } else if let Some(p) = &r.path_prefix {
+        PathMatch::Prefix(p.get_ref().clone())
+    } else if let Some(p) = &r.path_regex {
+        PathMatch::Regex(regex::Regex::new(p.get_ref()).expect("validated by airlock-config"))
+    } else {
+        PathMatch::Prefix("/".into())
+    };
+    Route {
+        name: r.name.get_ref().as_str().into(),
+        host: HostMatch::parse(r.host.as_ref().map(|h| h.get_ref().as_str())),
+        path,
+        pool: pools[r.upstream.get_ref().as_str()].clone(),
+        strip_prefix: r.strip_prefix.as_ref().map(|s| s.get_ref().clone()),
+        connect_timeout: r.connect_timeout.get(),
+        idle_timeout: r.idle_timeout.get(),
+        max_lifetime: r.max_lifetime.map(|d| d.get()),
+    }
+}
+
+/// Sockets bound and ready to serve.
+pub struct Bound {
+    listeners: Vec<(Arc<ListenerCtx>, TcpListener)>,
+    admin: Option<TcpListener>,
+    shutdown_grace: Duration,
+}
+
+impl Bound {
+    /// Each listener's name and the address it actually bound (port 0 resolved).
+    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(ctx, l)| Some((ctx.name.to_string(), l.local_addr().ok()?)))
+            .collect()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Start serving on the current Tokio runtime.
+    pub fn start(self) -> Running {
+        let drain = Drain::default();
+        for (name, addr) in self.listener_addrs() {
+            tracing::info!(listener = name, addr = %addr, "listening");
+        }
+        if let Some(admin) = self.admin {
+            if let Ok(addr) = admin.local_addr() {
+                tracing::info!(addr = %addr, "admin listening");
+            }
+            tokio::spawn(admin::serve(admin, drain.clone()));
+        }
+        for (ctx, listener) in self.listeners {
+            tokio::spawn(serve::accept_loop(listener, ctx, drain.clone()));
+        }
+        drain.set_ready();
+        Running {
+            drain,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+/// A serving proxy.
+pub struct Running {
+    drain: Drain,
+    pub shutdown_grace: Duration,
+}
+
+impl Running {
+    /// Stop accepting, report not-ready, close idle connections, let in-flight requests
+    /// and open tunnels continue.
+    pub fn begin_shutdown(&self) {
+        self.drain.stopping.cancel();
+        self.drain.tasks.close();
+    }
+
+    /// Close every tunnel and connection that is still open.
+    pub fn force_close(&self) {
+        self.drain.force.cancel();
+    }
+
+    /// Resolves when every connection and tunnel has ended (after `begin_shutdown`).
+    pub async fn drained(&self) {
+        self.drain.tasks.wait().await;
+    }
+
+    /// Connections and tunnels still open.
+    pub fn open_tasks(&self) -> usize {
+        self.drain.tasks.len()
+    }
+}

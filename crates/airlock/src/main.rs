@@ -1,1 +1,144 @@
-fn main() {}
+//! The `airlock` command: parse and validate configuration, build the proxy, serve until a
+//! signal, drain with a grace period. Everything else lives in the library crates.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod demo;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+
+use cli::{Cli, Command};
+
+/// EX_USAGE from sysexits.h: the configuration (or command line) is wrong.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_filter = cli.log.clone();
+    if let Err(e) = airlock_telemetry::init(log_filter.as_deref(), cli.log_format.into()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match cli.command {
+        Command::Check { config } => match load(&config) {
+            Ok(loaded) => {
+                let c = &loaded.config;
+                println!(
+                    "{}: OK ({} listeners, {} routes, {} upstreams, {} plugins)",
+                    config.display(),
+                    c.listeners.len(),
+                    c.routes.len(),
+                    c.upstreams.len(),
+                    c.plugins.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run { config } => match load(&config) {
+            Ok(loaded) => serve(loaded, None),
+            Err(code) => code,
+        },
+        Command::Demo(args) => match demo::prepare(&args) {
+            Ok((loaded, upstream)) => serve(loaded, Some(upstream)),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Parse, validate and build (without binding) so that every config error is reported
+/// before anything starts.
+fn load(path: &std::path::Path) -> Result<airlock_config::LoadedConfig, ExitCode> {
+    let loaded = airlock_config::load_file(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    airlock_proxy::Plan::build(&loaded).map_err(|e| {
+        eprintln!("error: {}: {e}", path.display());
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    Ok(loaded)
+}
+
+fn serve(loaded: airlock_config::LoadedConfig, demo: Option<demo::Upstream>) -> ExitCode {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("airlock-worker");
+    if let Some(n) = loaded.config.worker_threads {
+        runtime.worker_threads(n);
+    }
+    let result = runtime
+        .build()
+        .context("cannot start the Tokio runtime")
+        .and_then(|rt| rt.block_on(run(loaded, demo)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(
+    loaded: airlock_config::LoadedConfig,
+    demo: Option<demo::Upstream>,
+) -> anyhow::Result<()> {
+    let plan = airlock_proxy::Plan::build(&loaded)?;
+    let bound = plan.bind().await?;
+    if let Some(demo) = demo {
+        demo.start(&bound)?;
+    }
+    let running = bound.start();
+
+    let mut signals = Signals::new()?;
+    let first = signals.next().await;
+    tracing::info!(
+        signal = first,
+        grace = ?running.shutdown_grace,
+        open = running.open_tasks(),
+        "shutting down: no new connections; open tunnels may finish within the grace period"
+    );
+    running.begin_shutdown();
+    tokio::select! {
+        _ = running.drained() => tracing::info!("all connections closed; exiting"),
+        _ = tokio::time::sleep(running.shutdown_grace) => {
+            tracing::info!(open = running.open_tasks(), "grace period over; closing what is left");
+            running.force_close();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), running.drained()).await;
+        }
+        second = signals.next() => {
+            tracing::warn!(signal = second, open = running.open_tasks(), "second signal; exiting now");
+        }
+    }
+    Ok(())
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The access log: one line per request or handshake, one per tunnel close, at info level
+//! under the `airlock::access` target. Query strings are never logged (they carry tokens).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::tunnel::Outcome;
+
+pub const TARGET: &str = "airlock::access";
+
+/// Facts about one request, filled in as its phases run.
+pub struct RequestLog {
+    started: Instant,
+    pub method: http::Method,
+    pub path: String,
+    pub client: SocketAddr,
+    pub route: Option<std::sync::Arc<str>>,
+    pub upstream: Option<std::sync::Arc<str>>,
+    pub server: Option<std::sync::Arc<str>>,
+    pub upgrade: bool,
+    pub connect_time: Option<Duration>,
+    pub header_time: Option<Duration>,
+    pub error: Option<(&'static str, String)>,
+}
+
+impl RequestLog {
+    pub fn new(req: &http::Request<hyper::body::Incoming>, client: SocketAddr) -> Self {
+        Self {
+            started: Instant::now(),
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            client,
+            route: None,
+            upstream: None,
+            server: None,
+            upgrade: false,
+            connect_time: None,
+            header_time: None,
+            error: None,
+        }
+    }
+
+    pub fn emit(&self, status: http::StatusCode) {
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        tracing::info!(
+            target: TARGET,
+            event = "request",
+            http.request.method = %self.method,
+            url.path = %self.path,
+            client.address = %self.client.ip(),
+            route = self.route.as_deref(),
+            upstream = self.upstream.as_deref(),
+            upstream.server = self.server.as_deref(),
+            upgrade = self.upgrade,
+            http.response.status_code = status.as_u16(),
+            connect_ms = ms(self.connect_time),
+            upstream_header_ms = ms(self.header_time),
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            error.source = self.error.as_ref().map(|e| e.0),
+            error.message = self.error.as_ref().map(|e| e.1.as_str()),
+        );
+    }
+}
+
+/// Facts about a tunnel, logged when it closes.
+pub fn tunnel_closed(route: &str, server: &str, client: SocketAddr, outcome: &Outcome) {
+    tracing::info!(
+        target: TARGET,
+        event = "tunnel_close",
+        route,
+        upstream.server = server,
+        client.address = %client.ip(),
+        duration_ms = outcome.duration.as_secs_f64() * 1000.0,
+        bytes_from_client = outcome.client_to_upstream,
+        bytes_from_upstream = outcome.upstream_to_client,
+        closed_by = outcome.closed_by.as_str(),
+        reason = %outcome.reason,
+    );
+}
+
+/// A request that never reached a handler: its head was malformed, too large or too slow.
+pub fn rejected_head(client: SocketAddr, status: http::StatusCode, reason: &dyn std::fmt::Display) {
+    tracing::info!(
+        target: TARGET,
+        event = "request",
+        client.address = %client.ip(),
+        http.response.status_code = status.as_u16(),
+        error.source = "client",
+        error.message = %reason,
+    );
+}

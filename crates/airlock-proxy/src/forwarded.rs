@@ -1,0 +1,182 @@
+//! `X-Forwarded-*` and `X-Real-IP`: set from the real peer, believed only from trusted peers.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// The peers whose forwarding headers are believed.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Self(nets)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// What the proxy knows about the hop it received the request on.
+pub struct Hop<'a> {
+    pub peer: IpAddr,
+    pub proto: &'static str,
+    pub host: Option<&'a HeaderValue>,
+    pub port: u16,
+}
+
+/// Rewrite the forwarding headers in place and return the client's address: the peer, or
+/// when the peer is trusted, the nearest untrusted address in `X-Forwarded-For`.
+pub fn apply(headers: &mut HeaderMap, hop: &Hop<'_>, trusted: &TrustedProxies) -> IpAddr {
+    let peer = hop.peer.to_canonical();
+    if !trusted.contains(peer) {
+        for name in [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &X_FORWARDED_PORT,
+            &X_REAL_IP,
+            &FORWARDED,
+        ] {
+            headers.remove(name);
+        }
+        headers.insert(X_FORWARDED_FOR.clone(), ip_value(peer));
+        headers.insert(X_REAL_IP.clone(), ip_value(peer));
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(hop.proto),
+        );
+        if let Some(host) = hop.host {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(hop.port));
+        return peer;
+    }
+
+    // A trusted peer: keep what it says, append it to the chain, and find the client.
+    let prior: Vec<String> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let client = prior
+        .iter()
+        .rev()
+        .filter_map(|s| s.parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
+        .find(|ip| !trusted.contains(*ip))
+        .unwrap_or(peer);
+    let mut chain = prior.join(", ");
+    if !chain.is_empty() {
+        chain.push_str(", ");
+    }
+    chain.push_str(&peer.to_string());
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_REAL_IP.clone(), ip_value(client));
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(hop.proto),
+        );
+    }
+    if let Some(host) = hop.host
+        && !headers.contains_key(&X_FORWARDED_HOST)
+    {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+    if !headers.contains_key(&X_FORWARDED_PORT) {
+        headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(hop.port));
+    }
+    client
+}
+
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(peer: &str) -> Hop<'static> {
+        static HOST: HeaderValue = HeaderValue::from_static("chat.example.com");
+        Hop {
+            peer: peer.parse().unwrap(),
+            proto: "http",
+            host: Some(&HOST),
+            port: 8080,
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    fn get<'a>(h: &'a HeaderMap, k: &str) -> &'a str {
+        h.get(k).unwrap().to_str().unwrap()
+    }
+
+    #[test]
+    fn untrusted_peer_replaces_everything() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        let client = apply(&mut h, &hop("203.0.113.9"), &TrustedProxies::default());
+        assert_eq!(client.to_string(), "203.0.113.9");
+        assert_eq!(get(&h, "x-forwarded-for"), "203.0.113.9");
+        assert_eq!(get(&h, "x-real-ip"), "203.0.113.9");
+        assert_eq!(get(&h, "x-forwarded-proto"), "http");
+        assert_eq!(get(&h, "x-forwarded-host"), "chat.example.com");
+        assert_eq!(get(&h, "x-forwarded-port"), "8080");
+        assert!(h.get("forwarded").is_none());
+    }
+
+    #[test]
+    fn trusted_peer_is_appended_and_client_found() {
+        let trusted = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let mut h = headers(&[
+            ("x-forwarded-for", "198.51.100.1, 203.0.113.9, 10.1.1.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let client = apply(&mut h, &hop("10.0.0.2"), &trusted);
+        assert_eq!(client.to_string(), "203.0.113.9");
+        assert_eq!(
+            get(&h, "x-forwarded-for"),
+            "198.51.100.1, 203.0.113.9, 10.1.1.1, 10.0.0.2"
+        );
+        assert_eq!(get(&h, "x-real-ip"), "203.0.113.9");
+        assert_eq!(get(&h, "x-forwarded-proto"), "https");
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_match_ipv4_networks() {
+        let trusted = TrustedProxies::new(vec!["127.0.0.1/32".parse().unwrap()]);
+        assert!(trusted.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!trusted.contains("::1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,104 @@
+//! Hop-by-hop header rules (RFC 9110 §7.6.1) and upgrade detection (RFC 9110 §7.8).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
+/// obsolete ones proxies still see in the wild.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Whether `Connection` lists `token` (case-insensitive, comma-separated, any number of
+/// `Connection` lines).
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to: `Upgrade` is present and
+/// `Connection` names `upgrade`. Any protocol token counts, not only `websocket`.
+pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
+    let value = headers.get(header::UPGRADE)?;
+    connection_has(headers, "upgrade").then(|| value.clone())
+}
+
+/// Remove every hop-by-hop header, including those the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// After removing hop-by-hop headers, put back the pair an upgrade needs.
+pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn detects_upgrade_only_with_both_headers() {
+        let h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(upgrade_request(&h).unwrap(), "websocket");
+        let h = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "upgrade"),
+            ("upgrade", "h2c"),
+        ]);
+        assert_eq!(upgrade_request(&h).unwrap(), "h2c");
+        assert!(upgrade_request(&map(&[("upgrade", "websocket")])).is_none());
+        assert!(upgrade_request(&map(&[("connection", "upgrade")])).is_none());
+        assert!(upgrade_request(&map(&[("connection", "upgraded"), ("upgrade", "x")])).is_none());
+    }
+
+    #[test]
+    fn removes_standard_and_connection_named_headers() {
+        let mut h = map(&[
+            ("connection", "close, X-Secret-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "abc"),
+            ("cookie", "a=b"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["sec-websocket-key", "cookie"]);
+    }
+}

@@ -1,0 +1,301 @@
+//! A bidirectional byte relay between two connected sockets: what an HTTP upgrade turns a
+//! connection into (RFC 9110 §7.8). It knows nothing about HTTP.
+//!
+//! An idle tunnel holds no data buffers: each direction waits for readiness, reads into a
+//! stack buffer and writes straight through. Only when the destination cannot take all of
+//! it are the leftover bytes copied to the heap, and that copy is freed as soon as it is
+//! written. Half-close is propagated: when one side finishes sending, the other side's
+//! write half is shut down and the opposite direction keeps flowing.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+/// Bytes read per system call.
+const CHUNK: usize = 16 * 1024;
+
+/// When a tunnel gives up on its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Close after this long with no bytes in either direction.
+    pub idle_timeout: Duration,
+    /// Close after this long whatever happens.
+    pub max_lifetime: Option<Duration>,
+}
+
+/// Which end of the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    /// The proxy itself ended the tunnel (a timeout or shutdown).
+    Proxy,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Upstream => "upstream",
+            Self::Proxy => "proxy",
+        }
+    }
+}
+
+/// Why a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both sides finished sending; `closed_by` finished first.
+    Closed,
+    /// A socket error on the side in `closed_by`.
+    Error(io::ErrorKind),
+    IdleTimeout,
+    MaxLifetime,
+    /// The proxy is shutting down and the grace period ran out.
+    Shutdown,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Closed => f.write_str("closed"),
+            Self::Error(kind) => write!(f, "error: {kind}"),
+            Self::IdleTimeout => f.write_str("idle_timeout"),
+            Self::MaxLifetime => f.write_str("max_lifetime"),
+            Self::Shutdown => f.write_str("shutdown"),
+        }
+    }
+}
+
+/// What happened over a tunnel's life.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub client_to_upstream: u64,
+    pub upstream_to_client: u64,
+    pub closed_by: Side,
+    pub reason: CloseReason,
+    pub duration: Duration,
+}
+
+/// Bytes already read from one side before the tunnel started (for example what followed
+/// the HTTP request head in the same packet); they are sent on before anything else.
+pub struct Endpoint {
+    pub stream: TcpStream,
+    pub already_read: Bytes,
+}
+
+/// Relay bytes between `client` and `upstream` until both finish, one fails, a limit is
+/// reached or `shutdown` is cancelled.
+pub async fn relay(
+    client: Endpoint,
+    upstream: Endpoint,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> Outcome {
+    let started = Instant::now();
+    Relay {
+        client: client.stream,
+        upstream: upstream.stream,
+        to_upstream: Direction::new(client.already_read),
+        to_client: Direction::new(upstream.already_read),
+        first_eof: None,
+        idle_timeout: limits.idle_timeout,
+        last_activity: started,
+        idle: Box::pin(tokio::time::sleep(limits.idle_timeout)),
+        lifetime: limits.max_lifetime.map(|d| Box::pin(tokio::time::sleep(d))),
+        shutdown: Box::pin(shutdown.cancelled_owned()),
+        started,
+    }
+    .await
+}
+
+struct Direction {
+    /// Bytes read but not yet written, only while the destination is full.
+    pending: Bytes,
+    eof: bool,
+    bytes: u64,
+}
+
+impl Direction {
+    fn new(already_read: Bytes) -> Self {
+        Self {
+            pending: already_read,
+            eof: false,
+            bytes: 0,
+        }
+    }
+}
+
+/// A failed direction: which side's socket failed, and how.
+struct Failure(Side, io::Error);
+
+struct Relay {
+    client: TcpStream,
+    upstream: TcpStream,
+    to_upstream: Direction,
+    to_client: Direction,
+    first_eof: Option<Side>,
+    idle_timeout: Duration,
+    last_activity: Instant,
+    idle: Pin<Box<Sleep>>,
+    lifetime: Option<Pin<Box<Sleep>>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    started: Instant,
+}
+
+impl Relay {
+    fn outcome(&self, closed_by: Side, reason: CloseReason) -> Outcome {
+        Outcome {
+            client_to_upstream: self.to_upstream.bytes,
+            upstream_to_client: self.to_client.bytes,
+            closed_by,
+            reason,
+            duration: self.started.elapsed(),
+        }
+    }
+}
+
+impl Future for Relay {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = &mut *self;
+        let mut moved = false;
+        let mut failure = None;
+
+        for (src, dst, dir, from) in [
+            (
+                &this.client,
+                &this.upstream,
+                &mut this.to_upstream,
+                Side::Client,
+            ),
+            (
+                &this.upstream,
+                &this.client,
+                &mut this.to_client,
+                Side::Upstream,
+            ),
+        ] {
+            if dir.eof {
+                continue;
+            }
+            let to = if from == Side::Client {
+                Side::Upstream
+            } else {
+                Side::Client
+            };
+            match pump(src, dst, dir, from, to, &mut moved, cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => {
+                    this.first_eof.get_or_insert(from);
+                }
+                Poll::Ready(Err(Failure(side, e))) => {
+                    failure = Some((side, e.kind()));
+                    break;
+                }
+            }
+        }
+        if let Some((side, kind)) = failure {
+            return Poll::Ready(this.outcome(side, CloseReason::Error(kind)));
+        }
+        if this.to_upstream.eof && this.to_client.eof {
+            let by = this.first_eof.unwrap_or(Side::Client);
+            return Poll::Ready(this.outcome(by, CloseReason::Closed));
+        }
+
+        if moved {
+            this.last_activity = Instant::now();
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(this.outcome(Side::Proxy, CloseReason::Shutdown));
+        }
+        if let Some(lifetime) = &mut this.lifetime
+            && lifetime.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(this.outcome(Side::Proxy, CloseReason::MaxLifetime));
+        }
+        // The idle timer is not reset per message (that would touch the timer wheel on the
+        // hot path); when it fires early, it is re-armed from the last activity.
+        while this.idle.as_mut().poll(cx).is_ready() {
+            let deadline = this.last_activity + this.idle_timeout;
+            if Instant::now() >= deadline {
+                return Poll::Ready(this.outcome(Side::Proxy, CloseReason::IdleTimeout));
+            }
+            this.idle.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+}
+
+/// Move bytes from `src` to `dst` until `src` would block (Pending), `src` ends (Ready(Ok))
+/// or a socket fails.
+fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    dir: &mut Direction,
+    from: Side,
+    to: Side,
+    moved: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Failure>> {
+    loop {
+        while dir.pending.has_remaining() {
+            ready!(dst.poll_write_ready(cx)).map_err(|e| Failure(to, e))?;
+            match dst.try_write(&dir.pending) {
+                Ok(n) => {
+                    dir.pending.advance(n);
+                    dir.bytes += n as u64;
+                    *moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(Failure(to, e))),
+            }
+        }
+        // The copy is written: let its memory go before waiting for more.
+        dir.pending = Bytes::new();
+
+        ready!(src.poll_read_ready(cx)).map_err(|e| Failure(from, e))?;
+        let mut chunk = [0u8; CHUNK];
+        let n = match src.try_read(&mut chunk) {
+            Ok(0) => {
+                dir.eof = true;
+                // Propagate the half-close; the other direction keeps flowing.
+                if let Err(e) = shutdown_write(dst)
+                    && e.kind() != io::ErrorKind::NotConnected
+                {
+                    return Poll::Ready(Err(Failure(to, e)));
+                }
+                return Poll::Ready(Ok(()));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(Failure(from, e))),
+        };
+        *moved = true;
+        let mut written = 0;
+        while written < n {
+            match dst.try_write(&chunk[written..n]) {
+                Ok(w) => written += w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Poll::Ready(Err(Failure(to, e))),
+            }
+        }
+        dir.bytes += written as u64;
+        if written < n {
+            dir.pending = Bytes::copy_from_slice(&chunk[written..n]);
+        }
+    }
+}
+
+fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
+    socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write)
+}

@@ -1,0 +1,31 @@
+//! Balancers: how a pool picks one of its servers. A balancer sees the servers and a
+//! predicate saying which may be picked now (healthy and not yet tried for this request).
+
+mod least_conn;
+mod round_robin;
+
+pub use least_conn::LeastConn;
+pub use round_robin::RoundRobin;
+
+use super::Server;
+
+pub trait Balancer: Send + Sync + std::fmt::Debug {
+    /// The index of the server to use, or `None` when `eligible` rules out every server.
+    fn pick(&self, servers: &[Server], eligible: &dyn Fn(usize) -> bool) -> Option<usize>;
+}
+
+pub fn build(kind: airlock_config::Balance, servers: &[Server]) -> Box<dyn Balancer> {
+    match kind {
+        airlock_config::Balance::RoundRobin => Box::new(RoundRobin::new(servers)),
+        airlock_config::Balance::LeastConn => Box::new(LeastConn::default()),
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn servers(weights: &[u32]) -> Vec<Server> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| Server::new(format!("127.0.0.1:{}", 9000 + i), *w))
+        .collect()
+}
