@@ -1,1 +1,11 @@
-fn main() {}
+//! End-to-end tests: the real airlock binary between real backends and real clients, all on
+//! loopback with ephemeral ports.
+
+mod support;
+
+mod bad_input;
+mod balance;
+mod cli;
+mod http;
+mod lifecycle;
+mod websocket;

@@ -21,6 +21,8 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// `idle_timeout` when unset.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `half_close_timeout` when unset (as HAProxy's `timeout client-fin`).
+pub const DEFAULT_HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// `max_fails` when unset (as nginx).
 pub const DEFAULT_MAX_FAILS: u32 = 1;
 /// `fail_timeout` when unset (as nginx).
@@ -145,6 +147,14 @@ pub struct Route {
     /// `max_lifetime = "24h"`: a tunnel is closed after this long whatever it does.
     #[serde(default)]
     pub max_lifetime: Option<Duration>,
+    /// `half_close_timeout = "30s"`: once one side of a tunnel has finished sending, the
+    /// tunnel is closed when no bytes move for this long.
+    #[serde(default = "default_half_close_timeout")]
+    pub half_close_timeout: Duration,
+}
+
+fn default_half_close_timeout() -> Duration {
+    DEFAULT_HALF_CLOSE_TIMEOUT
 }
 
 fn default_connect_timeout() -> Duration {

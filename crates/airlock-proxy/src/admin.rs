@@ -1,7 +1,9 @@
-//! The admin endpoint: `GET /healthz` (the process runs) and `GET /readyz` (listeners are
-//! bound and the proxy is not draining).
+//! The admin endpoint: `GET /healthz` (the process runs), `GET /readyz` (listeners are
+//! bound and the proxy is not draining) and `GET /upstreams` (every pool's servers with
+//! their live connection counts and health, as JSON).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -12,18 +14,20 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::drain::Drain;
+use crate::upstream::Pool;
 
-pub async fn serve(listener: TcpListener, drain: Drain) {
+pub async fn serve(listener: TcpListener, drain: Drain, pools: Arc<[Arc<Pool>]>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let drain = drain.clone();
+        let pools = pools.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let drain = drain.clone();
-                async move { Ok::<_, Infallible>(answer(&req, &drain)) }
+                let response = answer(&req, &drain, &pools);
+                async move { Ok::<_, Infallible>(response) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -32,7 +36,16 @@ pub async fn serve(listener: TcpListener, drain: Drain) {
     }
 }
 
-fn answer<B>(req: &Request<B>, drain: &Drain) -> Response<Full<Bytes>> {
+fn answer<B>(req: &Request<B>, drain: &Drain, pools: &[Arc<Pool>]) -> Response<Full<Bytes>> {
+    if matches!(req.method(), &Method::GET | &Method::HEAD) && req.uri().path() == "/upstreams" {
+        let body = serde_json::json!({ "upstreams": pools.iter().map(|p| p.status()).collect::<Vec<_>>() });
+        let mut response = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        return response;
+    }
     let (status, text) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") if drain.is_ready() => {
@@ -46,7 +59,7 @@ fn answer<B>(req: &Request<B>, drain: &Drain) -> Response<Full<Bytes>> {
         }
         _ => (
             StatusCode::NOT_FOUND,
-            "not found; try /healthz or /readyz\n",
+            "not found; try /healthz, /readyz or /upstreams\n",
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));

@@ -62,6 +62,7 @@ pub enum StartError {
 /// A configuration turned into runtime objects, not yet bound to any socket.
 pub struct Plan {
     listeners: Vec<(ListenerCtx, SocketAddr)>,
+    pools: Arc<[Arc<Pool>]>,
     admin: Option<SocketAddr>,
     shutdown_grace: Duration,
 }
@@ -111,8 +112,11 @@ impl Plan {
                 (ctx, l.bind.get_ref().0)
             })
             .collect();
+        let mut pools: Vec<(&str, Arc<Pool>)> = pools.into_iter().collect();
+        pools.sort_by_key(|(name, _)| *name);
         Ok(Self {
             listeners,
+            pools: pools.into_iter().map(|(_, p)| p).collect(),
             admin: config.admin.as_ref().map(|a| a.bind.get_ref().0),
             shutdown_grace: config.shutdown_grace.get(),
         })
@@ -148,6 +152,7 @@ impl Plan {
         Ok(Bound {
             listeners,
             admin,
+            pools: self.pools,
             shutdown_grace: self.shutdown_grace,
         })
     }
@@ -172,6 +177,7 @@ fn build_route(r: &airlock_config::Route, pools: &HashMap<&str, Arc<Pool>>) -> R
         connect_timeout: r.connect_timeout.get(),
         idle_timeout: r.idle_timeout.get(),
         max_lifetime: r.max_lifetime.map(|d| d.get()),
+        half_close_timeout: r.half_close_timeout.get(),
     }
 }
 
@@ -179,6 +185,7 @@ fn build_route(r: &airlock_config::Route, pools: &HashMap<&str, Arc<Pool>>) -> R
 pub struct Bound {
     listeners: Vec<(Arc<ListenerCtx>, TcpListener)>,
     admin: Option<TcpListener>,
+    pools: Arc<[Arc<Pool>]>,
     shutdown_grace: Duration,
 }
 
@@ -205,7 +212,7 @@ impl Bound {
             if let Ok(addr) = admin.local_addr() {
                 tracing::info!(addr = %addr, "admin listening");
             }
-            tokio::spawn(admin::serve(admin, drain.clone()));
+            tokio::spawn(admin::serve(admin, drain.clone(), self.pools.clone()));
         }
         for (ctx, listener) in self.listeners {
             tokio::spawn(serve::accept_loop(listener, ctx, drain.clone()));

@@ -18,6 +18,7 @@ pub struct Route {
     pub connect_timeout: std::time::Duration,
     pub idle_timeout: std::time::Duration,
     pub max_lifetime: Option<std::time::Duration>,
+    pub half_close_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +152,7 @@ mod tests {
             connect_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(1),
             max_lifetime: None,
+            half_close_timeout: std::time::Duration::from_secs(1),
         })
     }
 

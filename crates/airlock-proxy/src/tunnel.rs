@@ -29,6 +29,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Close after this long whatever happens.
     pub max_lifetime: Option<Duration>,
+    /// Once one side has finished sending, close after this long with no bytes moving
+    /// (a peer that ignores the half-close must not hold the tunnel for `idle_timeout`).
+    pub half_close_timeout: Duration,
 }
 
 /// Which end of the tunnel.
@@ -58,6 +61,8 @@ pub enum CloseReason {
     /// A socket error on the side in `closed_by`.
     Error(io::ErrorKind),
     IdleTimeout,
+    /// One side had finished and the other went quiet for `half_close_timeout`.
+    HalfCloseTimeout,
     MaxLifetime,
     /// The proxy is shutting down and the grace period ran out.
     Shutdown,
@@ -69,6 +74,7 @@ impl fmt::Display for CloseReason {
             Self::Closed => f.write_str("closed"),
             Self::Error(kind) => write!(f, "error: {kind}"),
             Self::IdleTimeout => f.write_str("idle_timeout"),
+            Self::HalfCloseTimeout => f.write_str("half_close_timeout"),
             Self::MaxLifetime => f.write_str("max_lifetime"),
             Self::Shutdown => f.write_str("shutdown"),
         }
@@ -108,6 +114,7 @@ pub async fn relay(
         to_client: Direction::new(upstream.already_read),
         first_eof: None,
         idle_timeout: limits.idle_timeout,
+        half_close_timeout: limits.half_close_timeout,
         last_activity: started,
         idle: Box::pin(tokio::time::sleep(limits.idle_timeout)),
         lifetime: limits.max_lifetime.map(|d| Box::pin(tokio::time::sleep(d))),
@@ -144,6 +151,7 @@ struct Relay {
     to_client: Direction,
     first_eof: Option<Side>,
     idle_timeout: Duration,
+    half_close_timeout: Duration,
     last_activity: Instant,
     idle: Pin<Box<Sleep>>,
     lifetime: Option<Pin<Box<Sleep>>>,
@@ -223,12 +231,22 @@ impl Future for Relay {
         {
             return Poll::Ready(this.outcome(Side::Proxy, CloseReason::MaxLifetime));
         }
+        let (quiet_limit, reason) = match this.first_eof {
+            Some(_) if this.half_close_timeout < this.idle_timeout => {
+                (this.half_close_timeout, CloseReason::HalfCloseTimeout)
+            }
+            _ => (this.idle_timeout, CloseReason::IdleTimeout),
+        };
+        let deadline = this.last_activity + quiet_limit;
+        if this.first_eof.is_some() && this.idle.deadline() > deadline {
+            this.idle.as_mut().reset(deadline);
+        }
         // The idle timer is not reset per message (that would touch the timer wheel on the
         // hot path); when it fires early, it is re-armed from the last activity.
         while this.idle.as_mut().poll(cx).is_ready() {
-            let deadline = this.last_activity + this.idle_timeout;
+            let deadline = this.last_activity + quiet_limit;
             if Instant::now() >= deadline {
-                return Poll::Ready(this.outcome(Side::Proxy, CloseReason::IdleTimeout));
+                return Poll::Ready(this.outcome(Side::Proxy, reason));
             }
             this.idle.as_mut().reset(deadline);
         }

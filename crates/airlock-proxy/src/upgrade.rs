@@ -121,6 +121,7 @@ async fn run_tunnel(
     let limits = Limits {
         idle_timeout: route.idle_timeout,
         max_lifetime: route.max_lifetime,
+        half_close_timeout: route.half_close_timeout,
     };
     let outcome = tunnel::relay(client, upstream, limits, conn.drain.force.clone()).await;
     access_log::tunnel_closed(&route.name, &server.addr, conn.peer, &outcome);

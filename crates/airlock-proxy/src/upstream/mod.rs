@@ -153,6 +153,23 @@ impl Pool {
         Arc::new(Self::from_config("test", &cfg))
     }
 
+    /// Live state for the admin endpoint.
+    pub fn status(&self) -> serde_json::Value {
+        let servers: Vec<_> = self
+            .servers
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "addr": &*s.addr,
+                    "weight": s.weight,
+                    "active": s.active(),
+                    "available": s.is_available(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "name": &*self.name, "servers": servers })
+    }
+
     /// The servers to try for one request, in balancer order, at most `connect_attempts`.
     pub fn attempts(&self) -> Attempts<'_> {
         Attempts {

@@ -1,0 +1,198 @@
+//! Upstream pools: balancing, failover, passive health, and what clients see when every
+//! server is unreachable.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio_tungstenite::connect_async;
+
+use crate::support::client::{Conn, get};
+use crate::support::{Airlock, Backend, config, refused_addr, single_route};
+
+async fn tally(addr: SocketAddr, n: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for i in 0..n {
+        // A fresh client connection each time: balancing is per request, not per connection.
+        let r = get(addr, &format!("/{i}")).await;
+        assert_eq!(r.status, 200);
+        *counts
+            .entry(r.json()["backend"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_evenly_and_by_weight() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let even = Airlock::start(&single_route(&[a.addr, b.addr], "", ""));
+    let counts = tally(even.addr(), 10).await;
+    assert_eq!((counts["a"], counts["b"]), (5, 5), "{counts:?}");
+
+    let weighted = Airlock::start(&config(&format!(
+        "[[route]]\nname = \"main\"\nupstream = \"pool\"\n\n[upstream.pool]\nservers = [{{ addr = \"{}\", weight = 3 }}, \"{}\"]\n",
+        a.addr, b.addr
+    )));
+    let counts = tally(weighted.addr(), 8).await;
+    assert_eq!((counts["a"], counts["b"]), (6, 2), "{counts:?}");
+}
+
+/// `active` per server address, from the admin endpoint.
+async fn active(airlock: &Airlock) -> HashMap<String, u64> {
+    let r = get(airlock.admin(), "/upstreams").await;
+    r.json()["upstreams"][0]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["addr"].as_str().unwrap().to_string(),
+                s["active"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_conn_sends_new_work_away_from_servers_holding_tunnels() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let airlock = Airlock::start(&single_route(
+        &[a.addr, b.addr],
+        "",
+        "balance = \"least_conn\"",
+    ));
+    let (mut ws1, _) = connect_async(format!("ws://{}/t1", airlock.addr()))
+        .await
+        .unwrap();
+    ws1.next().await.unwrap().unwrap();
+    let first = airlock.logs_where(|v| v["upgrade"] == true)[0]["upstream.server"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (busy, idle) = if first == a.addr.to_string() {
+        (a.addr, b.addr)
+    } else {
+        (b.addr, a.addr)
+    };
+    for i in 0..4 {
+        // Wait until the previous request's count is released, then the idle server must win.
+        let deadline = tokio::time::Instant::now() + crate::support::WAIT;
+        while active(&airlock).await[&idle.to_string()] != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "in-flight count never released"
+            );
+        }
+        let r = get(airlock.addr(), &format!("/r{i}")).await;
+        let want = if idle == a.addr { "a" } else { "b" };
+        assert_eq!(
+            r.json()["backend"],
+            want,
+            "request {i} went to the server holding a tunnel"
+        );
+    }
+    // A second tunnel goes to the other server; the admin endpoint shows one on each.
+    let (mut ws2, _) = connect_async(format!("ws://{}/t2", airlock.addr()))
+        .await
+        .unwrap();
+    ws2.next().await.unwrap().unwrap();
+    let counts = active(&airlock).await;
+    assert_eq!(
+        (counts[&busy.to_string()], counts[&idle.to_string()]),
+        (1, 1),
+        "{counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_to_the_next_server_and_marks_the_dead_one_down() {
+    let live = Backend::start("live").await;
+    let dead = refused_addr();
+    let airlock = Airlock::start(&single_route(
+        &[dead, live.addr],
+        "",
+        "fail_timeout = \"1m\"",
+    ));
+    let counts = tally(airlock.addr(), 6).await;
+    assert_eq!(counts["live"], 6);
+    // With max_fails = 1, the dead server failed once and was left out afterwards.
+    let failures = airlock.logs_where(|v| v["message"] == "upstream server failed");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["marked_down"], true);
+    // WebSocket upgrades fail over too.
+    let (mut ws, _) = connect_async(format!("ws://{}/ws", airlock.addr()))
+        .await
+        .unwrap();
+    ws.next().await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_servers_refusing_is_a_502_and_the_proxy_keeps_serving() {
+    let live = Backend::start("live").await;
+    let airlock = Airlock::start(&config(&format!(
+        "[[route]]\nname = \"dead\"\npath_prefix = \"/dead\"\nupstream = \"dead\"\n\n\
+         [[route]]\nname = \"live\"\nupstream = \"live\"\n\n\
+         [upstream.dead]\nservers = [\"{}\", \"{}\"]\n\n[upstream.live]\nservers = [\"{}\"]\n",
+        refused_addr(),
+        refused_addr(),
+        live.addr
+    )));
+    let r = get(airlock.addr(), "/dead/x").await;
+    assert_eq!(r.status, 502);
+    let err = connect_async(format!("ws://{}/dead/ws", airlock.addr()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("502"), "{err}");
+    assert_eq!(get(airlock.addr(), "/ok").await.status, 200);
+    let line = airlock
+        .wait_for_log("502 access line", |v| v["http.response.status_code"] == 502)
+        .await;
+    assert_eq!(line["error.source"], "upstream");
+    assert!(
+        line["error.message"].as_str().unwrap().contains("refused"),
+        "{line}"
+    );
+}
+
+/// A listening socket whose accept queue is full, so new connections hang in SYN-SENT.
+fn blackhole() -> (
+    tokio::net::TcpListener,
+    Vec<std::net::TcpStream>,
+    SocketAddr,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => return (listener, fillers, addr),
+        }
+    }
+    panic!("could not fill the accept queue of {addr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeouts_are_a_504() {
+    let (_listener, _fillers, addr) = blackhole();
+    let airlock = Airlock::start(&single_route(&[addr], "connect_timeout = \"300ms\"", ""));
+    let mut conn = Conn::open(airlock.addr()).await;
+    let r = conn.get("/slow").await;
+    assert_eq!(r.status, 504);
+    let line = airlock
+        .wait_for_log("504 access line", |v| v["http.response.status_code"] == 504)
+        .await;
+    assert!(
+        line["error.message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{line}"
+    );
+}

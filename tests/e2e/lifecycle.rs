@@ -1,0 +1,111 @@
+//! Readiness, graceful shutdown and the grace period.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use crate::support::client::{close_ws, get};
+use crate::support::{Airlock, Backend, single_route};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// airlock with the given `shutdown_grace`, and one WebSocket open through it.
+async fn with_open_tunnel(grace: &str) -> (Backend, Airlock, Ws) {
+    let backend = Backend::start("a").await;
+    let cfg = single_route(&[backend.addr], "", "").replace(
+        "shutdown_grace = \"5s\"",
+        &format!("shutdown_grace = \"{grace}\""),
+    );
+    let airlock = Airlock::start(&cfg);
+    let (mut ws, _) = connect_async(format!("ws://{}/", airlock.addr()))
+        .await
+        .unwrap();
+    ws.next().await.unwrap().unwrap();
+    (backend, airlock, ws)
+}
+
+fn message_starts(v: &Value, prefix: &str) -> bool {
+    v["message"].as_str().is_some_and(|m| m.starts_with(prefix))
+}
+
+fn closed_by_end(end: &Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> bool {
+    matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_))))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reports_health_and_readiness() {
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&single_route(&[backend.addr], "", ""));
+    assert_eq!(get(airlock.admin(), "/healthz").await.status, 200);
+    assert_eq!(get(airlock.admin(), "/readyz").await.status, 200);
+    let upstreams = get(airlock.admin(), "/upstreams").await.json();
+    assert_eq!(upstreams["upstreams"][0]["name"], "pool");
+    assert_eq!(
+        upstreams["upstreams"][0]["servers"][0]["addr"],
+        backend.addr.to_string()
+    );
+    assert_eq!(get(airlock.admin(), "/nope").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_keeps_open_tunnels_until_they_close_then_exits() {
+    let (_backend, mut airlock, mut ws) = with_open_tunnel("5s").await;
+    airlock.signal("TERM");
+    airlock
+        .wait_for_log("shutdown", |v| message_starts(v, "shutting down"))
+        .await;
+    // Draining: not ready, no new connections, but the open tunnel still works.
+    assert_eq!(get(airlock.admin(), "/readyz").await.status, 503);
+    assert!(
+        TcpStream::connect(airlock.addr()).await.is_err(),
+        "still accepting after SIGTERM"
+    );
+    for i in 0..3 {
+        ws.send(Message::text(format!("during drain {i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text(format!("during drain {i}"))
+        );
+    }
+    assert!(airlock.is_running());
+    close_ws(ws).await;
+    let status = airlock.wait_exit(Duration::from_secs(4)).await;
+    assert!(status.success(), "{status}");
+    let closed = airlock.logs_where(|v| v["event"] == "tunnel_close");
+    assert_eq!(closed[0]["reason"], "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_still_open_when_the_grace_period_ends_are_closed() {
+    let (_backend, mut airlock, mut ws) = with_open_tunnel("300ms").await;
+    airlock.signal("TERM");
+    let status = airlock.wait_exit(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status}");
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("tunnel closed");
+    assert!(closed_by_end(&end), "{end:?}");
+    let closed = airlock.logs_where(|v| v["event"] == "tunnel_close");
+    assert_eq!(closed[0]["reason"], "shutdown");
+    assert_eq!(closed[0]["closed_by"], "proxy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let (_backend, mut airlock, _ws) = with_open_tunnel("1h").await;
+    airlock.signal("TERM");
+    airlock
+        .wait_for_log("shutdown", |v| message_starts(v, "shutting down"))
+        .await;
+    airlock.signal("INT");
+    airlock.wait_exit(Duration::from_secs(5)).await;
+    airlock
+        .wait_for_log("second signal", |v| message_starts(v, "second signal"))
+        .await;
+}

@@ -1,0 +1,281 @@
+//! WebSocket upgrades and the tunnel behind them.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use crate::support::client::close_ws;
+use crate::support::client::{read_all, status_of};
+use crate::support::{Airlock, Backend, WAIT, single_route};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn open(addr: std::net::SocketAddr, path: &str) -> (Ws, String) {
+    let (mut ws, _) = tokio::time::timeout(WAIT, connect_async(format!("ws://{addr}{path}")))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    let Message::Text(first) = next(&mut ws).await else {
+        panic!("expected the backend's greeting")
+    };
+    (ws, first.to_string())
+}
+
+async fn next(ws: &mut Ws) -> Message {
+    tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("message in time")
+        .expect("stream open")
+        .expect("message")
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoes_text_and_binary_byte_exact_from_0_bytes_to_1_mib() {
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&single_route(&[backend.addr], "", ""));
+    let (mut ws, greeting) = open(airlock.addr(), "/chat?room=1").await;
+    assert_eq!(greeting, "path:/chat?room=1");
+    for len in [0, 1, 125, 126, 127, 65_535, 65_536, 300_000, 1 << 20] {
+        let data = pattern(len);
+        ws.send(Message::binary(data.clone())).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::binary(data), "binary {len}");
+        let text: String = (0..len)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        ws.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text(text), "text {len}");
+    }
+    close_ws(ws).await;
+    let closed = airlock
+        .wait_for_log("tunnel close", |v| v["event"] == "tunnel_close")
+        .await;
+    assert!(closed["bytes_from_client"].as_u64().unwrap() > 2 * (1 << 20));
+    assert!(closed["bytes_from_upstream"].as_u64().unwrap() > 2 * (1 << 20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_fragmented_messages_and_pings() {
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&single_route(&[backend.addr], "", ""));
+    let (mut ws, _) = open(airlock.addr(), "/").await;
+
+    // A text message in three frames; the backend reassembles and echoes it whole.
+    ws.send(Message::Frame(Frame::message(
+        Bytes::from_static(b"frag"),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .unwrap();
+    ws.send(Message::Frame(Frame::message(
+        Bytes::from_static(b"men"),
+        OpCode::Data(Data::Continue),
+        false,
+    )))
+    .await
+    .unwrap();
+    ws.send(Message::Frame(Frame::message(
+        Bytes::from_static(b"ted"),
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await
+    .unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("fragmented"));
+
+    ws.send(Message::Ping(Bytes::from_static(b"are you there")))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut ws).await,
+        Message::Pong(Bytes::from_static(b"are you there"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_the_101_with_upstream_headers_and_the_negotiated_subprotocol() {
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&single_route(&[backend.addr], "", ""));
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let request = format!(
+        "GET /chat HTTP/1.1\r\nHost: chat.test\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat.v2\r\n\
+         Origin: https://app.example.com\r\nCookie: session=abc\r\n\r\n"
+    );
+    let mut stream = TcpStream::connect(airlock.addr()).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    assert!(head.contains("sec-websocket-protocol: chat.v2"), "{head}");
+    assert!(head.contains("x-backend-says: hello"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("connection: upgrade"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_101_answers_to_an_upgrade_are_relayed_as_they_are() {
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&single_route(&[backend.addr], "", ""));
+    let err = connect_async(format!("ws://{}/refuse-upgrade", airlock.addr()))
+        .await
+        .unwrap_err();
+    let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+        panic!("expected an HTTP error, got {err}")
+    };
+    assert_eq!(response.status(), 403);
+    assert_eq!(response.headers()["x-backend"], "a");
+    assert_eq!(response.body().as_deref(), Some(&b"no upgrades here\n"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_tunnels_each_echo_their_own_messages() {
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&single_route(&[backend.addr], "", ""));
+    let addr = airlock.addr();
+    let clients: Vec<_> = (0..100)
+        .map(|c| {
+            tokio::spawn(async move {
+                let (mut ws, _) = open(addr, &format!("/client/{c}")).await;
+                for m in 0..10 {
+                    let text = format!("client {c} message {m}");
+                    ws.send(Message::text(text.clone())).await.unwrap();
+                    assert_eq!(next(&mut ws).await, Message::text(text));
+                }
+                close_ws(ws).await;
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while airlock.logs_where(|v| v["event"] == "tunnel_close").len() < 100 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every tunnel logged its close"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_upgrade_protocol_works_and_half_close_is_propagated() {
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&single_route(&[backend.addr], "", ""));
+    let mut stream = TcpStream::connect(airlock.addr()).await.unwrap();
+    stream
+        .write_all(
+            b"GET /raw HTTP/1.1\r\nHost: t\r\nUpgrade: raw-echo\r\nConnection: upgrade\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte[0]);
+    }
+    assert_eq!(status_of(&String::from_utf8_lossy(&head)), 101);
+    stream.write_all(b"hello, half-closed world").await.unwrap();
+    // Our half-close must reach the backend, which only then answers.
+    stream.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut stream).await, "received 24 bytes");
+    let closed = airlock
+        .wait_for_log("tunnel close", |v| v["event"] == "tunnel_close")
+        .await;
+    assert_eq!(closed["reason"], "closed");
+    assert_eq!(closed["closed_by"], "client");
+    assert_eq!(closed["bytes_from_client"], 24);
+    assert_eq!(closed["bytes_from_upstream"], 17);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tunnels_are_closed_after_idle_timeout_but_busy_ones_are_not() {
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&single_route(
+        &[backend.addr],
+        "idle_timeout = \"400ms\"",
+        "",
+    ));
+    let (mut ws, _) = open(airlock.addr(), "/").await;
+    // Keep it busy for longer than the idle timeout: it must stay open.
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ws.send(Message::text(format!("{i}"))).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text(format!("{i}")));
+    }
+    // Then go quiet: the proxy closes the tunnel.
+    let end = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("closed in time");
+    assert!(
+        matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
+        "{end:?}"
+    );
+    let closed = airlock
+        .wait_for_log("tunnel close", |v| v["event"] == "tunnel_close")
+        .await;
+    assert_eq!(closed["reason"], "idle_timeout");
+    assert_eq!(closed["closed_by"], "proxy");
+    let lived = closed["duration_ms"].as_f64().unwrap();
+    assert!(
+        lived >= 1200.0,
+        "closed after {lived} ms, before the client went quiet"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strip_prefix_applies_to_upgrades() {
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&single_route(&[backend.addr], "strip_prefix = \"/ws\"", ""));
+    let (_ws, greeting) = open(airlock.addr(), "/ws/chat?x=1").await;
+    assert_eq!(greeting, "path:/chat?x=1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_tunnel_whose_other_side_goes_quiet_is_closed_after_half_close_timeout() {
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&single_route(
+        &[backend.addr],
+        "half_close_timeout = \"300ms\"",
+        "",
+    ));
+    let mut stream = TcpStream::connect(airlock.addr()).await.unwrap();
+    stream
+        .write_all(
+            b"GET /fin HTTP/1.1\r\nHost: t\r\nUpgrade: server-fin\r\nConnection: upgrade\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // The upstream finishes sending at once; we see the 101 and then the end of the stream,
+    // but keep our side open and say nothing.
+    let response = read_all(&mut stream).await;
+    assert_eq!(status_of(&response), 101);
+    let closed = airlock
+        .wait_for_log("tunnel close", |v| v["event"] == "tunnel_close")
+        .await;
+    assert_eq!(closed["reason"], "half_close_timeout");
+    assert_eq!(closed["closed_by"], "proxy");
+}
