@@ -1,0 +1,331 @@
+//! A route's plugins, run in order. Each sees the request as changed by the ones before
+//! it; the first rejection ends the chain; a failing plugin follows its `on_error`.
+
+use std::sync::Arc;
+
+use crate::error::CallError;
+use crate::{Handshake, Mutations, OnError, Plugin, Rejection, Verdict};
+
+/// The plugins of one route, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    plugins: Vec<Arc<Plugin>>,
+}
+
+/// How a chain ended.
+#[derive(Debug)]
+pub enum ChainOutcome {
+    /// Every plugin allowed (or failed with `on_error = "allow"`).
+    Allowed(Box<Allowed>),
+    /// A plugin rejected the request.
+    Rejected {
+        plugin: Arc<str>,
+        rejection: Rejection,
+    },
+    /// A plugin failed and its `on_error` is `deny`.
+    Failed { plugin: Arc<str>, error: CallError },
+}
+
+/// The request as the chain left it, and what it asked for beyond the request.
+#[derive(Debug)]
+pub struct Allowed {
+    /// The request with every plugin's changes applied.
+    pub request: Handshake,
+    pub path_changed: bool,
+    pub query_changed: bool,
+    pub headers_changed: bool,
+    pub upstream: Option<String>,
+    pub affinity_key: Option<String>,
+    pub subprotocol: Option<String>,
+    pub response_headers: Vec<(String, String)>,
+    pub attributes: Vec<(String, String)>,
+    /// Plugins that failed but whose `on_error = "allow"` let the request through.
+    pub failed_open: Vec<(Arc<str>, CallError)>,
+}
+
+impl Chain {
+    pub fn new(plugins: Vec<Arc<Plugin>>) -> Self {
+        Self { plugins }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    /// Run every plugin on `request`.
+    pub fn run(&self, request: Handshake) -> ChainOutcome {
+        let mut allowed = Allowed::new(request);
+        for plugin in &self.plugins {
+            let verdict = plugin.call(&allowed.request).and_then(check_verdict);
+            match verdict {
+                Ok(Verdict::Allow(mutations)) => {
+                    if let Err(error) = allowed.apply(mutations) {
+                        match plugin.on_error {
+                            OnError::Deny => {
+                                return ChainOutcome::Failed {
+                                    plugin: plugin.name.clone(),
+                                    error,
+                                };
+                            }
+                            OnError::Allow => {
+                                allowed.failed_open.push((plugin.name.clone(), error))
+                            }
+                        }
+                    }
+                }
+                Ok(Verdict::Reject(rejection)) => {
+                    return ChainOutcome::Rejected {
+                        plugin: plugin.name.clone(),
+                        rejection,
+                    };
+                }
+                Err(error) => match plugin.on_error {
+                    OnError::Deny => {
+                        return ChainOutcome::Failed {
+                            plugin: plugin.name.clone(),
+                            error,
+                        };
+                    }
+                    OnError::Allow => allowed.failed_open.push((plugin.name.clone(), error)),
+                },
+            }
+        }
+        ChainOutcome::Allowed(Box::new(allowed))
+    }
+}
+
+fn check_verdict(verdict: Verdict) -> Result<Verdict, CallError> {
+    if let Verdict::Reject(r) = &verdict
+        && !(400..=599).contains(&r.status)
+    {
+        return Err(CallError::InvalidVerdict(format!(
+            "rejection status {} is not between 400 and 599",
+            r.status
+        )));
+    }
+    Ok(verdict)
+}
+
+impl Allowed {
+    fn new(request: Handshake) -> Self {
+        Self {
+            request,
+            path_changed: false,
+            query_changed: false,
+            headers_changed: false,
+            upstream: None,
+            affinity_key: None,
+            subprotocol: None,
+            response_headers: Vec::new(),
+            attributes: Vec::new(),
+            failed_open: Vec::new(),
+        }
+    }
+
+    /// Apply one plugin's mutations so the next plugin sees them. Checked first, so a
+    /// bad set of mutations changes nothing.
+    pub fn apply(&mut self, m: Mutations) -> Result<(), CallError> {
+        if let Some(path) = &m.path
+            && !path.starts_with('/')
+        {
+            return Err(CallError::InvalidVerdict(format!(
+                "path {path:?} does not start with \"/\""
+            )));
+        }
+        if let Some(sub) = &m.subprotocol
+            && !self
+                .request
+                .subprotocols
+                .iter()
+                .any(|offered| offered == sub)
+        {
+            return Err(CallError::InvalidVerdict(format!(
+                "subprotocol {sub:?} was not offered by the client"
+            )));
+        }
+        let bad_header = m
+            .set_headers
+            .iter()
+            .chain(&m.response_headers)
+            .find(|(name, value)| {
+                !valid_header_name(name)
+                    || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+            });
+        if let Some((name, _)) = bad_header {
+            return Err(CallError::InvalidVerdict(format!(
+                "header {name:?} has an invalid name or value"
+            )));
+        }
+
+        if let Some(path) = m.path {
+            self.request.path = path;
+            self.path_changed = true;
+        }
+        if let Some(query) = m.query {
+            self.request.query = (!query.is_empty()).then_some(query);
+            self.query_changed = true;
+        }
+        let headers = &mut self.request.headers;
+        for name in &m.remove_headers {
+            let before = headers.len();
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            self.headers_changed |= headers.len() != before;
+        }
+        for (name, value) in m.set_headers {
+            let name = name.to_ascii_lowercase();
+            headers.retain(|(n, _)| *n != name);
+            headers.push((name, value));
+            self.headers_changed = true;
+        }
+        if let Some(sub) = m.subprotocol {
+            self.request.subprotocols = vec![sub.clone()];
+            self.subprotocol = Some(sub);
+        }
+        if m.upstream.is_some() {
+            self.upstream = m.upstream;
+        }
+        if m.affinity_key.is_some() {
+            self.affinity_key = m.affinity_key;
+        }
+        self.response_headers.extend(m.response_headers);
+        self.attributes.extend(m.attributes);
+        Ok(())
+    }
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Handshake {
+        Handshake {
+            id: "1".into(),
+            method: "GET".into(),
+            scheme: "http".into(),
+            authority: "chat.example.com".into(),
+            path: "/ws".into(),
+            query: Some("token=abc&room=1".into()),
+            headers: vec![
+                ("origin".into(), "https://app.example.com".into()),
+                ("x-drop".into(), "1".into()),
+                ("X-Drop".into(), "2".into()),
+            ],
+            client_addr: "203.0.113.9".into(),
+            tls: None,
+            route: "chat".into(),
+            upgrade: Some("websocket".into()),
+            subprotocols: vec!["chat.v1".into(), "chat.v2".into()],
+        }
+    }
+
+    fn none() -> Mutations {
+        Mutations {
+            path: None,
+            query: None,
+            set_headers: vec![],
+            remove_headers: vec![],
+            upstream: None,
+            affinity_key: None,
+            subprotocol: None,
+            response_headers: vec![],
+            attributes: vec![],
+        }
+    }
+
+    #[test]
+    fn empty_mutations_change_nothing() {
+        let mut a = Allowed::new(request());
+        a.apply(none()).unwrap();
+        assert!(!a.path_changed && !a.query_changed && !a.headers_changed);
+        assert_eq!(a.request.headers.len(), 3);
+    }
+
+    #[test]
+    fn mutations_apply_in_order_and_accumulate() {
+        let mut a = Allowed::new(request());
+        a.apply(Mutations {
+            path: Some("/chat".into()),
+            query: Some("room=1".into()),
+            remove_headers: vec!["X-DROP".into()],
+            set_headers: vec![("X-User".into(), "alice".into())],
+            upstream: Some("canary".into()),
+            response_headers: vec![("x-a".into(), "1".into())],
+            attributes: vec![("user".into(), "alice".into())],
+            subprotocol: Some("chat.v2".into()),
+            ..none()
+        })
+        .unwrap();
+        a.apply(Mutations {
+            set_headers: vec![("x-user".into(), "bob".into())],
+            query: Some(String::new()),
+            response_headers: vec![("x-b".into(), "2".into())],
+            affinity_key: Some("sid-1".into()),
+            ..none()
+        })
+        .unwrap();
+        assert_eq!(a.request.path, "/chat");
+        assert_eq!(a.request.query, None);
+        assert_eq!(
+            a.request.headers,
+            vec![
+                ("origin".to_string(), "https://app.example.com".to_string()),
+                ("x-user".into(), "bob".into())
+            ]
+        );
+        assert_eq!(a.request.subprotocols, ["chat.v2"]);
+        assert_eq!(a.upstream.as_deref(), Some("canary"));
+        assert_eq!(a.affinity_key.as_deref(), Some("sid-1"));
+        assert_eq!(a.response_headers.len(), 2);
+        assert_eq!(a.attributes, [("user".to_string(), "alice".to_string())]);
+    }
+
+    #[test]
+    fn invalid_mutations_are_refused_whole() {
+        let mut a = Allowed::new(request());
+        let bad = [
+            Mutations {
+                path: Some("chat".into()),
+                ..none()
+            },
+            Mutations {
+                subprotocol: Some("chat.v9".into()),
+                ..none()
+            },
+            Mutations {
+                set_headers: vec![("x ok".into(), "1".into())],
+                ..none()
+            },
+            Mutations {
+                path: Some("/ok".into()),
+                response_headers: vec![("x".into(), "a\r\nb".into())],
+                ..none()
+            },
+        ];
+        for m in bad {
+            assert!(matches!(a.apply(m), Err(CallError::InvalidVerdict(_))));
+        }
+        assert_eq!(a.request.path, "/ws");
+        assert!(!a.path_changed);
+    }
+
+    #[test]
+    fn rejection_status_must_be_an_error() {
+        let r = |status| {
+            Verdict::Reject(Rejection {
+                status,
+                body: String::new(),
+                headers: vec![],
+            })
+        };
+        assert!(check_verdict(r(403)).is_ok());
+        assert!(check_verdict(r(200)).is_err());
+        assert!(check_verdict(r(302)).is_err());
+    }
+}

@@ -1,0 +1,248 @@
+//! Warm instances of one plugin: created and configured on demand up to a limit, reused
+//! across calls, discarded after any failure.
+
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::airlock::plugin::host::{self, Level};
+use crate::bindings::{HandshakePlugin, HandshakePluginPre};
+use crate::engine::{PluginHost, TICK};
+use crate::error::{CallError, PluginError};
+use crate::{Handshake, PluginSettings, Verdict};
+
+/// What each instance's store holds: an empty WASI context (no files, sockets,
+/// environment or arguments), the memory limits, and what the host functions need.
+pub struct StoreData {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    plugin: Arc<str>,
+    request_id: String,
+}
+
+impl WasiView for StoreData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl crate::bindings::airlock::plugin::types::Host for StoreData {}
+
+impl host::Host for StoreData {
+    fn log(&mut self, level: Level, message: String) {
+        let (plugin, request) = (&*self.plugin, self.request_id.as_str());
+        match level {
+            Level::Trace => tracing::trace!(plugin, request, "{message}"),
+            Level::Debug => tracing::debug!(plugin, request, "{message}"),
+            Level::Info => tracing::info!(plugin, request, "{message}"),
+            Level::Warn => tracing::warn!(plugin, request, "{message}"),
+            Level::Error => tracing::error!(plugin, request, "{message}"),
+        }
+    }
+
+    fn now_unix_ms(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+struct Instance {
+    store: Store<StoreData>,
+    plugin: HandshakePlugin,
+}
+
+pub(crate) struct InstancePool {
+    pre: HandshakePluginPre<StoreData>,
+    settings: PluginSettings,
+    name: Arc<str>,
+    /// Epoch ticks a call may run: the timeout rounded up, plus the tick in progress.
+    deadline_ticks: u64,
+    state: Mutex<PoolState>,
+    freed: Condvar,
+}
+
+struct PoolState {
+    idle: Vec<Instance>,
+    /// Instances that exist: idle plus checked out.
+    live: usize,
+}
+
+impl InstancePool {
+    pub fn new(
+        host: &PluginHost,
+        wasm: &Path,
+        settings: &PluginSettings,
+    ) -> Result<Self, PluginError> {
+        let bytes = std::fs::read(wasm).map_err(|source| PluginError::Read {
+            plugin: settings.name.clone(),
+            path: wasm.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(host, &bytes, settings)
+    }
+
+    pub fn from_bytes(
+        host: &PluginHost,
+        wasm: &[u8],
+        settings: &PluginSettings,
+    ) -> Result<Self, PluginError> {
+        let compile_error = |e: wasmtime::Error| PluginError::Compile {
+            plugin: settings.name.clone(),
+            reason: format!("{e:#}"),
+        };
+        let component = Component::new(&host.engine, wasm).map_err(compile_error)?;
+        let pre = host
+            .linker
+            .instantiate_pre(&component)
+            .map_err(compile_error)?;
+        let pre = HandshakePluginPre::new(pre).map_err(compile_error)?;
+        let ticks = settings.timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
+        let pool = Self {
+            pre,
+            settings: settings.clone(),
+            name: settings.name.as_str().into(),
+            deadline_ticks: ticks,
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                live: 0,
+            }),
+            freed: Condvar::new(),
+        };
+        // Create one instance now: a refused configuration is a load error.
+        let first = pool.create()?;
+        {
+            let mut state = pool.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.live = 1;
+            state.idle.push(first);
+        }
+        Ok(pool)
+    }
+
+    /// A new instance, configured with the plugin's config.
+    fn create(&self) -> Result<Instance, PluginError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.settings.max_memory)
+            .trap_on_grow_failure(true)
+            .build();
+        let data = StoreData {
+            wasi: WasiCtx::builder()
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build(),
+            table: ResourceTable::new(),
+            limits,
+            plugin: self.name.clone(),
+            request_id: String::new(),
+        };
+        let mut store = Store::new(self.pre.engine(), data);
+        store.limiter(|d| &mut d.limits);
+        store.set_epoch_deadline(self.deadline_ticks);
+        let instance_error = |e: wasmtime::Error| PluginError::ConfigureFailed {
+            plugin: self.settings.name.clone(),
+            source: self.classify(e),
+        };
+        let plugin = self.pre.instantiate(&mut store).map_err(instance_error)?;
+        store.set_epoch_deadline(self.deadline_ticks);
+        match plugin.call_configure(&mut store, &self.settings.config_json) {
+            Ok(Ok(())) => Ok(Instance { store, plugin }),
+            Ok(Err(message)) => Err(PluginError::Configure {
+                plugin: self.settings.name.clone(),
+                message,
+            }),
+            Err(e) => Err(instance_error(e)),
+        }
+    }
+
+    pub fn call(&self, request: &Handshake) -> Result<Verdict, CallError> {
+        let mut instance = self.check_out()?;
+        instance.store.data_mut().request_id.clone_from(&request.id);
+        instance.store.set_epoch_deadline(self.deadline_ticks);
+        match instance
+            .plugin
+            .call_on_handshake(&mut instance.store, request)
+        {
+            Ok(verdict) => {
+                self.check_in(instance);
+                Ok(verdict)
+            }
+            Err(e) => {
+                self.discard(instance);
+                Err(self.classify(e))
+            }
+        }
+    }
+
+    fn classify(&self, e: wasmtime::Error) -> CallError {
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => CallError::Timeout(self.settings.timeout),
+            _ => {
+                let text = format!("{e:#}");
+                if text.contains("forcing trap when growing memory")
+                    || text.contains("memory allocation")
+                {
+                    CallError::OutOfMemory(self.settings.max_memory)
+                } else {
+                    CallError::Trap(text)
+                }
+            }
+        }
+    }
+
+    /// An idle instance, or a new one while under the limit; otherwise wait (bounded by
+    /// the call timeout) for one to be returned.
+    fn check_out(&self) -> Result<Instance, CallError> {
+        let wait_until = Instant::now() + self.settings.timeout.max(Duration::from_millis(10));
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(instance) = state.idle.pop() {
+                return Ok(instance);
+            }
+            if state.live < self.settings.instances {
+                state.live += 1;
+                drop(state);
+                return self.create().map_err(|e| {
+                    self.release_slot();
+                    CallError::Instantiate(e.to_string())
+                });
+            }
+            let now = Instant::now();
+            if now >= wait_until {
+                return Err(CallError::Busy(self.settings.timeout));
+            }
+            state = self
+                .freed
+                .wait_timeout(state, wait_until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn check_in(&self, instance: Instance) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.idle.push(instance);
+        drop(state);
+        self.freed.notify_one();
+    }
+
+    fn discard(&self, instance: Instance) {
+        drop(instance);
+        self.release_slot();
+    }
+
+    fn release_slot(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.live = state.live.saturating_sub(1);
+        drop(state);
+        self.freed.notify_one();
+    }
+}

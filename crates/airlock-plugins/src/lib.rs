@@ -1,0 +1,119 @@
+//! airlock's WebAssembly plugin host.
+//!
+//! Loads handshake plugins (components of the `airlock:plugin` world in `wit/`), keeps a
+//! pool of warm, configured instances per plugin, and calls them under a deadline (epoch
+//! interruption) and a memory cap (`StoreLimits`). A plugin that traps, loops or runs
+//! out of memory costs one call an error; the instance is thrown away, never reused.
+//!
+//! [`chain`] runs a route's plugins in order, each seeing the request as changed by the
+//! ones before it. It knows nothing about HTTP; the proxy turns requests into
+//! [`Handshake`] records and applies the outcome.
+
+#![forbid(unsafe_code)]
+
+mod bindings;
+pub mod chain;
+mod engine;
+mod error;
+mod instance;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use bindings::airlock::plugin::types::{Handshake, Mutations, Rejection, TlsInfo, Verdict};
+pub use chain::{Chain, ChainOutcome};
+pub use engine::PluginHost;
+pub use error::{CallError, PluginError};
+use instance::InstancePool;
+
+/// What to do with a handshake when a plugin call fails.
+pub use airlock_config::OnError;
+
+/// One loaded, configured plugin with its pool of warm instances.
+pub struct Plugin {
+    pub name: Arc<str>,
+    pub on_error: OnError,
+    pool: InstancePool,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of one plugin, from its `[plugin.NAME]` table.
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    pub name: String,
+    pub timeout: Duration,
+    pub max_memory: usize,
+    pub instances: usize,
+    pub on_error: OnError,
+    /// The plugin's `config` table as JSON, handed to `configure`.
+    pub config_json: String,
+}
+
+impl PluginSettings {
+    /// Settings from a `[plugin.NAME]` table.
+    pub fn from_config(name: &str, cfg: &airlock_config::Plugin) -> Self {
+        Self {
+            name: name.to_string(),
+            timeout: cfg.timeout.get(),
+            max_memory: usize::try_from(cfg.max_memory.0).unwrap_or(usize::MAX),
+            instances: cfg
+                .instances
+                .as_ref()
+                .map_or_else(default_instances, |n| *n.get_ref()),
+            on_error: cfg.on_error,
+            config_json: serde_json::to_string(&cfg.config).expect("a TOML table is valid JSON"),
+        }
+    }
+}
+
+/// Warm instances kept per plugin when `instances` is not set: enough for every worker
+/// thread to call at once, with room for a replacement being created.
+pub fn default_instances() -> usize {
+    std::thread::available_parallelism()
+        .map_or(4, |n| n.get() * 2)
+        .max(4)
+}
+
+impl Plugin {
+    /// Compile the component at `wasm`, link it, and create and configure one instance,
+    /// so that a bad file or a refused configuration is reported now.
+    pub fn load(
+        host: &PluginHost,
+        wasm: &Path,
+        settings: PluginSettings,
+    ) -> Result<Self, PluginError> {
+        let pool = InstancePool::new(host, wasm, &settings)?;
+        Ok(Self {
+            name: settings.name.into(),
+            on_error: settings.on_error,
+            pool,
+        })
+    }
+
+    /// Load from bytes already in memory (the demo embeds its plugin).
+    pub fn load_bytes(
+        host: &PluginHost,
+        wasm: &[u8],
+        settings: PluginSettings,
+    ) -> Result<Self, PluginError> {
+        let pool = InstancePool::from_bytes(host, wasm, &settings)?;
+        Ok(Self {
+            name: settings.name.into(),
+            on_error: settings.on_error,
+            pool,
+        })
+    }
+
+    /// Call `on-handshake` on a warm instance.
+    pub fn call(&self, request: &Handshake) -> Result<Verdict, CallError> {
+        self.pool.call(request)
+    }
+}
