@@ -8,4 +8,5 @@ mod balance;
 mod cli;
 mod http;
 mod lifecycle;
+mod plugins;
 mod websocket;

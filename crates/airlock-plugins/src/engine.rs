@@ -1,9 +1,10 @@
 //! The process's one Wasm engine, its linker, and the epoch ticker behind call deadlines.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bindings::HandshakePlugin;
@@ -18,6 +19,9 @@ pub(crate) const TICK: Duration = Duration::from_millis(1);
 pub struct PluginHost {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<StoreData>>,
+    /// Components compiled so far, by their bytes: several `[plugin.*]` tables often
+    /// load one file with different configs, and compiling is the slow part of a load.
+    compiled: Arc<Mutex<HashMap<Vec<u8>, Component>>>,
 }
 
 impl PluginHost {
@@ -59,7 +63,19 @@ impl PluginHost {
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            compiled: Arc::default(),
         })
+    }
+
+    /// Compile `wasm`, or reuse the component compiled from the same bytes.
+    pub(crate) fn compile(&self, wasm: &[u8]) -> wasmtime::Result<Component> {
+        let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(component) = compiled.get(wasm) {
+            return Ok(component.clone());
+        }
+        let component = Component::new(&self.engine, wasm)?;
+        compiled.insert(wasm.to_vec(), component.clone());
+        Ok(component)
     }
 }
 

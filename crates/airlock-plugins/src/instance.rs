@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, ResourceTable};
+use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -99,7 +99,7 @@ impl InstancePool {
             plugin: settings.name.clone(),
             reason: format!("{e:#}"),
         };
-        let component = Component::new(&host.engine, wasm).map_err(compile_error)?;
+        let component = host.compile(wasm).map_err(compile_error)?;
         let pre = host
             .linker
             .instantiate_pre(&component)
@@ -167,17 +167,28 @@ impl InstancePool {
         let mut instance = self.check_out()?;
         instance.store.data_mut().request_id.clone_from(&request.id);
         instance.store.set_epoch_deadline(self.deadline_ticks);
-        match instance
-            .plugin
-            .call_on_handshake(&mut instance.store, request)
-        {
-            Ok(verdict) => {
+        // A host function can panic on the guest's behalf (wasmtime-wasi's blocking stream
+        // calls do when a guest writes to stdout/stderr on a Tokio worker). Catch it here
+        // so it costs this call, not the connection, and never reuse the instance.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            instance
+                .plugin
+                .call_on_handshake(&mut instance.store, request)
+        }));
+        match result {
+            Ok(Ok(verdict)) => {
                 self.check_in(instance);
                 Ok(verdict)
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 self.discard(instance);
                 Err(self.classify(e))
+            }
+            Err(_) => {
+                self.discard(instance);
+                Err(CallError::Trap(
+                    "a host call failed; plugins have no stdout or stderr (use the host log function)".into(),
+                ))
             }
         }
     }

@@ -13,6 +13,7 @@ pub const TARGET: &str = "airlock::access";
 /// Facts about one request, filled in as its phases run.
 pub struct RequestLog {
     started: Instant,
+    pub request_id: String,
     pub method: http::Method,
     pub path: String,
     pub client: SocketAddr,
@@ -23,12 +24,19 @@ pub struct RequestLog {
     pub connect_time: Option<Duration>,
     pub header_time: Option<Duration>,
     pub error: Option<(&'static str, String)>,
+    /// The plugin that rejected or failed the request.
+    pub plugin: Option<std::sync::Arc<str>>,
+    pub plugin_time: Option<Duration>,
+    /// Key-value pairs plugins attached.
+    pub attributes: Vec<(String, String)>,
+    pub affinity_key: Option<String>,
 }
 
 impl RequestLog {
     pub fn new(req: &http::Request<hyper::body::Incoming>, client: SocketAddr) -> Self {
         Self {
             started: Instant::now(),
+            request_id: crate::plugin_phase::request_id(),
             method: req.method().clone(),
             path: req.uri().path().to_string(),
             client,
@@ -39,14 +47,26 @@ impl RequestLog {
             connect_time: None,
             header_time: None,
             error: None,
+            plugin: None,
+            plugin_time: None,
+            attributes: Vec::new(),
+            affinity_key: None,
         }
     }
 
     pub fn emit(&self, status: http::StatusCode) {
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        let attributes = (!self.attributes.is_empty()).then(|| {
+            self.attributes
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
         tracing::info!(
             target: TARGET,
             event = "request",
+            request.id = %self.request_id,
             http.request.method = %self.method,
             url.path = %self.path,
             client.address = %self.client.ip(),
@@ -60,6 +80,10 @@ impl RequestLog {
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             error.source = self.error.as_ref().map(|e| e.0),
             error.message = self.error.as_ref().map(|e| e.1.as_str()),
+            plugin = self.plugin.as_deref(),
+            plugins_us = self.plugin_time.map(|d| d.as_secs_f64() * 1e6),
+            plugin.attributes = attributes,
+            affinity_key = self.affinity_key.as_deref(),
         );
     }
 }

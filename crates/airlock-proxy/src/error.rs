@@ -1,6 +1,7 @@
 //! Proxy errors, classified by where they came from, and the one place that maps them to
 //! what the client sees.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -12,6 +13,8 @@ pub enum ErrorSource {
     Client,
     /// The upstream could not be reached or misbehaved.
     Upstream,
+    /// A plugin rejected the request or failed.
+    Plugin,
     /// Something inside airlock failed.
     Internal,
 }
@@ -21,6 +24,7 @@ impl ErrorSource {
         match self {
             Self::Client => "client",
             Self::Upstream => "upstream",
+            Self::Plugin => "plugin",
             Self::Internal => "internal",
         }
     }
@@ -39,6 +43,23 @@ pub enum ProxyError {
     },
     #[error("connecting to upstream server {server} timed out after {timeout:?}")]
     ConnectTimeout { server: String, timeout: Duration },
+    #[error("header {name} is not valid UTF-8; plugins on this route need UTF-8 header values")]
+    BadHeaderEncoding { name: String },
+    #[error("plugin `{plugin}` rejected the request with status {}", rejection.status)]
+    PluginRejected {
+        plugin: Arc<str>,
+        rejection: airlock_plugins::Rejection,
+    },
+    #[error("plugin `{plugin}` failed")]
+    PluginFailed {
+        plugin: Arc<str>,
+        #[source]
+        source: airlock_plugins::CallError,
+    },
+    #[error("the plugin chain asked for an invalid change: {detail}")]
+    PluginOutput { detail: String },
+    #[error("a plugin chose upstream `{name}`, which is not defined")]
+    UnknownUpstream { name: String },
     #[error("upstream server {server} failed before sending a response")]
     UpstreamRequest {
         server: String,
@@ -50,7 +71,11 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn source_kind(&self) -> ErrorSource {
         match self {
-            Self::NoRoute { .. } => ErrorSource::Client,
+            Self::NoRoute { .. } | Self::BadHeaderEncoding { .. } => ErrorSource::Client,
+            Self::PluginRejected { .. } | Self::PluginFailed { .. } | Self::PluginOutput { .. } => {
+                ErrorSource::Plugin
+            }
+            Self::UnknownUpstream { .. } => ErrorSource::Internal,
             Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::UpstreamRequest { .. } => {
                 ErrorSource::Upstream
             }
@@ -66,6 +91,14 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::BadHeaderEncoding { .. } => StatusCode::BAD_REQUEST,
+            Self::PluginRejected { rejection, .. } => {
+                StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::FORBIDDEN)
+            }
+            Self::PluginFailed { .. } | Self::PluginOutput { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::UnknownUpstream { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Connect { .. } | Self::UpstreamRequest { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -74,10 +107,18 @@ impl ProxyError {
     /// The server this error concerns, if any.
     pub fn server(&self) -> Option<&str> {
         match self {
-            Self::NoRoute { .. } => None,
             Self::Connect { server, .. }
             | Self::ConnectTimeout { server, .. }
             | Self::UpstreamRequest { server, .. } => Some(server),
+            _ => None,
+        }
+    }
+
+    /// The plugin this error concerns, if any.
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            Self::PluginRejected { plugin, .. } | Self::PluginFailed { plugin, .. } => Some(plugin),
+            _ => None,
         }
     }
 }

@@ -35,8 +35,35 @@ pub struct Hop<'a> {
     pub port: u16,
 }
 
-/// Rewrite the forwarding headers in place and return the client's address: the peer, or
-/// when the peer is trusted, the nearest untrusted address in `X-Forwarded-For`.
+/// The client's address: the peer, or when the peer is trusted, the nearest untrusted
+/// address in `X-Forwarded-For`.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted.contains(peer) {
+        return peer;
+    }
+    prior_chain(headers)
+        .iter()
+        .rev()
+        .filter_map(|s| s.parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
+        .find(|ip| !trusted.contains(*ip))
+        .unwrap_or(peer)
+}
+
+fn prior_chain(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Rewrite the forwarding headers in place and return the client's address (see
+/// [`client_ip`]).
 pub fn apply(headers: &mut HeaderMap, hop: &Hop<'_>, trusted: &TrustedProxies) -> IpAddr {
     let peer = hop.peer.to_canonical();
     if !trusted.contains(peer) {
@@ -64,21 +91,8 @@ pub fn apply(headers: &mut HeaderMap, hop: &Hop<'_>, trusted: &TrustedProxies) -
     }
 
     // A trusted peer: keep what it says, append it to the chain, and find the client.
-    let prior: Vec<String> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    let client = prior
-        .iter()
-        .rev()
-        .filter_map(|s| s.parse::<IpAddr>().ok())
-        .map(|ip| ip.to_canonical())
-        .find(|ip| !trusted.contains(*ip))
-        .unwrap_or(peer);
+    let client = client_ip(headers, peer, trusted);
+    let prior = prior_chain(headers);
     let mut chain = prior.join(", ");
     if !chain.is_empty() {
         chain.push_str(", ");

@@ -1,5 +1,5 @@
 //! One request, start to finish. `handle` reads top to bottom as the phases run:
-//! route → (plugins) → prepare the upstream request → forward (upgrade or plain) → log.
+//! route → plugins → prepare the upstream request → forward (upgrade or plain) → log.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,13 +15,16 @@ use crate::drain::Drain;
 use crate::error::{ProxyError, chain};
 use crate::forwarded::{self, Hop, TrustedProxies};
 use crate::route::{Route, Router, request_host};
-use crate::{headers, http_forward, upgrade};
+use crate::upstream::Pool;
+use crate::{headers, http_forward, plugin_phase, upgrade};
 
 /// What every connection accepted on one listener shares.
 #[derive(Debug)]
 pub struct ListenerCtx {
     pub name: Arc<str>,
     pub router: Router,
+    /// Every pool by name, for plugins that choose one.
+    pub pools: Arc<std::collections::HashMap<String, Arc<Pool>>>,
     pub trusted: TrustedProxies,
     pub max_header_bytes: usize,
     pub handshake_timeout: std::time::Duration,
@@ -43,7 +46,11 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<Prox
         Ok(response) => response,
         Err(err) => {
             log.error = Some((err.source_kind().as_str(), chain(&err)));
-            error_response(err.status())
+            log.plugin = err.plugin().map(Into::into);
+            if let ProxyError::PluginFailed { .. } = &err {
+                tracing::warn!(request = %log.request_id, error = %chain(&err), "plugin failed; request denied (on_error = \"deny\")");
+            }
+            error_response_for(err)
         }
     };
     log.emit(response.status());
@@ -57,18 +64,34 @@ async fn proxy(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let route = find_route(&req, &conn.listener.router)?;
     log.route = Some(route.name.clone());
-    log.upstream = Some(route.pool.name.clone());
+    ensure_host_header(&mut req);
 
-    // The plugin chain runs here once plugins land; it may reject, rewrite or re-route.
+    let decision = plugin_phase::run(&mut req, &route, conn, log)?;
+    let pool = decision.pool.unwrap_or_else(|| route.pool.clone());
+    log.upstream = Some(pool.name.clone());
 
     let upgrade = headers::upgrade_request(req.headers());
     log.upgrade = upgrade.is_some();
-    prepare_upstream_request(&mut req, &route, conn, upgrade);
+    prepare_upstream_request(&mut req, &route, conn, upgrade, decision.path_rewritten);
 
-    if log.upgrade {
-        upgrade::forward(req, route, conn, log).await
+    let mut response = if log.upgrade {
+        upgrade::forward(req, route, &pool, conn, log).await?
     } else {
-        http_forward::forward(req, &route, log).await
+        http_forward::forward(req, &route, &pool, log).await?
+    };
+    for (name, value) in decision.response_headers {
+        response.headers_mut().append(name, value);
+    }
+    Ok(response)
+}
+
+/// HTTP/1.1 requires `Host`; take it from an absolute-form URI when the client left it out.
+fn ensure_host_header(req: &mut Request<Incoming>) {
+    if !req.headers().contains_key(header::HOST)
+        && let Some(authority) = req.uri().authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, host);
     }
 }
 
@@ -93,15 +116,14 @@ fn prepare_upstream_request(
     route: &Route,
     conn: &ConnCtx,
     upgrade: Option<HeaderValue>,
+    path_rewritten: bool,
 ) {
-    if !req.headers().contains_key(header::HOST)
-        && let Some(authority) = req.uri().authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        req.headers_mut().insert(header::HOST, host);
-    }
-
-    let path = route.rewrite_path(req.uri().path());
+    // A path set by a plugin is final; otherwise the route's strip_prefix applies.
+    let path = if path_rewritten {
+        req.uri().path().into()
+    } else {
+        route.rewrite_path(req.uri().path())
+    };
     let path_and_query = match req.uri().query() {
         Some(q) => format!("{path}?{q}"),
         None => path.into_owned(),
@@ -124,6 +146,33 @@ fn prepare_upstream_request(
     };
     forwarded::apply(headers, &hop, &conn.listener.trusted);
     *req.version_mut() = Version::HTTP_11;
+}
+
+/// The response for an error: a plugin's rejection as the plugin wrote it, otherwise the
+/// status with a short text.
+fn error_response_for(err: ProxyError) -> Response<ProxyBody> {
+    let ProxyError::PluginRejected { rejection, .. } = err else {
+        return error_response(err.status());
+    };
+    let mut response = Response::new(ProxyBody::local(rejection.body));
+    *response.status_mut() =
+        StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::FORBIDDEN);
+    let headers = response.headers_mut();
+    for (name, value) in rejection.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    if !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    response
 }
 
 /// A small plain-text answer for errors; details go to the log, not the client.

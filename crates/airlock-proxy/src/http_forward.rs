@@ -15,15 +15,16 @@ use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::route::Route;
-use crate::upstream::Server;
+use crate::upstream::{Pool, Server};
 
 pub async fn forward(
     req: Request<Incoming>,
     route: &Route,
+    pool: &Pool,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let mut req = req;
-    let mut attempts = route.pool.attempts();
+    let mut attempts = pool.attempts();
     let mut last_error = None;
     while let Some(server) = attempts.next_server() {
         let guard = server.track();
@@ -43,7 +44,7 @@ pub async fn forward(
         let sender = match connect(&server, route.connect_timeout).await {
             Ok(sender) => sender,
             Err(err) => {
-                server.record_failure(&route.pool.name, &err);
+                server.record_failure(&pool.name, &err);
                 last_error = Some(err);
                 continue;
             }
@@ -59,7 +60,7 @@ pub async fn forward(
                 ),
             }),
             Sent::Failed(err) => {
-                server.record_failure(&route.pool.name, &err);
+                server.record_failure(&pool.name, &err);
                 Err(err)
             }
         };

@@ -20,6 +20,7 @@ mod forwarded;
 mod handler;
 mod headers;
 mod http_forward;
+mod plugin_phase;
 pub mod route;
 mod serve;
 pub mod tunnel;
@@ -45,11 +46,8 @@ use upstream::Pool;
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(
-        "route `{route}` lists plugins, but this build of airlock cannot run Wasm plugins yet; \
-         remove `plugins` from the route (running the route without its policy would be unsafe)"
-    )]
-    PluginsUnsupported { route: String },
+    #[error(transparent)]
+    Plugin(#[from] airlock_plugins::PluginError),
     #[error("cannot bind listener `{listener}` to {addr}")]
     Bind {
         listener: String,
@@ -71,16 +69,13 @@ impl Plan {
     /// Build everything the configuration describes, without touching the network.
     pub fn build(loaded: &LoadedConfig) -> Result<Self, StartError> {
         let config = &loaded.config;
-        if let Some(route) = config.routes.iter().find(|r| !r.plugins.is_empty()) {
-            return Err(StartError::PluginsUnsupported {
-                route: route.name.get_ref().clone(),
-            });
-        }
-        let pools: HashMap<&str, Arc<Pool>> = config
+        let plugins = load_plugins(loaded)?;
+        let pools: HashMap<String, Arc<Pool>> = config
             .upstreams
             .iter()
-            .map(|(name, up)| (name.as_str(), Arc::new(Pool::from_config(name, up))))
+            .map(|(name, up)| (name.clone(), Arc::new(Pool::from_config(name, up))))
             .collect();
+        let pools = Arc::new(pools);
         let routes: Vec<(Option<Vec<String>>, Arc<Route>)> = config
             .routes
             .iter()
@@ -89,7 +84,7 @@ impl Plan {
                     .listeners
                     .as_ref()
                     .map(|l| l.iter().map(|n| n.get_ref().clone()).collect());
-                (only, Arc::new(build_route(r, &pools)))
+                (only, Arc::new(build_route(r, &pools, &plugins)))
             })
             .collect();
         let listeners = config
@@ -105,6 +100,7 @@ impl Plan {
                 let ctx = ListenerCtx {
                     name: name.as_str().into(),
                     router: Router::new(mine),
+                    pools: pools.clone(),
                     trusted: TrustedProxies::new(l.trusted_proxies.iter().map(|c| c.0).collect()),
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX),
                     handshake_timeout: l.handshake_timeout.get(),
@@ -112,11 +108,11 @@ impl Plan {
                 (ctx, l.bind.get_ref().0)
             })
             .collect();
-        let mut pools: Vec<(&str, Arc<Pool>)> = pools.into_iter().collect();
+        let mut pools: Vec<(&String, &Arc<Pool>)> = pools.iter().collect();
         pools.sort_by_key(|(name, _)| *name);
         Ok(Self {
             listeners,
-            pools: pools.into_iter().map(|(_, p)| p).collect(),
+            pools: pools.into_iter().map(|(_, p)| p.clone()).collect(),
             admin: config.admin.as_ref().map(|a| a.bind.get_ref().0),
             shutdown_grace: config.shutdown_grace.get(),
         })
@@ -158,7 +154,44 @@ impl Plan {
     }
 }
 
-fn build_route(r: &airlock_config::Route, pools: &HashMap<&str, Arc<Pool>>) -> Route {
+/// Load and configure every `[plugin.NAME]`, sharing one engine sized for all of them.
+fn load_plugins(
+    loaded: &LoadedConfig,
+) -> Result<HashMap<String, Arc<airlock_plugins::Plugin>>, StartError> {
+    let plugins = &loaded.config.plugins;
+    if plugins.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let settings: Vec<_> = plugins
+        .iter()
+        .map(|(name, cfg)| {
+            (
+                loaded.resolve(cfg.wasm.get_ref()),
+                airlock_plugins::PluginSettings::from_config(name, cfg),
+            )
+        })
+        .collect();
+    let total = settings.iter().map(|(_, s)| s.instances).sum();
+    let max_memory = settings
+        .iter()
+        .map(|(_, s)| s.max_memory)
+        .max()
+        .unwrap_or(0);
+    let host = airlock_plugins::PluginHost::new(total, max_memory)?;
+    let mut loaded_plugins = HashMap::new();
+    for (path, s) in settings {
+        let name = s.name.clone();
+        let plugin = airlock_plugins::Plugin::load(&host, &path, s)?;
+        loaded_plugins.insert(name, Arc::new(plugin));
+    }
+    Ok(loaded_plugins)
+}
+
+fn build_route(
+    r: &airlock_config::Route,
+    pools: &HashMap<String, Arc<Pool>>,
+    plugins: &HashMap<String, Arc<airlock_plugins::Plugin>>,
+) -> Route {
     let path = if let Some(p) = &r.path_exact {
         PathMatch::Exact(p.get_ref().clone())
     } else if let Some(p) = &r.path_prefix {
@@ -172,7 +205,13 @@ fn build_route(r: &airlock_config::Route, pools: &HashMap<&str, Arc<Pool>>) -> R
         name: r.name.get_ref().as_str().into(),
         host: HostMatch::parse(r.host.as_ref().map(|h| h.get_ref().as_str())),
         path,
-        pool: pools[r.upstream.get_ref().as_str()].clone(),
+        pool: pools[r.upstream.get_ref()].clone(),
+        chain: airlock_plugins::Chain::new(
+            r.plugins
+                .iter()
+                .map(|p| plugins[p.get_ref()].clone())
+                .collect(),
+        ),
         strip_prefix: r.strip_prefix.as_ref().map(|s| s.get_ref().clone()),
         connect_timeout: r.connect_timeout.get(),
         idle_timeout: r.idle_timeout.get(),

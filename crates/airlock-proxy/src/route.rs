@@ -14,6 +14,8 @@ pub struct Route {
     pub host: HostMatch,
     pub path: PathMatch,
     pub pool: Arc<Pool>,
+    /// The route's plugins, in order.
+    pub chain: airlock_plugins::Chain,
     pub strip_prefix: Option<String>,
     pub connect_timeout: std::time::Duration,
     pub idle_timeout: std::time::Duration,
@@ -148,6 +150,7 @@ mod tests {
             host: HostMatch::parse(host),
             path,
             pool: Pool::for_tests(),
+            chain: Default::default(),
             strip_prefix: None,
             connect_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(1),

@@ -21,18 +21,19 @@ use crate::handler::ConnCtx;
 use crate::headers;
 use crate::route::Route;
 use crate::tunnel::{self, Endpoint, Limits};
-use crate::upstream::{ActiveGuard, Server};
+use crate::upstream::{ActiveGuard, Pool, Server};
 
 pub async fn forward(
     mut req: Request<Incoming>,
     route: Arc<Route>,
+    pool: &Pool,
     conn: &Arc<ConnCtx>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
 
     let started = Instant::now();
-    let (server, stream) = route.pool.connect(route.connect_timeout).await?;
+    let (server, stream) = pool.connect(route.connect_timeout).await?;
     log.connect_time = Some(started.elapsed());
     log.server = Some(server.addr.clone());
     let guard = server.track();
@@ -51,7 +52,7 @@ pub async fn forward(
         Ok(response) => response,
         Err(source) => {
             let err = upstream_error(source);
-            server.record_failure(&route.pool.name, &err);
+            server.record_failure(&pool.name, &err);
             return Err(err);
         }
     };

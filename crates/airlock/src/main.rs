@@ -23,6 +23,11 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    // Panics are bugs (or a plugin host call gone wrong, which the plugin host contains);
+    // report them as one log line in the configured format rather than raw stderr.
+    std::panic::set_hook(Box::new(
+        |info| tracing::error!(panic = %info, "internal error (panic)"),
+    ));
     match cli.command {
         Command::Check { config } => match load(&config) {
             Ok(loaded) => {

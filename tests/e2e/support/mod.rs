@@ -18,6 +18,10 @@ pub use backend::Backend;
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// How long airlock may take to start (compiling plugins in a debug build on a loaded
+/// machine is the slow part).
+const START_WAIT: Duration = Duration::from_secs(60);
+
 pub fn airlock_bin() -> &'static str {
     env!("CARGO_BIN_EXE_airlock")
 }
@@ -88,7 +92,7 @@ impl Airlock {
             admin: None,
             _dir: dir,
         };
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + START_WAIT;
         loop {
             airlock.listeners = airlock
                 .logs_where(|v| v["message"] == "listening")
@@ -235,6 +239,11 @@ pub fn single_route(servers: &[SocketAddr], extra_route: &str, extra_upstream: &
         "[[route]]\nname = \"main\"\npath_prefix = \"/\"\nupstream = \"pool\"\n{extra_route}\n\n[upstream.pool]\nservers = [{}]\n{extra_upstream}\n",
         list.join(", ")
     ))
+}
+
+/// The path of a plugin built by `crates/airlock/build.rs`, like `origin_allowlist.wasm`.
+pub fn plugin_wasm(file: &str) -> String {
+    format!("{}/{file}", env!("AIRLOCK_PLUGIN_DIR"))
 }
 
 /// An address on which nothing listens (connections are refused).

@@ -1,0 +1,180 @@
+//! Phase: the route's plugin chain. Builds the handshake record plugins see, runs the
+//! chain, and applies its decision to the request before it is forwarded.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use airlock_plugins::chain::Allowed;
+use airlock_plugins::{ChainOutcome, Handshake};
+use http::Request;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::access_log::RequestLog;
+use crate::error::ProxyError;
+use crate::forwarded;
+use crate::handler::ConnCtx;
+use crate::route::Route;
+use crate::upstream::Pool;
+
+/// What the chain decided beyond the request itself.
+#[derive(Default)]
+pub struct Decision {
+    /// A pool chosen by a plugin instead of the route's.
+    pub pool: Option<Arc<Pool>>,
+    /// Whether a plugin set the path (then `strip_prefix` does not apply).
+    pub path_rewritten: bool,
+    /// Headers to add to the response to the client.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A process-unique id for a request, shown to plugins and in the access log.
+pub fn request_id() -> String {
+    format!("{:x}", NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Run the route's chain on `req`. A rejection or a failed plugin becomes an error whose
+/// response the client gets; otherwise the request is changed in place.
+pub fn run(
+    req: &mut Request<Incoming>,
+    route: &Route,
+    conn: &ConnCtx,
+    log: &mut RequestLog,
+) -> Result<Decision, ProxyError> {
+    if route.chain.is_empty() {
+        return Ok(Decision::default());
+    }
+    let started = Instant::now();
+    let handshake = handshake(req, route, conn, &log.request_id)?;
+    let outcome = route.chain.run(handshake);
+    log.plugin_time = Some(started.elapsed());
+    match outcome {
+        ChainOutcome::Rejected { plugin, rejection } => {
+            Err(ProxyError::PluginRejected { plugin, rejection })
+        }
+        ChainOutcome::Failed { plugin, error } => Err(ProxyError::PluginFailed {
+            plugin,
+            source: error,
+        }),
+        ChainOutcome::Allowed(allowed) => apply(*allowed, req, conn, log),
+    }
+}
+
+/// The request as plugins see it. Header values must be UTF-8 (400 otherwise).
+fn handshake(
+    req: &Request<Incoming>,
+    route: &Route,
+    conn: &ConnCtx,
+    id: &str,
+) -> Result<Handshake, ProxyError> {
+    let mut headers = Vec::with_capacity(req.headers().len());
+    for (name, value) in req.headers() {
+        let value =
+            std::str::from_utf8(value.as_bytes()).map_err(|_| ProxyError::BadHeaderEncoding {
+                name: name.to_string(),
+            })?;
+        headers.push((name.as_str().to_string(), value.to_string()));
+    }
+    let upgrade = crate::headers::upgrade_request(req.headers())
+        .and_then(|v| v.to_str().ok().map(str::to_ascii_lowercase));
+    let subprotocols = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let client = forwarded::client_ip(req.headers(), conn.peer.ip(), &conn.listener.trusted);
+    Ok(Handshake {
+        id: id.to_string(),
+        method: req.method().to_string(),
+        scheme: "http".into(),
+        authority,
+        path: req.uri().path().to_string(),
+        query: req.uri().query().map(str::to_string),
+        headers,
+        client_addr: client.to_string(),
+        tls: None,
+        route: route.name.to_string(),
+        upgrade,
+        subprotocols,
+    })
+}
+
+fn apply(
+    allowed: Allowed,
+    req: &mut Request<Incoming>,
+    conn: &ConnCtx,
+    log: &mut RequestLog,
+) -> Result<Decision, ProxyError> {
+    for (plugin, error) in &allowed.failed_open {
+        tracing::warn!(plugin = &**plugin, request = %log.request_id, error = %error, "plugin failed; request allowed by on_error = \"allow\"");
+    }
+    let invalid = |what: String| ProxyError::PluginOutput { detail: what };
+    let request = &allowed.request;
+    if allowed.path_changed || allowed.query_changed {
+        let pq = match &request.query {
+            Some(q) => format!("{}?{q}", request.path),
+            None => request.path.clone(),
+        };
+        let pq = PathAndQuery::from_str(&pq)
+            .map_err(|_| invalid(format!("the path and query {pq:?} are not a valid URI")))?;
+        *req.uri_mut() = pq.into();
+    }
+    if allowed.headers_changed {
+        let mut map = HeaderMap::with_capacity(request.headers.len());
+        for (name, value) in &request.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(format!("header name {name:?}")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| invalid(format!("value of header {name}")))?;
+            map.append(name, value);
+        }
+        *req.headers_mut() = map;
+    }
+    if let Some(sub) = &allowed.subprotocol {
+        let value =
+            HeaderValue::from_str(sub).map_err(|_| invalid(format!("subprotocol {sub:?}")))?;
+        req.headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+    }
+    let pool = match &allowed.upstream {
+        Some(name) => Some(
+            conn.listener
+                .pools
+                .get(name.as_str())
+                .cloned()
+                .ok_or_else(|| ProxyError::UnknownUpstream { name: name.clone() })?,
+        ),
+        None => None,
+    };
+    let mut response_headers = Vec::with_capacity(allowed.response_headers.len());
+    for (name, value) in &allowed.response_headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| invalid(format!("response header name {name:?}")))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| invalid(format!("value of response header {name}")))?;
+        response_headers.push((name, value));
+    }
+    log.attributes = allowed.attributes;
+    log.affinity_key = allowed.affinity_key;
+    Ok(Decision {
+        pool,
+        path_rewritten: allowed.path_changed,
+        response_headers,
+    })
+}

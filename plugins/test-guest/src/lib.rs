@@ -1,0 +1,140 @@
+//! A guest for airlock's tests. Its config says what it does on each handshake:
+//!
+//! - `mode`: `"allow"` (default), `"loop"` (forever), `"alloc"` (without bound),
+//!   `"panic"`, `"trap"` (`unreachable`), `"print"` (write to stdout, which plugins do
+//!   not have), or `"refuse-config"` (fail `configure`).
+//! - `require_header = ["name", "value"]`: reject with 412 unless the request has it
+//!   (to prove a plugin sees the changes of the ones before it).
+//! - `reject = { status = 451, body = "..." }`: reject.
+//! - Mutations: `set_headers`, `remove_headers`, `response_headers`, `attributes`
+//!   (lists of pairs or names), `path`, `query`, `upstream`, `subprotocol`.
+//! - `echo_request_header = "x-seen"`: add a response header with the JSON of what the
+//!   plugin saw (path, query, client address, upgrade, subprotocols).
+
+use std::sync::OnceLock;
+
+use airlock_plugin_sdk::{
+    Handshake, Mutations, MutationsExt as _, Plugin, Verdict, allow_with, export, header,
+    no_changes, reject,
+};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Script {
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    require_header: Option<(String, String)>,
+    #[serde(default)]
+    reject: Option<Reject>,
+    #[serde(default)]
+    set_headers: Vec<(String, String)>,
+    #[serde(default)]
+    remove_headers: Vec<String>,
+    #[serde(default)]
+    response_headers: Vec<(String, String)>,
+    #[serde(default)]
+    attributes: Vec<(String, String)>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    query: Option<String>,
+    #[serde(default)]
+    upstream: Option<String>,
+    #[serde(default)]
+    subprotocol: Option<String>,
+    #[serde(default)]
+    echo_request_header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Reject {
+    status: u16,
+    body: String,
+}
+
+static SCRIPT: OnceLock<Script> = OnceLock::new();
+
+struct TestGuest;
+
+impl Plugin for TestGuest {
+    fn configure(config: String) -> Result<(), String> {
+        let script: Script =
+            serde_json::from_str(&config).map_err(|e| format!("invalid config: {e}"))?;
+        if script.mode.as_deref() == Some("refuse-config") {
+            return Err("this configuration is refused on purpose".into());
+        }
+        SCRIPT
+            .set(script)
+            .map_err(|_| "configured twice".to_string())
+    }
+
+    fn on_handshake(request: Handshake) -> Verdict {
+        let script = SCRIPT.get().expect("configured");
+        match script.mode.as_deref() {
+            Some("loop") => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            Some("alloc") => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            Some("panic") => panic!("the test guest panics on purpose"),
+            Some("trap") => std::process::abort(),
+            Some("print") => println!("plugins have no stdout"),
+            _ => {}
+        }
+        if let Some((name, value)) = &script.require_header
+            && header(&request, name) != Some(value.as_str())
+        {
+            return reject(412, format!("expected header {name}: {value}\n"));
+        }
+        if let Some(r) = &script.reject {
+            return reject(r.status, r.body.clone());
+        }
+        allow_with(mutations(script, &request))
+    }
+}
+
+fn mutations(script: &Script, request: &Handshake) -> Mutations {
+    let mut m = no_changes();
+    for (k, v) in &script.set_headers {
+        m = m.set_header(k, v.clone());
+    }
+    for k in &script.remove_headers {
+        m = m.remove_header(k);
+    }
+    for (k, v) in &script.response_headers {
+        m = m.response_header(k, v.clone());
+    }
+    for (k, v) in &script.attributes {
+        m = m.attribute(k, v.clone());
+    }
+    if let Some(name) = &script.echo_request_header {
+        let seen = serde_json::json!({
+            "path": request.path,
+            "query": request.query,
+            "client_addr": request.client_addr,
+            "upgrade": request.upgrade,
+            "subprotocols": request.subprotocols,
+            "route": request.route,
+            "method": request.method,
+            "authority": request.authority,
+        });
+        m = m.response_header(name, seen.to_string());
+    }
+    m.path = script.path.clone();
+    m.query = script.query.clone();
+    m.upstream = script.upstream.clone();
+    m.subprotocol = script.subprotocol.clone();
+    m
+}
+
+export!(TestGuest);

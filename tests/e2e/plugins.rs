@@ -1,0 +1,309 @@
+//! Wasm handshake plugins through the real binary: the example plugins, the chain, and the
+//! sandbox (guests that loop, allocate, panic and trap on purpose).
+
+use futures_util::StreamExt as _;
+use tokio_tungstenite::connect_async;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+use crate::support::client::{get, get_with};
+use crate::support::{Airlock, Backend, config, plugin_wasm};
+
+/// A config whose route `main` (every path) runs `plugins` in front of `backend`, with the
+/// `[plugin.*]` tables in `plugin_tables`.
+fn with_plugins(backend: &Backend, plugins: &[&str], plugin_tables: &str) -> String {
+    let list: Vec<String> = plugins.iter().map(|p| format!("\"{p}\"")).collect();
+    config(&format!(
+        "[[route]]\nname = \"main\"\nupstream = \"pool\"\nplugins = [{}]\n\n[upstream.pool]\nservers = [\"{}\"]\n\n[upstream.canary]\nservers = [\"{}\"]\n\n{plugin_tables}\n",
+        list.join(", "),
+        backend.addr,
+        backend.addr,
+    ))
+}
+
+fn guest(name: &str, config: &str) -> String {
+    format!(
+        "[plugin.{name}]\nwasm = \"{}\"\nconfig = {config}\n",
+        plugin_wasm("test_guest.wasm")
+    )
+}
+
+/// A WebSocket handshake with these headers; the status the client got.
+async fn ws_status(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    for (k, v) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    match connect_async(request).await {
+        Ok((mut ws, response)) => {
+            ws.next().await.unwrap().unwrap();
+            response.status().as_u16()
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("handshake failed: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_allowlist_admits_listed_origins_and_rejects_the_rest() {
+    let backend = Backend::start("a").await;
+    let table = format!(
+        "[plugin.origin]\nwasm = \"{}\"\nconfig = {{ allow = [\"https://app.example.com\", \"https://*.example.org\"] }}\n",
+        plugin_wasm("origin_allowlist.wasm")
+    );
+    let airlock = Airlock::start(&with_plugins(&backend, &["origin"], &table));
+    let addr = airlock.addr();
+    for (origin, want) in [
+        ("https://app.example.com", 101),
+        ("https://a.example.org", 101),
+        ("https://deep.sub.example.org", 101),
+        ("https://example.org", 403),
+        ("https://example.org.evil.net", 403),
+        ("https://app.example.com.evil.net", 403),
+        ("http://app.example.com", 403),
+        ("https://evil.example", 403),
+    ] {
+        assert_eq!(
+            ws_status(addr, "/ws", &[("origin", origin)]).await,
+            want,
+            "{origin}"
+        );
+    }
+    // No Origin at all: rejected by default.
+    let r = get(addr, "/api").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(&r.body[..], b"origin (none) is not allowed\n");
+    let line = airlock
+        .wait_for_log("rejection", |v| v["http.response.status_code"] == 403)
+        .await;
+    assert_eq!(line["plugin"], "origin");
+    assert_eq!(line["error.source"], "plugin");
+    // Plain requests go through the same chain.
+    assert_eq!(
+        get_with(addr, "/api", &[("origin", "https://app.example.com")])
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_runs_in_order_and_mutations_reach_the_upstream_and_the_client() {
+    let backend = Backend::start("a").await;
+    let tables = [
+        guest(
+            "first",
+            r#"{ set_headers = [["x-chain", "first"]], remove_headers = ["x-secret"], path = "/rewritten", query = "a=1", response_headers = [["x-first", "1"]], attributes = [["user", "alice"]] }"#,
+        ),
+        guest(
+            "second",
+            r#"{ require_header = ["x-chain", "first"], set_headers = [["x-second", "2"]], upstream = "canary", echo_request_header = "x-second-saw" }"#,
+        ),
+    ]
+    .join("\n");
+    let airlock = Airlock::start(&with_plugins(&backend, &["first", "second"], &tables));
+    let r = get_with(
+        airlock.addr(),
+        "/original?token=abc",
+        &[("x-secret", "s3cret"), ("x-keep", "k")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let seen = r.json();
+    assert_eq!(seen["uri"], "/rewritten?a=1");
+    assert_eq!(seen["headers"]["x-chain"], "first");
+    assert_eq!(seen["headers"]["x-second"], "2");
+    assert_eq!(seen["headers"]["x-keep"], "k");
+    assert!(seen["headers"].get("x-secret").is_none());
+    assert_eq!(r.header("x-first"), Some("1"));
+    // The second plugin saw the first one's path and query.
+    let saw: serde_json::Value = serde_json::from_str(r.header("x-second-saw").unwrap()).unwrap();
+    assert_eq!(saw["path"], "/rewritten");
+    assert_eq!(saw["query"], "a=1");
+    assert_eq!(saw["client_addr"], "127.0.0.1");
+    assert_eq!(saw["route"], "main");
+    let line = airlock
+        .wait_for_log("access line", |v| v["http.response.status_code"] == 200)
+        .await;
+    assert_eq!(line["upstream"], "canary");
+    assert_eq!(line["plugin.attributes"], "user=alice");
+    assert!(line["plugins_us"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_rejection_ends_the_chain_with_its_status_body_and_headers() {
+    let backend = Backend::start("a").await;
+    let tables = [
+        guest(
+            "gate",
+            r#"{ reject = { status = 451, body = "not here\n" } }"#,
+        ),
+        guest("never", r#"{ mode = "panic" }"#),
+    ]
+    .join("\n");
+    let airlock = Airlock::start(&with_plugins(&backend, &["gate", "never"], &tables));
+    let r = get(airlock.addr(), "/x").await;
+    assert_eq!(r.status, 451);
+    assert_eq!(&r.body[..], b"not here\n");
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert!(
+        airlock
+            .logs_where(|v| v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("plugin failed")))
+            .is_empty()
+    );
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_subprotocol_chosen_by_a_plugin_is_what_the_upstream_and_client_see() {
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&with_plugins(
+        &backend,
+        &["pick"],
+        &guest("pick", r#"{ subprotocol = "chat.v2" }"#),
+    ));
+    let mut request = format!("ws://{}/ws", airlock.addr())
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "chat.v1, chat.v2".parse().unwrap(),
+    );
+    let (_ws, response) = connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v2");
+}
+
+/// Each misbehaving guest costs one request a 503 (or passes with on_error = "allow"),
+/// the log names the plugin and the cause, and the next requests are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_plugins_cost_one_request_never_the_proxy() {
+    let backend = Backend::start("a").await;
+    let mut cfg = config(&format!(
+        "[upstream.pool]\nservers = [\"{}\"]\n",
+        backend.addr
+    ));
+    let cases = [
+        ("loop", "deadline"),
+        ("alloc", "memory limit"),
+        ("panic", "trapped"),
+        ("trap", "trapped"),
+        ("print", "no stdout"),
+    ];
+    for (mode, _) in cases {
+        cfg.push_str(&format!(
+            "\n[[route]]\nname = \"{mode}\"\npath_prefix = \"/{mode}\"\nupstream = \"pool\"\nplugins = [\"{mode}\"]\n\
+             \n[[route]]\nname = \"{mode}-open\"\npath_prefix = \"/open/{mode}\"\nupstream = \"pool\"\nplugins = [\"{mode}-open\"]\n\
+             \n{}timeout = \"20ms\"\nmax_memory = \"8MiB\"\n\
+             \n{}timeout = \"20ms\"\nmax_memory = \"8MiB\"\non_error = \"allow\"\n",
+            guest(mode, &format!("{{ mode = \"{mode}\" }}")),
+            guest(&format!("{mode}-open"), &format!("{{ mode = \"{mode}\" }}")),
+        ));
+    }
+    cfg.push_str("\n[[route]]\nname = \"healthy\"\npath_prefix = \"/\"\nupstream = \"pool\"\n");
+    let airlock = Airlock::start(&cfg);
+    for (mode, cause) in cases {
+        for attempt in 0..3 {
+            let r = get(airlock.addr(), &format!("/{mode}")).await;
+            assert_eq!(r.status, 503, "{mode} attempt {attempt}");
+            // The proxy is unharmed: a plain route still works right after.
+            assert_eq!(get(airlock.addr(), "/healthy").await.status, 200);
+        }
+        let r = get(airlock.addr(), &format!("/open/{mode}")).await;
+        assert_eq!(r.status, 200, "{mode} with on_error = allow");
+        let denied = airlock
+            .logs_where(|v| v["plugin"] == mode && v["http.response.status_code"] == 503)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no 503 access line for {mode}:\n{}", airlock.dump_logs()));
+        let message = denied["error.message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("plugin `{mode}` failed")) && message.contains(cause),
+            "{mode}: {message}"
+        );
+        let allowed = airlock.logs_where(|v| {
+            v["plugin"] == format!("{mode}-open")
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("allowed by on_error"))
+        });
+        assert!(
+            !allowed.is_empty(),
+            "{mode}: no warning for the on_error = allow pass:\n{}",
+            airlock.dump_logs()
+        );
+    }
+    // A guest's panic message reaches the log through the SDK's panic hook.
+    airlock
+        .wait_for_log("panic message", |v| {
+            v["plugin"] == "panic"
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("panics on purpose"))
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_that_refuse_their_config_stop_the_start_with_a_clear_error() {
+    let dir = crate::support::TempDir::new();
+    let cfg = config(&format!(
+        "[[route]]\nname = \"r\"\nupstream = \"u\"\nplugins = [\"picky\"]\n\n[upstream.u]\nservers = [\"127.0.0.1:9\"]\n\n{}",
+        guest("picky", r#"{ mode = "refuse-config" }"#)
+    ));
+    let path = dir.write("picky.toml", &cfg);
+    for command in ["check", "run"] {
+        let out = std::process::Command::new(crate::support::airlock_bin())
+            .args([command, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(
+                "plugin `picky` refused its configuration: this configuration is refused on purpose"
+            ),
+            "{stderr}"
+        );
+    }
+    let missing = dir.write(
+        "missing.toml",
+        &cfg.replace(&plugin_wasm("test_guest.wasm"), "nope.wasm"),
+    );
+    let out = std::process::Command::new(crate::support::airlock_bin())
+        .args(["check", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("plugin `picky`: cannot read"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_utf8_header_values_get_400_on_plugin_routes() {
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&with_plugins(&backend, &["ok"], &guest("ok", "{}")));
+    let response = crate::support::client::raw(
+        airlock.addr(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Bin: \xff\xfe\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        crate::support::client::status_of(&response),
+        400,
+        "{response}"
+    );
+}
