@@ -8,11 +8,7 @@ use crate::support::{TempDir, airlock_bin, config};
 fn check_accepts_a_valid_config() {
     let dir = TempDir::new();
     let path = dir.write("ok.toml", &config("[[route]]\nname = \"r\"\nupstream = \"u\"\n\n[upstream.u]\nservers = [\"127.0.0.1:9\"]\n"));
-    let out = Command::new(airlock_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = crate::support::airlock_command("check", &path);
     assert!(
         out.status.success(),
         "{}",
@@ -32,11 +28,7 @@ fn check_and_run_reject_a_bad_config_with_64_and_a_located_message() {
         &config("[[route]]\nname = \"r\"\nupstream = \"missing\"\n"),
     );
     for command in ["check", "run"] {
-        let out = Command::new(airlock_bin())
-            .args([command, "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = crate::support::airlock_command(command, &path);
         assert_eq!(out.status.code(), Some(64), "{command}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(

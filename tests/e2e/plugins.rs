@@ -261,11 +261,7 @@ async fn plugins_that_refuse_their_config_stop_the_start_with_a_clear_error() {
     ));
     let path = dir.write("picky.toml", &cfg);
     for command in ["check", "run"] {
-        let out = std::process::Command::new(crate::support::airlock_bin())
-            .args([command, "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = crate::support::airlock_command(command, &path);
         assert_eq!(out.status.code(), Some(64), "{command}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -279,11 +275,7 @@ async fn plugins_that_refuse_their_config_stop_the_start_with_a_clear_error() {
         "missing.toml",
         &cfg.replace(&plugin_wasm("test_guest.wasm"), "nope.wasm"),
     );
-    let out = std::process::Command::new(crate::support::airlock_bin())
-        .args(["check", "--config"])
-        .arg(&missing)
-        .output()
-        .unwrap();
+    let out = crate::support::airlock_command("check", &missing);
     assert_eq!(out.status.code(), Some(64));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("plugin `picky`: cannot read"),

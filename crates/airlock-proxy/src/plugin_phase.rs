@@ -138,10 +138,7 @@ fn apply(
     if allowed.headers_changed {
         let mut map = HeaderMap::with_capacity(request.headers.len());
         for (name, value) in &request.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| invalid(format!("header name {name:?}")))?;
-            let value = HeaderValue::from_str(value)
-                .map_err(|_| invalid(format!("value of header {name}")))?;
+            let (name, value) = header_pair(name, value)?;
             map.append(name, value);
         }
         *req.headers_mut() = map;
@@ -162,14 +159,11 @@ fn apply(
         ),
         None => None,
     };
-    let mut response_headers = Vec::with_capacity(allowed.response_headers.len());
-    for (name, value) in &allowed.response_headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| invalid(format!("response header name {name:?}")))?;
-        let value = HeaderValue::from_str(value)
-            .map_err(|_| invalid(format!("value of response header {name}")))?;
-        response_headers.push((name, value));
-    }
+    let response_headers = allowed
+        .response_headers
+        .iter()
+        .map(|(name, value)| header_pair(name, value))
+        .collect::<Result<Vec<_>, _>>()?;
     log.attributes = allowed.attributes;
     log.affinity_key = allowed.affinity_key;
     Ok(Decision {
@@ -177,4 +171,16 @@ fn apply(
         path_rewritten: allowed.path_changed,
         response_headers,
     })
+}
+
+/// A header from a plugin as typed values. The chain already refused names and values
+/// that cannot be headers; this guards the conversion all the same.
+fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), ProxyError> {
+    let invalid = || ProxyError::PluginOutput {
+        detail: format!("header {name:?} has an invalid name or value"),
+    };
+    Ok((
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?,
+        HeaderValue::from_str(value).map_err(|_| invalid())?,
+    ))
 }

@@ -241,6 +241,15 @@ pub fn single_route(servers: &[SocketAddr], extra_route: &str, extra_upstream: &
     ))
 }
 
+/// Run `airlock COMMAND --config PATH` to completion.
+pub fn airlock_command(command: &str, config: &std::path::Path) -> std::process::Output {
+    Command::new(airlock_bin())
+        .args([command, "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 /// The path of a plugin built by `crates/airlock/build.rs`, like `origin_allowlist.wasm`.
 pub fn plugin_wasm(file: &str) -> String {
     format!("{}/{file}", env!("AIRLOCK_PLUGIN_DIR"))
