@@ -60,3 +60,77 @@ fn help_shows_examples_and_version_prints() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("airlock 0."));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_the_page_and_chat_behind_the_origin_allowlist() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use std::io::{BufRead as _, BufReader};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
+
+    // The demo's allowlist names its own address, so it needs a real port up front.
+    let free = |_| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (listen, admin) = (free(0), free(1));
+    let mut child = Command::new(airlock_bin())
+        .args([
+            "demo",
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("https://evil.example"))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("demo did not show its origin check:\n{}", seen.join("\n")),
+        }
+    }
+    let text = seen.join("\n");
+    assert!(
+        text.contains(&format!("Origin: http://{listen}"))
+            && text.contains("-> 101 Switching Protocols"),
+        "{text}"
+    );
+    assert!(
+        text.contains("https://evil.example") && text.contains("-> 403 Forbidden"),
+        "{text}"
+    );
+
+    let page = crate::support::client::get(listen, "/").await;
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains("new WebSocket("));
+    let mut request = format!("ws://{listen}/ws/chat")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", format!("http://{listen}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    ws.send(Message::text("hello, airlock")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("hello, airlock")
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -17,6 +17,7 @@ mod engine;
 mod error;
 mod instance;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,4 +117,37 @@ impl Plugin {
     pub fn call(&self, request: &Handshake) -> Result<Verdict, CallError> {
         self.pool.call(request)
     }
+}
+
+/// Load and configure every `[plugin.NAME]` of a configuration, sharing one engine sized
+/// for all of them.
+pub fn load_all(
+    loaded: &airlock_config::LoadedConfig,
+) -> Result<HashMap<String, Arc<Plugin>>, PluginError> {
+    let plugins = &loaded.config.plugins;
+    if plugins.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let settings: Vec<_> = plugins
+        .iter()
+        .map(|(name, cfg)| {
+            (
+                loaded.resolve(cfg.wasm.get_ref()),
+                PluginSettings::from_config(name, cfg),
+            )
+        })
+        .collect();
+    let total = settings.iter().map(|(_, s)| s.instances).sum();
+    let max_memory = settings
+        .iter()
+        .map(|(_, s)| s.max_memory)
+        .max()
+        .unwrap_or(0);
+    let host = PluginHost::new(total, max_memory)?;
+    let mut loaded_plugins = HashMap::new();
+    for (path, s) in settings {
+        let name = s.name.clone();
+        loaded_plugins.insert(name, Arc::new(Plugin::load(&host, &path, s)?));
+    }
+    Ok(loaded_plugins)
 }

@@ -69,7 +69,7 @@ impl Plan {
     /// Build everything the configuration describes, without touching the network.
     pub fn build(loaded: &LoadedConfig) -> Result<Self, StartError> {
         let config = &loaded.config;
-        let plugins = load_plugins(loaded)?;
+        let plugins = airlock_plugins::load_all(loaded)?;
         let pools: HashMap<String, Arc<Pool>> = config
             .upstreams
             .iter()
@@ -152,39 +152,6 @@ impl Plan {
             shutdown_grace: self.shutdown_grace,
         })
     }
-}
-
-/// Load and configure every `[plugin.NAME]`, sharing one engine sized for all of them.
-fn load_plugins(
-    loaded: &LoadedConfig,
-) -> Result<HashMap<String, Arc<airlock_plugins::Plugin>>, StartError> {
-    let plugins = &loaded.config.plugins;
-    if plugins.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let settings: Vec<_> = plugins
-        .iter()
-        .map(|(name, cfg)| {
-            (
-                loaded.resolve(cfg.wasm.get_ref()),
-                airlock_plugins::PluginSettings::from_config(name, cfg),
-            )
-        })
-        .collect();
-    let total = settings.iter().map(|(_, s)| s.instances).sum();
-    let max_memory = settings
-        .iter()
-        .map(|(_, s)| s.max_memory)
-        .max()
-        .unwrap_or(0);
-    let host = airlock_plugins::PluginHost::new(total, max_memory)?;
-    let mut loaded_plugins = HashMap::new();
-    for (path, s) in settings {
-        let name = s.name.clone();
-        let plugin = airlock_plugins::Plugin::load(&host, &path, s)?;
-        loaded_plugins.insert(name, Arc::new(plugin));
-    }
-    Ok(loaded_plugins)
 }
 
 fn build_route(

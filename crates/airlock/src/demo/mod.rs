@@ -9,13 +9,22 @@ use anyhow::Context as _;
 
 use crate::cli::DemoArgs;
 
-/// The embedded configuration; `{listen}`, `{admin}` and `{upstream}` are filled in.
+/// The embedded configuration; `{listen}`, `{port}`, `{admin}` and `{upstream}` are
+/// filled in.
 const CONFIG_TEMPLATE: &str = include_str!("demo.toml");
+
+/// The origin-allowlist plugin, built by build.rs.
+const ORIGIN_ALLOWLIST: &[u8] = include_bytes!(concat!(
+    env!("AIRLOCK_PLUGIN_DIR"),
+    "/origin_allowlist.wasm"
+));
 
 /// The built-in upstream, bound before the runtime starts so its address can go into the
 /// configuration.
 pub struct Upstream {
     listener: std::net::TcpListener,
+    /// Holds the plugin file until the proxy has loaded it.
+    plugin_dir: std::path::PathBuf,
 }
 
 /// Bind the built-in chat server and produce the demo configuration pointing at it.
@@ -26,20 +35,34 @@ pub fn prepare(args: &DemoArgs) -> anyhow::Result<(airlock_config::LoadedConfig,
     let upstream = listener.local_addr()?;
     let text = CONFIG_TEMPLATE
         .replace("{listen}", &args.listen.to_string())
+        .replace("{port}", &args.listen.port().to_string())
         .replace("{admin}", &args.admin.to_string())
         .replace("{upstream}", &upstream.to_string());
     let config = airlock_config::parse(&text, "<embedded demo config>")
         .context("the embedded demo configuration is invalid")?;
+    let plugin_dir = std::env::temp_dir().join(format!("airlock-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&plugin_dir)
+        .context("cannot create a directory for the demo plugin")?;
+    std::fs::write(plugin_dir.join("origin_allowlist.wasm"), ORIGIN_ALLOWLIST)
+        .context("cannot write the demo plugin")?;
     let loaded = airlock_config::LoadedConfig {
         config,
-        base_dir: ".".into(),
+        base_dir: plugin_dir.clone(),
     };
-    Ok((loaded, Upstream { listener }))
+    Ok((
+        loaded,
+        Upstream {
+            listener,
+            plugin_dir,
+        },
+    ))
 }
 
 impl Upstream {
     /// Serve the chat server and tell the user where to look.
     pub fn start(self, proxy: &airlock_proxy::Bound) -> anyhow::Result<()> {
+        // The proxy has loaded the plugin; its file is no longer needed.
+        let _ = std::fs::remove_dir_all(&self.plugin_dir);
         let listener = tokio::net::TcpListener::from_std(self.listener)?;
         let upstream = listener.local_addr()?;
         tokio::spawn(chat::serve(listener));
@@ -52,7 +75,43 @@ impl Upstream {
                  api    http://{addr}/api/whoami  what the upstream sees (X-Forwarded-* headers)\n\
                  \nPress Ctrl-C to stop.\n"
             );
+            tokio::spawn(show_origin_check(addr));
         }
         Ok(())
     }
+}
+
+/// Show the origin-allowlist plugin at work: one handshake from the page's own origin,
+/// one from a site that is not on the list.
+async fn show_origin_check(addr: SocketAddr) {
+    let allowed = format!("http://{addr}");
+    let mut lines = vec!["The /ws/ route runs the origin-allowlist plugin:".to_string()];
+    for origin in [allowed.as_str(), "https://evil.example"] {
+        let status = handshake_status(addr, origin)
+            .await
+            .unwrap_or_else(|e| format!("failed: {e}"));
+        lines.push(format!(
+            "  WebSocket handshake with Origin: {origin:<24} -> {status}"
+        ));
+    }
+    eprintln!("{}\n", lines.join("\n"));
+}
+
+async fn handshake_status(addr: SocketAddr, origin: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "GET /ws/chat HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = vec![0u8; 256];
+    let n = stream.read(&mut head).await?;
+    let text = String::from_utf8_lossy(&head[..n]);
+    Ok(text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("HTTP/1.1 ")
+        .to_string())
 }
