@@ -299,3 +299,90 @@ async fn non_utf8_header_values_get_400_on_plugin_routes() {
         "{response}"
     );
 }
+
+fn plugin_test(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = std::process::Command::new(crate::support::airlock_bin())
+        .args(["plugin", "test"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn plugin_test_runs_one_plugin_and_prints_its_verdict() {
+    let wasm = plugin_wasm("origin_allowlist.wasm");
+    let config = r#"{"allow": ["https://app.example.com"]}"#;
+    let (code, out, _) = plugin_test(&[
+        "--wasm",
+        &wasm,
+        "--config",
+        config,
+        "-H",
+        "Origin: https://evil.example",
+        "GET",
+        "https://chat.example.com/ws",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(out["verdict"], "reject");
+    assert_eq!(out["status"], 403);
+    assert!(out["warm_call_us"].as_f64().unwrap() > 0.0);
+    let (_, out, _) = plugin_test(&[
+        "--wasm",
+        &wasm,
+        "--config",
+        config,
+        "-H",
+        "Origin: https://app.example.com",
+        "GET",
+        "/ws?room=1",
+    ]);
+    assert_eq!(out["verdict"], "allow");
+    assert_eq!(out["request"]["query"], "room=1");
+    assert_eq!(
+        out["attributes"][0],
+        serde_json::json!(["origin", "https://app.example.com"])
+    );
+    let (code, _, stderr) =
+        plugin_test(&["--wasm", &wasm, "--config", r#"{"alow": []}"#, "GET", "/"]);
+    assert_eq!(code, 64);
+    assert!(
+        stderr.contains("refused its configuration") && stderr.contains("unknown field `alow`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn plugin_test_runs_a_routes_chain_from_a_config_file() {
+    let dir = crate::support::TempDir::new();
+    let cfg = config(&format!(
+        "[[route]]\nname = \"chat\"\nupstream = \"u\"\nplugins = [\"first\", \"second\"]\n\n[upstream.u]\nservers = [\"127.0.0.1:9\"]\n\n{}\n{}",
+        guest(
+            "first",
+            r#"{ set_headers = [["x-chain", "first"]], path = "/moved" }"#
+        ),
+        guest(
+            "second",
+            r#"{ require_header = ["x-chain", "first"], upstream = "u" }"#
+        ),
+    ));
+    let path = dir.write("airlock.toml", &cfg);
+    let path = path.to_str().unwrap();
+    let (code, out, stderr) = plugin_test(&["--config", path, "--route", "chat", "GET", "/ws"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(out["verdict"], "allow", "{out}");
+    assert_eq!(out["request"]["path"], "/moved");
+    assert_eq!(out["upstream"], "u");
+    let (code, _, stderr) = plugin_test(&["--config", path, "--route", "nope", "GET", "/ws"]);
+    assert_eq!(code, 64);
+    assert!(
+        stderr.contains("no route named `nope`") && stderr.contains("routes: chat"),
+        "{stderr}"
+    );
+}

@@ -44,6 +44,46 @@ pub enum Command {
     },
     /// Run airlock in front of a built-in chat server, with a web page to try it.
     Demo(DemoArgs),
+    /// Work with handshake plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Run a plugin (or a route's chain) on one request and print the verdict as JSON.
+    #[command(after_help = "\
+Examples:
+  airlock plugin test --wasm origin_allowlist.wasm --config '{\"allow\": [\"https://app.example.com\"]}' \\
+      -H 'Origin: https://evil.example' GET https://chat.example.com/ws
+  airlock plugin test --config airlock.toml --route chat -H 'Origin: https://app.example.com' GET /ws/chat
+")]
+    Test(PluginTestArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PluginTestArgs {
+    /// The plugin component to run. Without it, `--config` is an airlock configuration
+    /// file and `--route` names the route whose chain runs.
+    #[arg(long, value_name = "FILE")]
+    pub wasm: Option<PathBuf>,
+    /// With `--wasm`: the plugin's configuration as JSON (default `{}`). Without: the
+    /// airlock configuration file.
+    #[arg(long, value_name = "JSON|FILE")]
+    pub config: Option<String>,
+    /// The route whose plugins run, in order (with an airlock configuration).
+    #[arg(long, value_name = "NAME")]
+    pub route: Option<String>,
+    /// A request header, `Name: value`; repeat for more.
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    pub headers: Vec<String>,
+    /// The client address the plugin sees.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub client: String,
+    /// The request method.
+    pub method: String,
+    /// The request URL: `https://host/path?query` or `/path?query`.
+    pub url: String,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -5,6 +5,7 @@
 
 mod cli;
 mod demo;
+mod plugin_test;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,13 @@ fn main() -> ExitCode {
         Command::Run { config } => match load(&config) {
             Ok(loaded) => serve(loaded, None),
             Err(code) => code,
+        },
+        Command::Plugin(cli::PluginCommand::Test(args)) => match plugin_test::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(EXIT_CONFIG)
+            }
         },
         Command::Demo(args) => match demo::prepare(&args) {
             Ok((loaded, upstream)) => serve(loaded, Some(upstream)),

@@ -1,0 +1,184 @@
+//! `airlock plugin test`: run one plugin, or a route's chain, on a request given on the
+//! command line, and print what it decided as JSON with the time it took.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use airlock_plugins::chain::Allowed;
+use airlock_plugins::{Chain, ChainOutcome, Handshake, Plugin, PluginHost, PluginSettings};
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use crate::cli::PluginTestArgs;
+
+pub fn run(args: &PluginTestArgs) -> anyhow::Result<()> {
+    let (chain, route) = match &args.wasm {
+        Some(wasm) => (
+            single_plugin(wasm, args.config.as_deref().unwrap_or("{}"))?,
+            "test".to_string(),
+        ),
+        None => route_chain(args)?,
+    };
+    let request = handshake(args, &route)?;
+    let started = Instant::now();
+    let outcome = chain.run(request.clone());
+    let first_us = started.elapsed().as_secs_f64() * 1e6;
+    // Again on the now-warm instances: what a handshake costs in steady state.
+    let started = Instant::now();
+    let _ = chain.run(request);
+    let warm_us = started.elapsed().as_secs_f64() * 1e6;
+    let mut out = outcome_json(outcome);
+    out["first_call_us"] = json!(round(first_us));
+    out["warm_call_us"] = json!(round(warm_us));
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn round(us: f64) -> f64 {
+    (us * 10.0).round() / 10.0
+}
+
+fn single_plugin(wasm: &std::path::Path, config: &str) -> anyhow::Result<Chain> {
+    serde_json::from_str::<Value>(config).context("--config is not valid JSON")?;
+    let settings = PluginSettings {
+        name: wasm
+            .file_stem()
+            .map_or("plugin".into(), |s| s.to_string_lossy().into_owned()),
+        timeout: airlock_config::DEFAULT_PLUGIN_TIMEOUT.get(),
+        max_memory: airlock_config::DEFAULT_PLUGIN_MAX_MEMORY.0 as usize,
+        instances: 1,
+        on_error: airlock_config::OnError::Deny,
+        config_json: config.to_string(),
+    };
+    let host = PluginHost::new(1, settings.max_memory)?;
+    let plugin = Plugin::load(&host, wasm, settings)?;
+    Ok(Chain::new(vec![Arc::new(plugin)]))
+}
+
+fn route_chain(args: &PluginTestArgs) -> anyhow::Result<(Chain, String)> {
+    let (Some(config), Some(route)) = (&args.config, &args.route) else {
+        bail!("give --wasm FILE, or --config airlock.toml with --route NAME");
+    };
+    let loaded = airlock_config::load_file(std::path::Path::new(config))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Some(r) = loaded
+        .config
+        .routes
+        .iter()
+        .find(|r| r.name.get_ref() == route)
+    else {
+        let names: Vec<_> = loaded
+            .config
+            .routes
+            .iter()
+            .map(|r| r.name.get_ref().as_str())
+            .collect();
+        bail!(
+            "no route named `{route}` in {config} (routes: {})",
+            names.join(", ")
+        );
+    };
+    let plugins = airlock_plugins::load_all(&loaded)?;
+    let chain = Chain::new(
+        r.plugins
+            .iter()
+            .map(|p| plugins[p.get_ref()].clone())
+            .collect(),
+    );
+    Ok((chain, route.clone()))
+}
+
+fn handshake(args: &PluginTestArgs, route: &str) -> anyhow::Result<Handshake> {
+    let uri: http::Uri = args
+        .url
+        .parse()
+        .with_context(|| format!("{:?} is not a URL", args.url))?;
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .with_context(|| format!("header {h:?} is not `Name: value`"))?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let find = |headers: &[(String, String)], name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let authority = uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| find(&headers, "host"))
+        .unwrap_or_default();
+    if find(&headers, "host").is_none() && !authority.is_empty() {
+        headers.insert(0, ("host".into(), authority.clone()));
+    }
+    let find = |name: &str| find(&headers, name);
+    let subprotocols = find("sec-websocket-protocol")
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Handshake {
+        id: "plugin-test".into(),
+        method: args.method.to_ascii_uppercase(),
+        scheme: uri.scheme_str().unwrap_or("http").to_string(),
+        authority,
+        path: uri.path().to_string(),
+        query: uri.query().map(str::to_string),
+        upgrade: find("upgrade").map(|u| u.to_ascii_lowercase()),
+        headers,
+        client_addr: args.client.clone(),
+        tls: None,
+        route: route.to_string(),
+        subprotocols,
+    })
+}
+
+fn pairs(list: &[(String, String)]) -> Value {
+    Value::Array(list.iter().map(|(k, v)| json!([k, v])).collect())
+}
+
+fn outcome_json(outcome: ChainOutcome) -> Value {
+    match outcome {
+        ChainOutcome::Allowed(allowed) => allowed_json(&allowed),
+        ChainOutcome::Rejected { plugin, rejection } => json!({
+            "verdict": "reject",
+            "plugin": &*plugin,
+            "status": rejection.status,
+            "body": rejection.body,
+            "headers": pairs(&rejection.headers),
+        }),
+        ChainOutcome::Failed { plugin, error } => json!({
+            "verdict": "error",
+            "plugin": &*plugin,
+            "error": error.to_string(),
+        }),
+    }
+}
+
+fn allowed_json(a: &Allowed) -> Value {
+    let failed: Vec<_> = a
+        .failed_open
+        .iter()
+        .map(|(p, e)| json!({ "plugin": &**p, "error": e.to_string() }))
+        .collect();
+    json!({
+        "verdict": "allow",
+        "request": {
+            "path": a.request.path,
+            "query": a.request.query,
+            "headers": pairs(&a.request.headers),
+        },
+        "upstream": a.upstream,
+        "affinity_key": a.affinity_key,
+        "subprotocol": a.subprotocol,
+        "response_headers": pairs(&a.response_headers),
+        "attributes": pairs(&a.attributes),
+        "failed_open": failed,
+    })
+}
