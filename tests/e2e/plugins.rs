@@ -386,3 +386,58 @@ fn plugin_test_runs_a_routes_chain_from_a_config_file() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_admits_engine_io_v4_and_refuses_the_rest() {
+    let backend = Backend::start("a").await;
+    let table = format!(
+        "[plugin.socketio]\nwasm = \"{}\"\n",
+        plugin_wasm("socketio.wasm")
+    );
+    let airlock = Airlock::start(&with_plugins(&backend, &["socketio"], &table));
+    let addr = airlock.addr();
+
+    // v4 polling handshake, then polling with a session, then the WebSocket upgrade.
+    let r = get(addr, "/socket.io/?EIO=4&transport=polling&t=abc").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["uri"], "/socket.io/?EIO=4&transport=polling&t=abc");
+    assert_eq!(
+        get(
+            addr,
+            "/socket.io/?EIO=4&transport=polling&sid=lv_VI97HAXpY6yYWAAAC"
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        ws_status(
+            addr,
+            "/socket.io/?EIO=4&transport=websocket&sid=lv_VI97HAXpY6yYWAAAC",
+            &[]
+        )
+        .await,
+        101
+    );
+    let upgrade = airlock
+        .wait_for_log("upgrade line", |v| v["http.response.status_code"] == 101)
+        .await;
+    assert_eq!(upgrade["affinity_key"], "lv_VI97HAXpY6yYWAAAC");
+
+    for (path, code) in [
+        ("/socket.io/?EIO=3&transport=polling", 5),
+        ("/socket.io/?EIO=4&transport=flashsocket", 0),
+        ("/socket.io/?EIO=4&transport=polling&sid=bad%20sid", 1),
+        ("/socket.io/?EIO=4&transport=websocket", 3),
+        ("/elsewhere/?EIO=4&transport=polling", 3),
+    ] {
+        let r = get(addr, path).await;
+        assert_eq!(r.status, 400, "{path}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.json()["code"], code, "{path}");
+    }
+    assert_eq!(
+        ws_status(addr, "/socket.io/?EIO=3&transport=websocket", &[]).await,
+        400
+    );
+}
