@@ -69,7 +69,9 @@ async fn least_conn_sends_new_work_away_from_servers_holding_tunnels() {
         .await
         .unwrap();
     ws1.next().await.unwrap().unwrap();
-    let first = airlock.logs_where(|v| v["upgrade"] == true)[0]["upstream.server"]
+    let first = airlock
+        .wait_for_log("upgrade line", |v| v["upgrade"] == true)
+        .await["upstream.server"]
         .as_str()
         .unwrap()
         .to_string();
@@ -120,6 +122,9 @@ async fn fails_over_to_the_next_server_and_marks_the_dead_one_down() {
     let counts = tally(airlock.addr(), 6).await;
     assert_eq!(counts["live"], 6);
     // With max_fails = 1, the dead server failed once and was left out afterwards.
+    airlock
+        .wait_for_log("failure line", |v| v["message"] == "upstream server failed")
+        .await;
     let failures = airlock.logs_where(|v| v["message"] == "upstream server failed");
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0]["marked_down"], true);

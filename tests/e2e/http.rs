@@ -30,6 +30,9 @@ async fn plain_requests_and_websockets_share_a_route() {
     );
     let r = get(airlock.addr(), "/api").await;
     assert_eq!(r.status, 200);
+    airlock
+        .wait_for_log("the last request's line", |v| v["url.path"] == "/api")
+        .await;
     let logs = airlock.logs_where(|v| v["event"] == "request");
     assert!(
         logs.iter()

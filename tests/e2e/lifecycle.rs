@@ -77,8 +77,10 @@ async fn sigterm_keeps_open_tunnels_until_they_close_then_exits() {
     close_ws(ws).await;
     let status = airlock.wait_exit(Duration::from_secs(4)).await;
     assert!(status.success(), "{status}");
-    let closed = airlock.logs_where(|v| v["event"] == "tunnel_close");
-    assert_eq!(closed[0]["reason"], "closed");
+    let closed = airlock
+        .wait_for_log("tunnel close", |v| v["event"] == "tunnel_close")
+        .await;
+    assert_eq!(closed["reason"], "closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,9 +93,11 @@ async fn tunnels_still_open_when_the_grace_period_ends_are_closed() {
         .await
         .expect("tunnel closed");
     assert!(closed_by_end(&end), "{end:?}");
-    let closed = airlock.logs_where(|v| v["event"] == "tunnel_close");
-    assert_eq!(closed[0]["reason"], "shutdown");
-    assert_eq!(closed[0]["closed_by"], "proxy");
+    let closed = airlock
+        .wait_for_log("tunnel close", |v| v["event"] == "tunnel_close")
+        .await;
+    assert_eq!(closed["reason"], "shutdown");
+    assert_eq!(closed["closed_by"], "proxy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,7 +90,7 @@ impl InstancePool {
         Self::from_bytes(host, &bytes, settings)
     }
 
-    pub fn from_bytes(
+    fn from_bytes(
         host: &PluginHost,
         wasm: &[u8],
         settings: &PluginSettings,

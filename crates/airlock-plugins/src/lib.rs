@@ -99,20 +99,6 @@ impl Plugin {
         })
     }
 
-    /// Load from bytes already in memory (the demo embeds its plugin).
-    pub fn load_bytes(
-        host: &PluginHost,
-        wasm: &[u8],
-        settings: PluginSettings,
-    ) -> Result<Self, PluginError> {
-        let pool = InstancePool::from_bytes(host, wasm, &settings)?;
-        Ok(Self {
-            name: settings.name.into(),
-            on_error: settings.on_error,
-            pool,
-        })
-    }
-
     /// Call `on-handshake` on a warm instance.
     pub fn call(&self, request: &Handshake) -> Result<Verdict, CallError> {
         self.pool.call(request)

@@ -250,6 +250,16 @@ pub fn airlock_command(command: &str, config: &std::path::Path) -> std::process:
         .unwrap()
 }
 
+/// Both `check` and `run` refuse `config` with status 64 and a message containing `needle`.
+pub fn assert_config_refused(config: &std::path::Path, needle: &str) {
+    for command in ["check", "run"] {
+        let out = airlock_command(command, config);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{command}: {stderr}");
+        assert!(stderr.contains(needle), "{command}: {stderr}");
+    }
+}
+
 /// The path of a plugin built by `crates/airlock/build.rs`, like `origin_allowlist.wasm`.
 pub fn plugin_wasm(file: &str) -> String {
     format!("{}/{file}", env!("AIRLOCK_PLUGIN_DIR"))
