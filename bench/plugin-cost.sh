@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# CPU time airlock spends per proxied request with 0, 1 and 2 example plugins.
+#
+# A preliminary measurement until the benchmark harness exists (issue: benchmark against
+# nginx and HAProxy). Plain HTTP requests run a route's plugin chain just like upgrades,
+# so wrk drives requests through airlock (1 worker thread) to nginx answering `200 ok`,
+# and airlock's own user+system CPU time is read from /proc before and after.
+#
+# Needs: nginx and wrk (apt-get install nginx-light wrk). Run from the repository root:
+#   bash bench/plugin-cost.sh [seconds per run] [repetitions]
+set -euo pipefail
+secs=${1:-8}
+reps=${2:-3}
+root=$(pwd)
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+cargo build --release -p airlock >&2
+bin=$root/target/release/airlock
+wasm=$root/target/wasm-plugins/wasm32-wasip2/plugin
+
+cat > "$work/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 1024; }
+http { access_log off; server { listen 127.0.0.1:18090; location / { return 200 "ok\n"; } } }
+CONF
+nginx -c "$work/nginx.conf" &
+sleep 0.5
+
+chains=('' 'plugins = ["origin"]' 'plugins = ["origin", "socketio"]')
+url_path='/socket.io/?EIO=4&transport=polling'
+echo "| plugins | requests/s | CPU µs per request |"
+echo "|---|---|---|"
+for rep in $(seq "$reps"); do
+  for n in 0 1 2; do
+    port=$((18100 + n))
+    cat > "$work/airlock-$n.toml" <<CONF
+worker_threads = 1
+shutdown_grace = "1s"
+[[listener]]
+name = "bench"
+bind = "127.0.0.1:$port"
+[[route]]
+name = "bench"
+upstream = "nginx"
+${chains[$n]}
+[upstream.nginx]
+servers = ["127.0.0.1:18090"]
+[plugin.origin]
+wasm = "$wasm/origin_allowlist.wasm"
+config = { allow = ["https://app.example.com"] }
+[plugin.socketio]
+wasm = "$wasm/socketio.wasm"
+CONF
+    "$bin" --log warn run --config "$work/airlock-$n.toml" &
+    pid=$!
+    for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+    target="http://127.0.0.1:$port$url_path"
+    wrk -t1 -c16 -d2s -H 'Origin: https://app.example.com' "$target" > /dev/null
+    read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    out=$(wrk -t1 -c16 -d"${secs}s" -H 'Origin: https://app.example.com' "$target")
+    read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    requests=$(awk '/requests in/ {print $1}' <<< "$out")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<< "$out")
+    if grep -q Non-2xx <<< "$out"; then echo "non-2xx answers in run $n; aborting" >&2; exit 1; fi
+    ticks=$(( (u1 - u0) + (s1 - s0) ))
+    hz=$(getconf CLK_TCK)
+    cpu=$(awk -v t="$ticks" -v hz="$hz" -v r="$requests" 'BEGIN { printf "%.1f", t / hz * 1e6 / r }')
+    echo "| $n | $rps | $cpu |"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
