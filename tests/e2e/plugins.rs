@@ -410,10 +410,24 @@ async fn socketio_admits_engine_io_v4_and_refuses_the_rest() {
         .await,
         101
     );
-    let upgrade = airlock
+    // The sid is the affinity key (for hash/sticky balancing); being a session id from the
+    // query string, it must not be logged.
+    let (_, out, _) = plugin_test(&[
+        "--wasm",
+        &plugin_wasm("socketio.wasm"),
+        "-H",
+        "Upgrade: websocket",
+        "GET",
+        "/socket.io/?EIO=4&transport=websocket&sid=lv_VI97HAXpY6yYWAAAC",
+    ]);
+    assert_eq!(out["affinity_key"], "lv_VI97HAXpY6yYWAAAC");
+    airlock
         .wait_for_log("upgrade line", |v| v["http.response.status_code"] == 101)
         .await;
-    assert_eq!(upgrade["affinity_key"], "lv_VI97HAXpY6yYWAAAC");
+    assert!(
+        !airlock.dump_logs().contains("lv_VI97HAXpY6yYWAAAC"),
+        "the sid reached the log"
+    );
 
     for (path, code) in [
         ("/socket.io/?EIO=3&transport=polling", 5),

@@ -29,7 +29,6 @@ pub struct RequestLog {
     pub plugin_time: Option<Duration>,
     /// Key-value pairs plugins attached.
     pub attributes: Vec<(String, String)>,
-    pub affinity_key: Option<String>,
 }
 
 impl RequestLog {
@@ -50,7 +49,6 @@ impl RequestLog {
             plugin: None,
             plugin_time: None,
             attributes: Vec::new(),
-            affinity_key: None,
         }
     }
 
@@ -83,7 +81,6 @@ impl RequestLog {
             plugin = self.plugin.as_deref(),
             plugins_us = self.plugin_time.map(|d| d.as_secs_f64() * 1e6),
             plugin.attributes = attributes,
-            affinity_key = self.affinity_key.as_deref(),
         );
     }
 }

@@ -74,10 +74,11 @@ async fn proxy(
     log.upgrade = upgrade.is_some();
     prepare_upstream_request(&mut req, &route, conn, upgrade, decision.path_rewritten);
 
+    let affinity_key = decision.affinity_key.as_deref();
     let mut response = if log.upgrade {
-        upgrade::forward(req, route, &pool, conn, log).await?
+        upgrade::forward(req, route, &pool, affinity_key, conn, log).await?
     } else {
-        http_forward::forward(req, &route, &pool, log).await?
+        http_forward::forward(req, &route, &pool, affinity_key, log).await?
     };
     for (name, value) in decision.response_headers {
         response.headers_mut().append(name, value);

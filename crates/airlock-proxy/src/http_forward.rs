@@ -21,10 +21,11 @@ pub async fn forward(
     req: Request<Incoming>,
     route: &Route,
     pool: &Pool,
+    affinity_key: Option<&str>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let mut req = req;
-    let mut attempts = pool.attempts();
+    let mut attempts = pool.attempts(affinity_key);
     let mut last_error = None;
     while let Some(server) = attempts.next_server() {
         let guard = server.track();

@@ -29,6 +29,9 @@ pub struct Decision {
     pub path_rewritten: bool,
     /// Headers to add to the response to the client.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Which server to keep this request with, for balancers that use it. Not logged: it
+    /// is often a session id.
+    pub affinity_key: Option<String>,
 }
 
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
@@ -165,11 +168,11 @@ fn apply(
         .map(|(name, value)| header_pair(name, value))
         .collect::<Result<Vec<_>, _>>()?;
     log.attributes = allowed.attributes;
-    log.affinity_key = allowed.affinity_key;
     Ok(Decision {
         pool,
         path_rewritten: allowed.path_changed,
         response_headers,
+        affinity_key: allowed.affinity_key,
     })
 }
 

@@ -27,13 +27,14 @@ pub async fn forward(
     mut req: Request<Incoming>,
     route: Arc<Route>,
     pool: &Pool,
+    affinity_key: Option<&str>,
     conn: &Arc<ConnCtx>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
 
     let started = Instant::now();
-    let (server, stream) = pool.connect(route.connect_timeout).await?;
+    let (server, stream) = pool.connect(route.connect_timeout, affinity_key).await?;
     log.connect_time = Some(started.elapsed());
     log.server = Some(server.addr.clone());
     let guard = server.track();

@@ -171,17 +171,22 @@ impl Pool {
     }
 
     /// The servers to try for one request, in balancer order, at most `connect_attempts`.
-    pub fn attempts(&self) -> Attempts<'_> {
+    pub fn attempts<'a>(&'a self, affinity_key: Option<&'a str>) -> Attempts<'a> {
         Attempts {
             pool: self,
+            affinity_key,
             tried: vec![false; self.servers.len()],
             left: self.connect_attempts,
         }
     }
 
     /// Connect to a server, failing over to the next one on connect errors.
-    pub async fn connect(&self, timeout: Duration) -> Result<(Server, TcpStream), ProxyError> {
-        let mut attempts = self.attempts();
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+        affinity_key: Option<&str>,
+    ) -> Result<(Server, TcpStream), ProxyError> {
+        let mut attempts = self.attempts(affinity_key);
         let mut last_error = None;
         while let Some(server) = attempts.next_server() {
             match server.connect(timeout).await {
@@ -202,6 +207,7 @@ impl Pool {
 /// Walks a pool's servers for one request: healthy ones first, each at most once.
 pub struct Attempts<'a> {
     pool: &'a Pool,
+    affinity_key: Option<&'a str>,
     tried: Vec<bool>,
     left: usize,
 }
@@ -213,13 +219,14 @@ impl Attempts<'_> {
         }
         let servers = &self.pool.servers;
         let tried = &self.tried;
+        let key = self.affinity_key;
         let pick = self
             .pool
             .balancer
-            .pick(servers, &|i| !tried[i] && servers[i].is_available())
+            .pick_for(servers, key, &|i| !tried[i] && servers[i].is_available())
             // When every untried server is marked down, try them anyway: refusing all
             // traffic on stale health data would turn a blip into an outage.
-            .or_else(|| self.pool.balancer.pick(servers, &|i| !tried[i]))?;
+            .or_else(|| self.pool.balancer.pick_for(servers, key, &|i| !tried[i]))?;
         self.tried[pick] = true;
         self.left -= 1;
         Some(servers[pick].clone())

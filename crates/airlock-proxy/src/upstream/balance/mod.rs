@@ -12,6 +12,18 @@ use super::Server;
 pub trait Balancer: Send + Sync + std::fmt::Debug {
     /// The index of the server to use, or `None` when `eligible` rules out every server.
     fn pick(&self, servers: &[Server], eligible: &dyn Fn(usize) -> bool) -> Option<usize>;
+
+    /// Pick for a request that carries an affinity key (set by a plugin, for example a
+    /// Socket.IO session id). Balancers that keep a key on one server (hash, sticky)
+    /// override this; the others ignore the key.
+    fn pick_for(
+        &self,
+        servers: &[Server],
+        _affinity_key: Option<&str>,
+        eligible: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        self.pick(servers, eligible)
+    }
 }
 
 pub fn build(kind: airlock_config::Balance, servers: &[Server]) -> Box<dyn Balancer> {
