@@ -82,11 +82,6 @@ impl ProxyError {
         }
     }
 
-    /// Whether another server may be tried for the same request.
-    pub fn retryable(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::ConnectTimeout { .. })
-    }
-
     /// The status the client gets for this error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -101,16 +96,6 @@ impl ProxyError {
             Self::UnknownUpstream { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Connect { .. } | Self::UpstreamRequest { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        }
-    }
-
-    /// The server this error concerns, if any.
-    pub fn server(&self) -> Option<&str> {
-        match self {
-            Self::Connect { server, .. }
-            | Self::ConnectTimeout { server, .. }
-            | Self::UpstreamRequest { server, .. } => Some(server),
-            _ => None,
         }
     }
 

@@ -42,7 +42,12 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) ->
     if !trusted.contains(peer) {
         return peer;
     }
-    prior_chain(headers)
+    nearest_untrusted(&prior_chain(headers), peer, trusted)
+}
+
+/// Walking `chain` back from the proxy, the first address that is not a trusted proxy.
+fn nearest_untrusted(chain: &[String], peer: IpAddr, trusted: &TrustedProxies) -> IpAddr {
+    chain
         .iter()
         .rev()
         .filter_map(|s| s.parse::<IpAddr>().ok())
@@ -91,8 +96,8 @@ pub fn apply(headers: &mut HeaderMap, hop: &Hop<'_>, trusted: &TrustedProxies) -
     }
 
     // A trusted peer: keep what it says, append it to the chain, and find the client.
-    let client = client_ip(headers, peer, trusted);
     let prior = prior_chain(headers);
+    let client = nearest_untrusted(&prior, peer, trusted);
     let mut chain = prior.join(", ");
     if !chain.is_empty() {
         chain.push_str(", ");
