@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The plugin crates to build (workspace members under `plugins/`).
-const PLUGINS: [&str; 3] = ["origin-allowlist", "socketio", "test-guest"];
+const PLUGINS: [&str; 4] = ["origin-allowlist", "socketio", "token-auth", "test-guest"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());

@@ -9,4 +9,5 @@ mod cli;
 mod http;
 mod lifecycle;
 mod plugins;
+mod token_auth;
 mod websocket;

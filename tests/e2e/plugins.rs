@@ -10,7 +10,7 @@ use crate::support::{Airlock, Backend, config, plugin_wasm};
 
 /// A config whose route `main` (every path) runs `plugins` in front of `backend`, with the
 /// `[plugin.*]` tables in `plugin_tables`.
-fn with_plugins(backend: &Backend, plugins: &[&str], plugin_tables: &str) -> String {
+pub fn with_plugins(backend: &Backend, plugins: &[&str], plugin_tables: &str) -> String {
     let list: Vec<String> = plugins.iter().map(|p| format!("\"{p}\"")).collect();
     config(&format!(
         "[[route]]\nname = \"main\"\nupstream = \"pool\"\nplugins = [{}]\n\n[upstream.pool]\nservers = [\"{}\"]\n\n[upstream.canary]\nservers = [\"{}\"]\n\n{plugin_tables}\n",

@@ -166,6 +166,17 @@ pub fn cookie<'a>(request: &'a Handshake, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.trim_matches('"'))
 }
 
+/// The request's cookies without cookie `name`, as one `Cookie` header value; `None` when
+/// no other cookie remains (remove the header then).
+pub fn cookies_without(request: &Handshake, name: &str) -> Option<String> {
+    let kept: Vec<&str> = headers(request, "cookie")
+        .flat_map(|h| h.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && c.split('=').next() != Some(name))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
 /// Mutations that change nothing; start here and set what you need.
 pub fn no_changes() -> Mutations {
     Mutations {
@@ -338,6 +349,9 @@ mod tests {
         assert_eq!(cookie(&r, "session"), Some("xyz"));
         assert_eq!(cookie(&r, "b"), Some("2"));
         assert_eq!(cookie(&r, "c"), None);
+        assert_eq!(cookies_without(&r, "session").as_deref(), Some("a=1; b=2"));
+        let only = test_request("/", &[("cookie", "session=x")]);
+        assert_eq!(cookies_without(&only, "session"), None);
     }
 
     #[test]

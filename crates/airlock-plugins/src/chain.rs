@@ -165,6 +165,11 @@ impl Allowed {
             self.request.query = (!query.is_empty()).then_some(query);
             self.query_changed = true;
         }
+        let offer_changed = m
+            .remove_headers
+            .iter()
+            .chain(m.set_headers.iter().map(|(n, _)| n))
+            .any(|n| n.eq_ignore_ascii_case("sec-websocket-protocol"));
         let headers = &mut self.request.headers;
         for name in &m.remove_headers {
             let before = headers.len();
@@ -176,6 +181,15 @@ impl Allowed {
             headers.retain(|(n, _)| *n != name);
             headers.push((name, value));
             self.headers_changed = true;
+        }
+        if offer_changed {
+            self.request.subprotocols = offered_subprotocols(
+                self.request
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n == "sec-websocket-protocol")
+                    .map(|(_, v)| v.as_str()),
+            );
         }
         if let Some(sub) = m.subprotocol {
             self.request.subprotocols = vec![sub.clone()];
@@ -191,6 +205,16 @@ impl Allowed {
         self.attributes.extend(m.attributes);
         Ok(())
     }
+}
+
+/// The subprotocols offered in `Sec-WebSocket-Protocol` header values, in order.
+pub fn offered_subprotocols<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
+    values
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn valid_header_name(name: &str) -> bool {
@@ -284,6 +308,23 @@ mod tests {
         assert_eq!(a.affinity_key.as_deref(), Some("sid-1"));
         assert_eq!(a.response_headers.len(), 2);
         assert_eq!(a.attributes, [("user".to_string(), "alice".to_string())]);
+    }
+
+    #[test]
+    fn later_plugins_see_the_offer_a_header_change_left() {
+        let mut a = Allowed::new(request());
+        a.apply(Mutations {
+            set_headers: vec![("Sec-WebSocket-Protocol".into(), "mqtt, chat.v1".into())],
+            ..none()
+        })
+        .unwrap();
+        assert_eq!(a.request.subprotocols, ["mqtt", "chat.v1"]);
+        a.apply(Mutations {
+            remove_headers: vec!["sec-websocket-protocol".into()],
+            ..none()
+        })
+        .unwrap();
+        assert!(a.request.subprotocols.is_empty());
     }
 
     #[test]

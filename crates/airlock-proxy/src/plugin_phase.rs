@@ -85,15 +85,12 @@ fn handshake(
     }
     let upgrade = crate::headers::upgrade_request(req.headers())
         .and_then(|v| v.to_str().ok().map(str::to_ascii_lowercase));
-    let subprotocols = req
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let subprotocols = airlock_plugins::chain::offered_subprotocols(
+        req.headers()
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
     let authority = req
         .headers()
         .get(header::HOST)

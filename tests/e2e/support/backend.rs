@@ -104,36 +104,37 @@ async fn answer(mut req: Request<Incoming>, name: &str) -> Response<Body> {
         r.headers_mut().insert("x-backend", name.parse().unwrap());
         return r;
     }
-    let headers: BTreeMap<String, String> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let method = req.method().to_string();
-    let uri = req.uri().to_string();
+    let mut info = describe(&req);
     let body = req
         .body_mut()
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let info = serde_json::json!({
-        "backend": name,
-        "method": method,
-        "uri": uri,
-        "headers": headers,
-        "body_len": body.len(),
-    });
+    info["backend"] = name.into();
+    info["body_len"] = body.len().into();
     let mut r = full(StatusCode::OK, info.to_string());
     r.headers_mut()
         .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
     r.headers_mut().insert("x-backend", name.parse().unwrap());
     r
+}
+
+/// The method, URI and headers of `req` as JSON (repeated headers joined with ", ").
+fn describe<B>(req: &Request<B>) -> serde_json::Value {
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        let v = String::from_utf8_lossy(v.as_bytes());
+        headers
+            .entry(k.to_string())
+            .and_modify(|all| *all = format!("{all}, {v}"))
+            .or_insert_with(|| v.into_owned());
+    }
+    serde_json::json!({
+        "method": req.method().to_string(),
+        "uri": req.uri().to_string(),
+        "headers": headers,
+    })
 }
 
 fn switching(protocol: &str) -> Response<Body> {
@@ -153,6 +154,13 @@ fn websocket(mut req: Request<Incoming>) -> Response<Body> {
         .unwrap_or_else(|| "missing".parse().unwrap());
     let protocol = req.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
     let path = req.uri().to_string();
+    // The first message tells the client which path the backend saw; on `/headers` it
+    // describes the whole request instead.
+    let greeting = if req.uri().path() == "/headers" {
+        format!("request:{}", describe(&req))
+    } else {
+        format!("path:{path}")
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
@@ -160,8 +168,7 @@ fn websocket(mut req: Request<Incoming>) -> Response<Body> {
         };
         let mut ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        // The first message tells the client which path the backend saw.
-        let _ = ws.send(Message::text(format!("path:{path}"))).await;
+        let _ = ws.send(Message::text(greeting)).await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_close() {
                 break;
