@@ -12,7 +12,13 @@ const PLUGINS: [&str; 4] = ["origin-allowlist", "socketio", "token-auth", "test-
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.join("../..").canonicalize().unwrap();
-    for watched in ["plugins", "crates/airlock-plugin-sdk", "wit", "Cargo.lock"] {
+    for watched in [
+        "plugins",
+        "crates/airlock-plugin-sdk",
+        "wit",
+        "Cargo.lock",
+        "Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let target_dir = root.join("target/wasm-plugins");

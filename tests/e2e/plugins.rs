@@ -133,6 +133,38 @@ async fn the_chain_runs_in_order_and_mutations_reach_the_upstream_and_the_client
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_sees_only_the_headers_it_wants_and_the_upstream_still_gets_all() {
+    let backend = Backend::start("a").await;
+    let tables = [
+        guest(
+            "narrow",
+            r#"{ wanted_headers = ["X-Keep"], echo_request_header = "x-narrow-saw", set_headers = [["x-added", "1"]] }"#,
+        ),
+        guest("wide", r#"{ echo_request_header = "x-wide-saw" }"#),
+    ]
+    .join("\n");
+    let airlock = Airlock::start(&with_plugins(&backend, &["narrow", "wide"], &tables));
+    let r = get_with(airlock.addr(), "/", &[("x-keep", "k"), ("x-other", "o")]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let saw = |name| -> Vec<String> {
+        let seen: serde_json::Value = serde_json::from_str(r.header(name).unwrap()).unwrap();
+        serde_json::from_value(seen["header_names"].clone()).unwrap()
+    };
+    assert_eq!(saw("x-narrow-saw"), ["x-keep"]);
+    let wide = saw("x-wide-saw");
+    for name in ["x-keep", "x-other", "x-added", "host"] {
+        assert!(
+            wide.iter().any(|n| n == name),
+            "{name} missing from {wide:?}"
+        );
+    }
+    let upstream = r.json();
+    assert_eq!(upstream["headers"]["x-other"], "o");
+    assert_eq!(upstream["headers"]["x-keep"], "k");
+    assert_eq!(upstream["headers"]["x-added"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_rejection_ends_the_chain_with_its_status_body_and_headers() {
     let backend = Backend::start("a").await;
     let tables = [

@@ -56,7 +56,7 @@ impl Chain {
     pub fn run(&self, request: Handshake) -> ChainOutcome {
         let mut allowed = Allowed::new(request);
         for plugin in &self.plugins {
-            let verdict = plugin.call(&allowed.request).and_then(check_verdict);
+            let verdict = plugin.call(&mut allowed.request).and_then(check_verdict);
             match verdict {
                 Ok(Verdict::Allow(mutations)) => {
                     if let Err(error) = allowed.apply(mutations) {

@@ -66,6 +66,8 @@ pub(crate) struct InstancePool {
     name: Arc<str>,
     /// Epoch ticks a call may run: the timeout rounded up, plus the tick in progress.
     deadline_ticks: u64,
+    /// The headers the plugin reads (lowercase), from its `wanted-headers`; `None`: all.
+    wanted: Option<Box<[String]>>,
     state: Mutex<PoolState>,
     freed: Condvar,
 }
@@ -106,11 +108,12 @@ impl InstancePool {
             .map_err(compile_error)?;
         let pre = HandshakePluginPre::new(pre).map_err(compile_error)?;
         let ticks = settings.timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
-        let pool = Self {
+        let mut pool = Self {
             pre,
             settings: settings.clone(),
             name: settings.name.as_str().into(),
             deadline_ticks: ticks,
+            wanted: None,
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 live: 0,
@@ -118,7 +121,16 @@ impl InstancePool {
             freed: Condvar::new(),
         };
         // Create one instance now: a refused configuration is a load error.
-        let first = pool.create()?;
+        let mut first = pool.create()?;
+        first.store.set_epoch_deadline(pool.deadline_ticks);
+        let wanted = first
+            .plugin
+            .call_wanted_headers(&mut first.store)
+            .map_err(|e| PluginError::ConfigureFailed {
+                plugin: settings.name.clone(),
+                source: pool.classify(e),
+            })?;
+        pool.wanted = wanted.map(|names| names.iter().map(|n| n.to_ascii_lowercase()).collect());
         {
             let mut state = pool.state.lock().unwrap_or_else(|e| e.into_inner());
             state.live = 1;
@@ -163,7 +175,45 @@ impl InstancePool {
         }
     }
 
-    pub fn call(&self, request: &Handshake) -> Result<Verdict, CallError> {
+    /// Call `on-handshake` with `request.headers` narrowed to the wanted ones; the
+    /// headers are as they were when this returns.
+    pub fn call(&self, request: &mut Handshake) -> Result<Verdict, CallError> {
+        self.with_wanted_headers(request, |request| self.call_warm(request))
+    }
+
+    pub fn call_fresh(&self, request: &mut Handshake) -> Result<Verdict, CallError> {
+        self.with_wanted_headers(request, |request| {
+            let mut instance = self
+                .create()
+                .map_err(|e| CallError::Instantiate(e.to_string()))?;
+            instance.store.set_epoch_deadline(self.deadline_ticks);
+            instance
+                .plugin
+                .call_on_handshake(&mut instance.store, request)
+                .map_err(|e| self.classify(e))
+        })
+    }
+
+    fn with_wanted_headers<R>(
+        &self,
+        request: &mut Handshake,
+        call: impl FnOnce(&Handshake) -> R,
+    ) -> R {
+        let Some(wanted) = &self.wanted else {
+            return call(request);
+        };
+        let all = std::mem::take(&mut request.headers);
+        request.headers = all
+            .iter()
+            .filter(|(name, _)| wanted.iter().any(|w| name.eq_ignore_ascii_case(w)))
+            .cloned()
+            .collect();
+        let result = call(request);
+        request.headers = all;
+        result
+    }
+
+    fn call_warm(&self, request: &Handshake) -> Result<Verdict, CallError> {
         let mut instance = self.check_out()?;
         instance.store.data_mut().request_id.clone_from(&request.id);
         instance.store.set_epoch_deadline(self.deadline_ticks);

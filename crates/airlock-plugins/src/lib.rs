@@ -99,9 +99,17 @@ impl Plugin {
         })
     }
 
-    /// Call `on-handshake` on a warm instance.
-    pub fn call(&self, request: &Handshake) -> Result<Verdict, CallError> {
+    /// Call `on-handshake` on a warm instance. The plugin sees only the headers it
+    /// asked for (`wanted-headers`); `request` is as it was when this returns.
+    pub fn call(&self, request: &mut Handshake) -> Result<Verdict, CallError> {
         self.pool.call(request)
+    }
+
+    /// Create and configure a new instance, call `on-handshake` on it once, and drop it:
+    /// what a call costs when the pool has to grow or replace a discarded instance.
+    /// For benchmarks; the proxy always goes through [`Plugin::call`].
+    pub fn call_fresh(&self, request: &mut Handshake) -> Result<Verdict, CallError> {
+        self.pool.call_fresh(request)
     }
 }
 

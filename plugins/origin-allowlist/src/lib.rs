@@ -140,6 +140,10 @@ impl Plugin for OriginAllowlist {
             .map_err(|_| "configured twice".to_string())
     }
 
+    fn wanted_headers() -> Option<Vec<String>> {
+        Some(vec!["origin".into()])
+    }
+
     fn on_handshake(request: Handshake) -> Verdict {
         match POLICY.get() {
             Some(policy) => policy.decide(&request),

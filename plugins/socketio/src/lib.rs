@@ -157,6 +157,11 @@ impl Plugin for SocketIo {
             .map_err(|_| "configured twice".to_string())
     }
 
+    /// Everything it checks is in the method, path, query and upgrade.
+    fn wanted_headers() -> Option<Vec<String>> {
+        Some(Vec::new())
+    }
+
     fn on_handshake(request: Handshake) -> Verdict {
         POLICY
             .get()

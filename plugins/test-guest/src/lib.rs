@@ -9,7 +9,8 @@
 //! - Mutations: `set_headers`, `remove_headers`, `response_headers`, `attributes`
 //!   (lists of pairs or names), `path`, `query`, `upstream`, `subprotocol`.
 //! - `echo_request_header = "x-seen"`: add a response header with the JSON of what the
-//!   plugin saw (path, query, client address, upgrade, subprotocols).
+//!   plugin saw (path, query, client address, upgrade, subprotocols, header names).
+//! - `wanted_headers = ["origin"]`: the headers to ask airlock for (default: all).
 
 use std::sync::OnceLock;
 
@@ -46,6 +47,8 @@ struct Script {
     subprotocol: Option<String>,
     #[serde(default)]
     echo_request_header: Option<String>,
+    #[serde(default)]
+    wanted_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +71,10 @@ impl Plugin for TestGuest {
         SCRIPT
             .set(script)
             .map_err(|_| "configured twice".to_string())
+    }
+
+    fn wanted_headers() -> Option<Vec<String>> {
+        SCRIPT.get().expect("configured").wanted_headers.clone()
     }
 
     fn on_handshake(request: Handshake) -> Verdict {
@@ -127,6 +134,7 @@ fn mutations(script: &Script, request: &Handshake) -> Mutations {
             "route": request.route,
             "method": request.method,
             "authority": request.authority,
+            "header_names": request.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
         });
         m = m.response_header(name, seen.to_string());
     }

@@ -24,7 +24,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use serde_json::Value;
+use serde::de::{DeserializeOwned, IgnoredAny};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,34 +138,59 @@ impl Algorithm {
             Self::Hs512 => 64,
         }
     }
+}
 
-    /// The MAC of `input` under `key`.
-    pub fn sign(self, key: &[u8], input: &[u8]) -> Vec<u8> {
-        fn mac<M: Mac + KeyInit>(key: &[u8], input: &[u8]) -> Vec<u8> {
-            let mut mac = <M as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
-            mac.update(input);
-            mac.finalize().into_bytes().to_vec()
+/// The secret keyed into one algorithm's MAC. Done once at configure time: HMAC hashes
+/// the padded key before any message, so this saves two hash blocks on every call.
+enum KeyedMac {
+    Hs256(Hmac<sha2::Sha256>),
+    Hs384(Hmac<sha2::Sha384>),
+    Hs512(Hmac<sha2::Sha512>),
+}
+
+impl KeyedMac {
+    fn new(alg: Algorithm, key: &[u8]) -> Self {
+        fn keyed<M: Mac + KeyInit>(key: &[u8]) -> M {
+            <M as KeyInit>::new_from_slice(key).expect("HMAC takes any key length")
         }
-        match self {
-            Self::Hs256 => mac::<Hmac<sha2::Sha256>>(key, input),
-            Self::Hs384 => mac::<Hmac<sha2::Sha384>>(key, input),
-            Self::Hs512 => mac::<Hmac<sha2::Sha512>>(key, input),
+        match alg {
+            Algorithm::Hs256 => Self::Hs256(keyed(key)),
+            Algorithm::Hs384 => Self::Hs384(keyed(key)),
+            Algorithm::Hs512 => Self::Hs512(keyed(key)),
         }
     }
 
     /// Whether `signature` is the MAC of `input`, compared in constant time.
-    fn verify(self, key: &[u8], input: &[u8], signature: &[u8]) -> bool {
-        fn check<M: Mac + KeyInit>(key: &[u8], input: &[u8], signature: &[u8]) -> bool {
-            let mut mac = <M as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+    fn verify(&self, input: &[u8], signature: &[u8]) -> bool {
+        fn check<M: Mac + Clone>(mac: &M, input: &[u8], signature: &[u8]) -> bool {
+            let mut mac = mac.clone();
             mac.update(input);
             mac.verify_slice(signature).is_ok()
         }
         match self {
-            Self::Hs256 => check::<Hmac<sha2::Sha256>>(key, input, signature),
-            Self::Hs384 => check::<Hmac<sha2::Sha384>>(key, input, signature),
-            Self::Hs512 => check::<Hmac<sha2::Sha512>>(key, input, signature),
+            Self::Hs256(mac) => check(mac, input, signature),
+            Self::Hs384(mac) => check(mac, input, signature),
+            Self::Hs512(mac) => check(mac, input, signature),
         }
     }
+}
+
+/// The parts of a JWS header that matter here.
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: String,
+    /// RFC 7515 §4.1.11: extensions we do not understand must not be ignored.
+    crit: Option<IgnoredAny>,
+}
+
+/// The registered claims checked here; others are ignored.
+#[derive(Deserialize)]
+struct Claims {
+    exp: Option<f64>,
+    nbf: Option<f64>,
+    aud: Option<OneOrMany>,
+    iss: Option<String>,
+    sub: Option<String>,
 }
 
 /// Why a request was refused. The description goes to the client (body and
@@ -201,8 +226,8 @@ impl Failure {
 
 /// The configured policy. Deliberately not `Debug`: it holds the secret.
 pub struct Policy {
-    key: Vec<u8>,
-    algorithms: Vec<Algorithm>,
+    /// A keyed MAC for each accepted algorithm.
+    macs: Vec<(Algorithm, KeyedMac)>,
     audiences: Vec<String>,
     issuer: Option<String>,
     require_exp: bool,
@@ -280,8 +305,10 @@ impl Policy {
             return Err("`realm` may not contain quotes, backslashes or control characters".into());
         }
         Ok(Self {
-            key,
-            algorithms,
+            macs: algorithms
+                .iter()
+                .map(|&alg| (alg, KeyedMac::new(alg, &key)))
+                .collect(),
             audiences,
             issuer: c.issuer,
             require_exp: c.require_exp,
@@ -293,6 +320,19 @@ impl Policy {
             subject_header,
             realm: c.realm,
         })
+    }
+
+    /// The headers the enabled sources read. The subject header is not among them: it
+    /// is removed or replaced without being read.
+    pub fn wanted_headers(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.sources.contains(&Source::Header) {
+            names.push("authorization".into());
+        }
+        if self.sources.contains(&Source::Cookie) {
+            names.push("cookie".into());
+        }
+        names
     }
 
     /// The verdict for `r` at `now` (seconds since the Unix epoch).
@@ -334,47 +374,39 @@ impl Policy {
             return Err(Failure::Malformed);
         };
         let signed = &token[..header.len() + 1 + payload.len()];
-        let header = decode_object(header)?;
-        let alg = header
-            .get("alg")
-            .and_then(Value::as_str)
-            .and_then(Algorithm::parse)
-            .filter(|alg| self.algorithms.contains(alg))
+        let header: JoseHeader = decode(header)?;
+        let mac = self
+            .macs
+            .iter()
+            .find(|(alg, _)| Algorithm::parse(&header.alg) == Some(*alg))
+            .map(|(_, mac)| mac)
             .ok_or(Failure::Algorithm)?;
-        // RFC 7515 §4.1.11: extensions we do not understand must not be ignored.
-        if header.contains_key("crit") {
+        if header.crit.is_some() {
             return Err(Failure::Malformed);
         }
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| Failure::Malformed)?;
-        if !alg.verify(&self.key, signed.as_bytes(), &signature) {
+        if !mac.verify(signed.as_bytes(), &signature) {
             return Err(Failure::Signature);
         }
 
         // Only now, with the signature checked, are the claims worth reading.
-        let claims = decode_object(payload)?;
-        let time = |name: &str| match claims.get(name) {
-            None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or(Failure::Malformed),
-        };
+        let claims: Claims = decode(payload)?;
         let (now, leeway) = (now as f64, self.leeway as f64);
-        match time("exp")? {
+        match claims.exp {
             Some(exp) if now >= exp + leeway => return Err(Failure::Expired),
             None if self.require_exp => return Err(Failure::NoExpiry),
             _ => {}
         }
-        if time("nbf")?.is_some_and(|nbf| now + leeway < nbf) {
+        if claims.nbf.is_some_and(|nbf| now + leeway < nbf) {
             return Err(Failure::NotYetValid);
         }
         if !self.audiences.is_empty() {
-            let matches = |a: &Value| {
-                a.as_str()
-                    .is_some_and(|a| self.audiences.iter().any(|w| w == a))
-            };
-            let ok = match claims.get("aud") {
-                Some(Value::Array(list)) => list.iter().any(matches),
-                Some(one) => matches(one),
+            let accepted = |a: &String| self.audiences.contains(a);
+            let ok = match &claims.aud {
+                Some(OneOrMany::One(a)) => accepted(a),
+                Some(OneOrMany::Many(list)) => list.iter().any(accepted),
                 None => false,
             };
             if !ok {
@@ -382,14 +414,13 @@ impl Policy {
             }
         }
         if let Some(issuer) = &self.issuer
-            && claims.get("iss").and_then(Value::as_str) != Some(issuer)
+            && claims.iss.as_ref() != Some(issuer)
         {
             return Err(Failure::Issuer);
         }
-        match claims.get("sub") {
-            None => Ok(None),
-            Some(Value::String(sub)) if is_header_value(sub) => Ok(Some(sub.clone())),
-            Some(_) => Err(Failure::Malformed),
+        match claims.sub {
+            Some(sub) if !is_header_value(&sub) => Err(Failure::Malformed),
+            sub => Ok(sub),
         }
     }
 
@@ -473,14 +504,11 @@ fn bearer(r: &Handshake) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn decode_object(part: &str) -> Result<serde_json::Map<String, Value>, Failure> {
+fn decode<T: DeserializeOwned>(part: &str) -> Result<T, Failure> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| Failure::Malformed)?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(Failure::Malformed),
-    }
+    serde_json::from_slice(&bytes).map_err(|_| Failure::Malformed)
 }
 
 fn is_token(name: &str) -> bool {
@@ -503,6 +531,11 @@ impl Plugin for TokenAuth {
         Ok(())
     }
 
+    fn wanted_headers() -> Option<Vec<String>> {
+        let policy = POLICY.get().expect("airlock calls configure first");
+        Some(policy.wanted_headers())
+    }
+
     fn on_handshake(request: Handshake) -> Verdict {
         let policy = POLICY.get().expect("airlock calls configure first");
         policy.decide(&request, now_unix_ms() / 1000)
@@ -514,8 +547,22 @@ export!(TokenAuth);
 #[cfg(test)]
 mod tests {
     use airlock_plugin_sdk::{Rejection, test_request};
+    use serde_json::Value;
 
     use super::*;
+
+    fn sign(alg: Algorithm, key: &[u8], input: &[u8]) -> Vec<u8> {
+        fn mac<M: Mac + KeyInit>(key: &[u8], input: &[u8]) -> Vec<u8> {
+            let mut mac = <M as KeyInit>::new_from_slice(key).unwrap();
+            mac.update(input);
+            mac.finalize().into_bytes().to_vec()
+        }
+        match alg {
+            Algorithm::Hs256 => mac::<Hmac<sha2::Sha256>>(key, input),
+            Algorithm::Hs384 => mac::<Hmac<sha2::Sha384>>(key, input),
+            Algorithm::Hs512 => mac::<Hmac<sha2::Sha512>>(key, input),
+        }
+    }
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
     const NOW: u64 = 1_800_000_000;
@@ -527,7 +574,7 @@ mod tests {
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
-        let signature = URL_SAFE_NO_PAD.encode(alg.sign(key.as_bytes(), signed.as_bytes()));
+        let signature = URL_SAFE_NO_PAD.encode(sign(alg, key.as_bytes(), signed.as_bytes()));
         format!("{signed}.{signature}")
     }
 

@@ -1,0 +1,280 @@
+//! What one plugin call costs: each example plugin on a warm instance (p50/p99/p99.9) and
+//! on a fresh one (instantiate + configure + call), and whole chains as the proxy runs
+//! them. A benchmark, not a test: it prints figures and asserts nothing about speed.
+//!
+//!     cargo bench -p airlock --bench plugin_call
+//!
+//! Set `PLUGIN_BENCH_CALLS` to change the number of warm calls per row (default 20000),
+//! and `PLUGIN_BENCH_ONLY` to run only the rows whose label contains its text.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_plugins::{
+    Chain, ChainOutcome, Handshake, OnError, Plugin, PluginHost, PluginSettings, Verdict,
+};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac as _};
+
+const SECRET: &str = "bench-secret-that-is-32-bytes-ok";
+const FRESH_CALLS: usize = 300;
+
+fn plugin_dir() -> PathBuf {
+    PathBuf::from(env!("AIRLOCK_PLUGIN_DIR"))
+}
+
+fn token() -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let claims = format!(r#"{{"sub":"alice","aud":"chat","exp":{exp}}}"#);
+    let signed = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(signed.as_bytes());
+    format!(
+        "{signed}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// A Socket.IO WebSocket handshake as Chromium sends it, with a bearer token; every
+/// example plugin admits it.
+fn browser_handshake() -> Handshake {
+    let headers = [
+        ("host", "chat.example.com"),
+        ("connection", "Upgrade"),
+        ("pragma", "no-cache"),
+        ("cache-control", "no-cache"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36",
+        ),
+        ("upgrade", "websocket"),
+        ("origin", "https://app.example.com"),
+        ("sec-websocket-version", "13"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+        ("accept-language", "en-GB,en;q=0.9"),
+        ("cookie", "theme=dark; io=lv_VI97HAXpY6yYWAAAC"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        (
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits",
+        ),
+        ("authorization", &format!("Bearer {}", token())),
+    ];
+    Handshake {
+        id: "0123456789abcdef".into(),
+        method: "GET".into(),
+        scheme: "http".into(),
+        authority: "chat.example.com".into(),
+        path: "/socket.io/".into(),
+        query: Some("EIO=4&transport=websocket&sid=lv_VI97HAXpY6yYWAAAC".into()),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        client_addr: "203.0.113.7".into(),
+        tls: None,
+        route: "chat".into(),
+        upgrade: Some("websocket".into()),
+        subprotocols: Vec::new(),
+    }
+}
+
+struct Example {
+    label: &'static str,
+    file: &'static str,
+    config: String,
+}
+
+fn examples() -> Vec<Example> {
+    vec![
+        Example {
+            label: "no-op (test-guest)",
+            file: "test_guest.wasm",
+            config: "{}".into(),
+        },
+        Example {
+            label: "origin-allowlist",
+            file: "origin_allowlist.wasm",
+            config: r#"{"allow":["https://app.example.com","https://*.example.org"]}"#.into(),
+        },
+        Example {
+            label: "socketio",
+            file: "socketio.wasm",
+            config: "{}".into(),
+        },
+        Example {
+            label: "token-auth",
+            file: "token_auth.wasm",
+            config: format!(r#"{{"secret":"{SECRET}","audience":"chat"}}"#),
+        },
+    ]
+}
+
+fn load(host: &PluginHost, example: &Example) -> Arc<Plugin> {
+    let settings = PluginSettings {
+        name: example.label.into(),
+        timeout: Duration::from_millis(50),
+        max_memory: 16 << 20,
+        instances: 2,
+        on_error: OnError::Deny,
+        config_json: example.config.clone(),
+    };
+    let plugin = Plugin::load(host, &plugin_dir().join(example.file), settings)
+        .unwrap_or_else(|e| panic!("{}: {e}", example.label));
+    Arc::new(plugin)
+}
+
+/// One line of the table: a labelled call, timed in rounds interleaved with the other
+/// rows so that a noisy moment on the machine does not land on one row only.
+struct Row<'a> {
+    label: String,
+    per_round: usize,
+    call: Box<dyn FnMut() + 'a>,
+    times: Vec<Duration>,
+}
+
+impl<'a> Row<'a> {
+    fn new(label: impl Into<String>, calls: usize, call: impl FnMut() + 'a) -> Self {
+        Self {
+            label: label.into(),
+            per_round: calls.div_ceil(ROUNDS),
+            call: Box::new(call),
+            times: Vec::new(),
+        }
+    }
+
+    fn round(&mut self) {
+        for _ in 0..self.per_round / 20 {
+            (self.call)();
+        }
+        for _ in 0..self.per_round {
+            let started = Instant::now();
+            (self.call)();
+            self.times.push(started.elapsed());
+        }
+    }
+}
+
+const ROUNDS: usize = 5;
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn print(row: &mut Row) {
+    let times = &mut row.times;
+    times.sort_unstable();
+    let mean = times.iter().sum::<Duration>() / times.len() as u32;
+    println!(
+        "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        row.label,
+        times.len(),
+        us(quantile(times, 0.5)),
+        us(quantile(times, 0.99)),
+        us(quantile(times, 0.999)),
+        us(mean),
+    );
+}
+
+fn expect_allow(label: &str, verdict: Verdict) {
+    if let Verdict::Reject(r) = verdict {
+        panic!(
+            "{label} rejected the benchmark request: {} {}",
+            r.status, r.body
+        );
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` would too. Nothing to parse.
+    let calls: usize = std::env::var("PLUGIN_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let host = PluginHost::new(16, 16 << 20).expect("engine");
+    let request = browser_handshake();
+    let mut examples = examples();
+    // The no-op again, asking for no headers: the fixed cost of a call.
+    examples.push(Example {
+        label: "no-op, no headers wanted",
+        file: "test_guest.wasm",
+        config: r#"{"wanted_headers":[]}"#.into(),
+    });
+    let plugins: Vec<_> = examples.iter().map(|e| (e.label, load(&host, e))).collect();
+    for (label, plugin) in &plugins {
+        expect_allow(label, plugin.call(&mut request.clone()).expect("call"));
+    }
+
+    let mut rows = Vec::new();
+    for (label, plugin) in &plugins {
+        let mut request = request.clone();
+        rows.push(Row::new(format!("{label}, warm"), calls, move || {
+            std::hint::black_box(plugin.call(&mut request).expect("call"));
+        }));
+    }
+    for (label, plugin) in &plugins[..4] {
+        let mut request = request.clone();
+        rows.push(Row::new(
+            format!("{label}, fresh instance"),
+            FRESH_CALLS,
+            move || {
+                std::hint::black_box(plugin.call_fresh(&mut request).expect("call"));
+            },
+        ));
+    }
+    let pick = |names: &[&str]| {
+        Chain::new(
+            names
+                .iter()
+                .map(|n| plugins.iter().find(|(l, _)| l == n).unwrap().1.clone())
+                .collect(),
+        )
+    };
+    for names in [
+        &["origin-allowlist", "socketio"][..],
+        &["origin-allowlist", "socketio", "token-auth"][..],
+    ] {
+        let chain = pick(names);
+        let request = request.clone();
+        rows.push(Row::new(
+            format!("chain: {}", names.join(" + ")),
+            calls,
+            move || {
+                let outcome = chain.run(request.clone());
+                assert!(matches!(outcome, ChainOutcome::Allowed(_)));
+            },
+        ));
+    }
+
+    // PLUGIN_BENCH_ONLY=text keeps the rows whose label contains it (for profiling).
+    if let Ok(only) = std::env::var("PLUGIN_BENCH_ONLY") {
+        rows.retain(|row| row.label.contains(&only));
+    }
+    for _ in 0..ROUNDS {
+        for row in &mut rows {
+            row.round();
+        }
+    }
+    println!(
+        "Plugin call times in µs: {calls} warm calls and {FRESH_CALLS} fresh ones per row, in {ROUNDS} interleaved rounds\n"
+    );
+    println!("| call | n | p50 | p99 | p99.9 | mean |");
+    println!("|---|---|---|---|---|---|");
+    for row in &mut rows {
+        print(row);
+    }
+}
