@@ -1,8 +1,6 @@
 //! The command line: `check` exit codes and messages, `run` refusing bad configs.
 
-use std::process::Command;
-
-use crate::support::{TempDir, airlock_bin, config};
+use crate::support::{TempDir, airlock_cmd, config};
 
 #[test]
 fn check_accepts_a_valid_config() {
@@ -35,7 +33,7 @@ fn check_and_run_reject_a_bad_config_with_64_and_a_located_message() {
 
 #[test]
 fn check_reports_a_missing_file() {
-    let out = Command::new(airlock_bin())
+    let out = airlock_cmd()
         .args(["check", "--config", "/nonexistent/airlock.toml"])
         .output()
         .unwrap();
@@ -45,12 +43,9 @@ fn check_reports_a_missing_file() {
 
 #[test]
 fn help_shows_examples_and_version_prints() {
-    let out = Command::new(airlock_bin()).arg("--help").output().unwrap();
+    let out = airlock_cmd().arg("--help").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("airlock check --config airlock.toml"));
-    let out = Command::new(airlock_bin())
-        .arg("--version")
-        .output()
-        .unwrap();
+    let out = airlock_cmd().arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("airlock 0."));
 }
 
@@ -68,7 +63,7 @@ async fn demo_serves_the_page_and_chat_behind_the_origin_allowlist() {
             .unwrap()
     };
     let (listen, admin) = (free(0), free(1));
-    let mut child = Command::new(airlock_bin())
+    let mut child = airlock_cmd()
         .args([
             "demo",
             "--listen",

@@ -324,7 +324,7 @@ async fn non_utf8_header_values_get_400_on_plugin_routes() {
 }
 
 fn plugin_test(args: &[&str]) -> (i32, serde_json::Value, String) {
-    let out = std::process::Command::new(crate::support::airlock_bin())
+    let out = crate::support::airlock_cmd()
         .args(["plugin", "test"])
         .args(args)
         .output()
@@ -477,4 +477,95 @@ async fn socketio_admits_engine_io_v4_and_refuses_the_rest() {
         ws_status(addr, "/socket.io/?EIO=3&transport=websocket", &[]).await,
         400
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_plugins_are_cached_on_disk_and_a_bad_entry_is_compiled_again() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let backend = Backend::start("a").await;
+    let scratch = crate::support::TempDir::new();
+    let cache = scratch.path().join("cache");
+    let table = format!(
+        "[plugin.origin]\nwasm = \"{}\"\nconfig = {{ allow = [\"https://a.example\"] }}\n",
+        plugin_wasm("origin_allowlist.wasm")
+    );
+    let config = format!(
+        "plugin_cache_dir = \"{}\"\n{}",
+        cache.display(),
+        with_plugins(&backend, &["origin"], &table)
+    );
+    let serves = |addr| async move {
+        get_with(addr, "/", &[("origin", "https://a.example")])
+            .await
+            .status
+            == 200
+    };
+    let entries = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+
+    // First start: compiled, then stored, readable by this user only.
+    let airlock = Airlock::start(&config);
+    airlock
+        .wait_for_log("compiled", |v| v["message"] == "plugin compiled and cached")
+        .await;
+    assert!(serves(airlock.addr()).await);
+    drop(airlock);
+    let files = entries();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].extension().is_some_and(|x| x == "cwasm"));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&files[0]), 0o600);
+    assert_eq!(mode(&cache), 0o700);
+
+    // Second start: loaded, not compiled.
+    let airlock = Airlock::start(&config);
+    airlock
+        .wait_for_log("cache hit", |v| {
+            v["message"] == "compiled plugin loaded from the cache"
+        })
+        .await;
+    assert!(serves(airlock.addr()).await);
+    assert!(
+        airlock
+            .logs_where(|v| v["message"] == "plugin compiled and cached")
+            .is_empty()
+    );
+    drop(airlock);
+
+    // A damaged entry is refused by wasmtime and compiled again.
+    std::fs::write(&files[0], b"not a compiled component").unwrap();
+    let airlock = Airlock::start(&config);
+    let warning = airlock
+        .wait_for_log("unusable entry", |v| {
+            v["message"] == "cached compiled plugin is unusable; compiling again"
+        })
+        .await;
+    assert_eq!(warning["plugin"], "origin");
+    airlock
+        .wait_for_log("recompiled", |v| {
+            v["message"] == "plugin compiled and cached"
+        })
+        .await;
+    assert!(serves(airlock.addr()).await);
+    drop(airlock);
+
+    // A directory others may write to is not used at all.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let airlock = Airlock::start(&config);
+    let off = airlock
+        .wait_for_log("cache off", |v| v["message"] == "plugin cache off")
+        .await;
+    assert!(
+        off["error"]
+            .as_str()
+            .unwrap()
+            .contains("writable by other users"),
+        "{off}"
+    );
+    assert!(serves(airlock.addr()).await);
 }

@@ -66,6 +66,11 @@ pub struct Config {
     /// `[plugin.NAME]` tables: WebAssembly handshake plugins.
     #[serde(default, rename = "plugin")]
     pub plugins: BTreeMap<String, Plugin>,
+    /// Where compiled plugins are kept between runs, relative to the config file; `""`
+    /// turns the cache off. Unset: `$XDG_CACHE_HOME/airlock` or `~/.cache/airlock`.
+    /// `plugin_cache_dir = "/var/cache/airlock"`
+    #[serde(default)]
+    pub plugin_cache_dir: Option<String>,
 }
 
 fn default_shutdown_grace() -> Duration {

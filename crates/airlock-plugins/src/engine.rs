@@ -8,6 +8,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bindings::HandshakePlugin;
+use crate::cache::DiskCache;
 use crate::error::PluginError;
 use crate::instance::StoreData;
 
@@ -22,12 +23,18 @@ pub struct PluginHost {
     /// Components compiled so far, by their bytes: several `[plugin.*]` tables often
     /// load one file with different configs, and compiling is the slow part of a load.
     compiled: Arc<Mutex<HashMap<Vec<u8>, Component>>>,
+    /// Compiled components kept on disk between runs.
+    disk: Option<DiskCache>,
 }
 
 impl PluginHost {
     /// An engine sized for `total_instances` live instances of at most `max_memory` bytes
-    /// of linear memory each.
-    pub fn new(total_instances: usize, max_memory: usize) -> Result<Self, PluginError> {
+    /// of linear memory each, keeping compiled plugins in `disk` when given.
+    pub fn new(
+        total_instances: usize,
+        max_memory: usize,
+        disk: Option<DiskCache>,
+    ) -> Result<Self, PluginError> {
         let engine_error = |e: wasmtime::Error| PluginError::Engine(format!("{e:#}"));
         let slots = u32::try_from(total_instances.max(1) + 4).unwrap_or(u32::MAX);
         let mut pooling = PoolingAllocationConfig::default();
@@ -64,16 +71,21 @@ impl PluginHost {
             engine,
             linker: Arc::new(linker),
             compiled: Arc::default(),
+            disk,
         })
     }
 
-    /// Compile `wasm`, or reuse the component compiled from the same bytes.
-    pub(crate) fn compile(&self, wasm: &[u8]) -> wasmtime::Result<Component> {
+    /// Compile `wasm`, or reuse the component compiled from the same bytes (in this
+    /// process, or in the disk cache).
+    pub(crate) fn compile(&self, plugin: &str, wasm: &[u8]) -> wasmtime::Result<Component> {
         let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(component) = compiled.get(wasm) {
             return Ok(component.clone());
         }
-        let component = Component::new(&self.engine, wasm)?;
+        let component = match &self.disk {
+            Some(disk) => disk.load_or_compile(&self.engine, plugin, wasm)?,
+            None => Component::new(&self.engine, wasm)?,
+        };
         compiled.insert(wasm.to_vec(), component.clone());
         Ok(component)
     }

@@ -101,7 +101,7 @@ impl InstancePool {
             plugin: settings.name.clone(),
             reason: format!("{e:#}"),
         };
-        let component = host.compile(wasm).map_err(compile_error)?;
+        let component = host.compile(&settings.name, wasm).map_err(compile_error)?;
         let pre = host
             .linker
             .instantiate_pre(&component)

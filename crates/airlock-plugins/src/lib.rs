@@ -9,9 +9,11 @@
 //! ones before it. It knows nothing about HTTP; the proxy turns requests into
 //! [`Handshake`] records and applies the outcome.
 
-#![forbid(unsafe_code)]
+// One exception, in `cache`: loading a precompiled component (see its SAFETY note).
+#![deny(unsafe_code)]
 
 mod bindings;
+mod cache;
 pub mod chain;
 mod engine;
 mod error;
@@ -23,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use bindings::airlock::plugin::types::{Handshake, Mutations, Rejection, TlsInfo, Verdict};
+pub use cache::DiskCache;
 pub use chain::{Chain, ChainOutcome};
 pub use engine::PluginHost;
 pub use error::{CallError, PluginError};
@@ -137,11 +140,24 @@ pub fn load_all(
         .map(|(_, s)| s.max_memory)
         .max()
         .unwrap_or(0);
-    let host = PluginHost::new(total, max_memory)?;
+    let host = PluginHost::new(total, max_memory, disk_cache(loaded))?;
     let mut loaded_plugins = HashMap::new();
     for (path, s) in settings {
         let name = s.name.clone();
         loaded_plugins.insert(name, Arc::new(Plugin::load(&host, &path, s)?));
     }
     Ok(loaded_plugins)
+}
+
+/// The disk cache a configuration asks for (`plugin_cache_dir`), if it can be used; a
+/// cache that cannot be is a warning, never an error.
+pub fn disk_cache(loaded: &airlock_config::LoadedConfig) -> Option<DiskCache> {
+    let dir = match loaded.config.plugin_cache_dir.as_deref() {
+        Some("") => return None,
+        Some(dir) => loaded.resolve(dir),
+        None => cache::default_dir()?,
+    };
+    DiskCache::open(&dir)
+        .inspect_err(|error| tracing::warn!(error, "plugin cache off"))
+        .ok()
 }

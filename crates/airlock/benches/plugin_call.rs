@@ -205,7 +205,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let host = PluginHost::new(16, 16 << 20).expect("engine");
+    let host = PluginHost::new(16, 16 << 20, None).expect("engine");
     let request = browser_handshake();
     let mut examples = examples();
     // The no-op again, asking for no headers: the fixed cost of a call.

@@ -50,7 +50,7 @@ fn single_plugin(wasm: &std::path::Path, config: &str) -> anyhow::Result<Chain> 
         on_error: airlock_config::OnError::Deny,
         config_json: config.to_string(),
     };
-    let host = PluginHost::new(1, settings.max_memory)?;
+    let host = PluginHost::new(1, settings.max_memory, None)?;
     let plugin = Plugin::load(&host, wasm, settings)?;
     Ok(Chain::new(vec![Arc::new(plugin)]))
 }

@@ -26,6 +26,18 @@ pub fn airlock_bin() -> &'static str {
     env!("CARGO_BIN_EXE_airlock")
 }
 
+/// A command running the airlock binary, with its plugin cache under `target/tmp`
+/// (shared by the tests, kept apart from the user's own cache).
+pub fn airlock_cmd() -> Command {
+    let mut command = Command::new(airlock_bin());
+    command.env("XDG_CACHE_HOME", e2e_cache_home());
+    command
+}
+
+pub fn e2e_cache_home() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-cache")
+}
+
 /// A scratch directory removed when dropped.
 pub struct TempDir(PathBuf);
 
@@ -36,6 +48,10 @@ impl TempDir {
         let dir = std::env::temp_dir().join(format!("airlock-e2e-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
     }
 
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
@@ -67,7 +83,7 @@ impl Airlock {
         let path = dir.write("airlock.toml", config);
         let listener_count = toml_listener_count(config);
         let has_admin = config.contains("[admin]");
-        let mut child = Command::new(airlock_bin())
+        let mut child = airlock_cmd()
             .args(["--log-format", "json", "--log", "info", "run", "--config"])
             .arg(&path)
             .stdin(Stdio::null())
@@ -243,7 +259,7 @@ pub fn single_route(servers: &[SocketAddr], extra_route: &str, extra_upstream: &
 
 /// Run `airlock COMMAND --config PATH` to completion.
 pub fn airlock_command(command: &str, config: &std::path::Path) -> std::process::Output {
-    Command::new(airlock_bin())
+    airlock_cmd()
         .args([command, "--config"])
         .arg(config)
         .output()
