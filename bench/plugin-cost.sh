@@ -18,6 +18,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cargo build --release -p airlock >&2
 bin=$root/target/release/airlock
 wasm=$root/target/wasm-plugins/wasm32-wasip2/plugin
+source "$root/bench/common.sh"
 
 cat > "$work/nginx.conf" <<CONF
 worker_processes 1;
@@ -30,45 +31,23 @@ CONF
 nginx -c "$work/nginx.conf" &
 sleep 0.5
 
-chains=('' 'plugins = ["origin"]' 'plugins = ["origin", "socketio"]')
 url_path='/socket.io/?EIO=4&transport=polling'
 echo "| plugins | requests/s | CPU µs per request |"
 echo "|---|---|---|"
 for rep in $(seq "$reps"); do
   for n in 0 1 2; do
     port=$((18100 + n))
-    cat > "$work/airlock-$n.toml" <<CONF
-worker_threads = 1
-shutdown_grace = "1s"
-[[listener]]
-name = "bench"
-bind = "127.0.0.1:$port"
-[[route]]
-name = "bench"
-upstream = "nginx"
-${chains[$n]}
-[upstream.nginx]
-servers = ["127.0.0.1:18090"]
-[plugin.origin]
-wasm = "$wasm/origin_allowlist.wasm"
-config = { allow = ["https://app.example.com"] }
-[plugin.socketio]
-wasm = "$wasm/socketio.wasm"
-CONF
-    "$bin" --log warn run --config "$work/airlock-$n.toml" &
-    pid=$!
-    for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+    airlock_config "$port" 127.0.0.1:18090 "$n" "$work/cache" > "$work/airlock-$n.toml"
+    start_airlock "$work/airlock-$n.toml" "$port"
     target="http://127.0.0.1:$port$url_path"
     wrk -t1 -c16 -d2s -H 'Origin: https://app.example.com' "$target" > /dev/null
-    read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    t0=$(cpu_ticks "$pid")
     out=$(wrk -t1 -c16 -d"${secs}s" -H 'Origin: https://app.example.com' "$target")
-    read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    t1=$(cpu_ticks "$pid")
     requests=$(awk '/requests in/ {print $1}' <<< "$out")
     rps=$(awk '/Requests\/sec/ {print $2}' <<< "$out")
     if grep -q Non-2xx <<< "$out"; then echo "non-2xx answers in run $n; aborting" >&2; exit 1; fi
-    ticks=$(( (u1 - u0) + (s1 - s0) ))
-    hz=$(getconf CLK_TCK)
-    cpu=$(awk -v t="$ticks" -v hz="$hz" -v r="$requests" 'BEGIN { printf "%.1f", t / hz * 1e6 / r }')
+    cpu=$(cpu_us_per $((t1 - t0)) "$requests")
     echo "| $n | $rps | $cpu |"
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done

@@ -1,0 +1,50 @@
+# Shared by the bench/*.sh scripts: airlock configs with 0-2 example plugins, starting
+# airlock, and reading its CPU time from /proc. Expects $bin (airlock) and $wasm (the
+# built plugins' directory).
+
+# The plugin chains the scripts compare, by number of plugins.
+chains=('' 'plugins = ["origin"]' 'plugins = ["origin", "socketio"]')
+
+# airlock_config PORT UPSTREAM_ADDR N CACHE_DIR: a one-route config with chain N.
+airlock_config() {
+  cat <<CONF
+worker_threads = 1
+shutdown_grace = "1s"
+plugin_cache_dir = "$4"
+[[listener]]
+name = "bench"
+bind = "127.0.0.1:$1"
+[[route]]
+name = "bench"
+upstream = "target"
+${chains[$3]}
+[upstream.target]
+servers = ["$2"]
+[plugin.origin]
+wasm = "$wasm/origin_allowlist.wasm"
+config = { allow = ["https://app.example.com"] }
+[plugin.socketio]
+wasm = "$wasm/socketio.wasm"
+CONF
+}
+
+# start_airlock CONFIG_FILE PORT: run airlock in the background (its pid in $pid) and
+# wait until PORT accepts connections.
+start_airlock() {
+  "$bin" --log warn run --config "$1" &
+  pid=$!
+  for _ in $(seq 100); do
+    (echo > "/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "airlock did not start listening on port $2" >&2
+  exit 1
+}
+
+# cpu_ticks PID: user + system clock ticks the process has used.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# cpu_us_per TICKS COUNT: microseconds of CPU per item.
+cpu_us_per() {
+  awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$2" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }'
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# CPU time airlock spends per WebSocket handshake with 0, 1 and 2 example plugins.
+#
+# airlock-bench opens WebSockets closed-loop (connect, handshake, close) through airlock
+# (1 worker thread) to airlock-bench's echo upstream; airlock's own user+system CPU time
+# is read from /proc before and after each run. A row "direct" runs the same load
+# against the upstream alone, for the handshake rate without a proxy.
+#
+# Run from the repository root:
+#   bash bench/plugin-handshakes.sh [seconds per run] [repetitions]
+set -euo pipefail
+secs=${1:-5}
+reps=${2:-3}
+root=$(pwd)
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+cargo build --release -p airlock -p airlock-bench >&2
+bin=$root/target/release/airlock
+bench=$root/target/release/airlock-bench
+wasm=$root/target/wasm-plugins/wasm32-wasip2/plugin
+source "$root/bench/common.sh"
+
+"$bench" upstream --listen 127.0.0.1:18190 > /dev/null &
+sleep 0.3
+
+path='/socket.io/?EIO=4&transport=websocket&sid=lv_VI97HAXpY6yYWAAAC'
+origin='Origin: https://app.example.com'
+load() { "$bench" handshakes --url "$1" --connections 16 --duration "$2" -H "$origin"; }
+field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<< "$2"; }
+
+echo "| plugins | handshakes/s | p50 µs | p99 µs | airlock CPU µs per handshake |"
+echo "|---|---|---|---|---|"
+for rep in $(seq "$reps"); do
+  out=$(load "ws://127.0.0.1:18190$path" "${secs}s")
+  echo "| direct | $(field per_second "$out") | $(field p50_us "$out") | $(field p99_us "$out") | – |"
+  for n in 0 1 2; do
+    port=$((18200 + n))
+    airlock_config "$port" 127.0.0.1:18190 "$n" "$work/cache" > "$work/airlock-$n.toml"
+    start_airlock "$work/airlock-$n.toml" "$port"
+    url="ws://127.0.0.1:$port$path"
+    load "$url" 1s > /dev/null
+    t0=$(cpu_ticks "$pid")
+    out=$(load "$url" "${secs}s")
+    t1=$(cpu_ticks "$pid")
+    if [ "$(field errors "$out")" != 0 ]; then echo "failed handshakes in run $n: $out" >&2; fi
+    cpu=$(cpu_us_per $((t1 - t0)) "$(field handshakes "$out")")
+    echo "| $n | $(field per_second "$out") | $(field p50_us "$out") | $(field p99_us "$out") | $cpu |"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done

@@ -1,0 +1,174 @@
+//! `airlock-bench`: the load generator and WebSocket echo upstream behind airlock's
+//! benchmarks (`bench/`, `docs/benchmarks.md`). It measures; it never asserts.
+//!
+//! ```sh
+//! airlock-bench upstream --listen 127.0.0.1:9001
+//! airlock-bench handshakes --url ws://127.0.0.1:8080/ws --connections 16 --duration 5s
+//! ```
+//!
+//! Each load mode prints one JSON object with its figures on stdout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt as _, StreamExt as _};
+use hdrhistogram::Histogram;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A WebSocket echo server: every text or binary message is sent back as it came.
+    Upstream {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+    },
+    /// Open WebSockets as fast as possible, closed loop: connect, handshake, close, again.
+    Handshakes {
+        /// `ws://host:port/path?query`
+        #[arg(long)]
+        url: String,
+        /// Handshakes in flight at once.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// How long to run, like `5s`.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// An extra request header, `Name: value`; repeatable.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Upstream { listen } => upstream(listen).await,
+            Command::Handshakes {
+                url,
+                connections,
+                duration,
+                headers,
+            } => handshakes(&url, connections, duration, &headers).await,
+        }
+    })
+}
+
+async fn upstream(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!("listening on {}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                return;
+            };
+            while let Some(Ok(msg)) = ws.next().await {
+                if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+async fn handshakes(
+    url: &str,
+    connections: usize,
+    duration: Duration,
+    headers: &[String],
+) -> anyhow::Result<()> {
+    let mut request = url.into_client_request().context("--url")?;
+    for header in headers {
+        let Some((name, value)) = header.split_once(':') else {
+            bail!("--header {header:?} is not `Name: value`");
+        };
+        request.headers_mut().append(
+            HeaderName::from_bytes(name.trim().as_bytes())?,
+            HeaderValue::from_str(value.trim())?,
+        );
+    }
+    // One handshake first: a proxy that refuses it would make every figure meaningless.
+    let (ws, response) = tokio_tungstenite::connect_async(request.clone())
+        .await
+        .with_context(|| format!("the first handshake with {url} failed"))?;
+    drop((ws, response));
+
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let request = request.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latency = new_histogram();
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                match tokio_tungstenite::connect_async(request.clone()).await {
+                    Ok((mut ws, _)) => {
+                        let _ = latency.record(t0.elapsed().as_micros() as u64);
+                        // Close as a browser does, and wait for the other side's close.
+                        let _ = ws.close(None).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                            while ws.next().await.is_some() {}
+                        })
+                        .await;
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            latency
+        }));
+    }
+    let mut latency = new_histogram();
+    for task in tasks {
+        latency.add(task.await?)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let out = serde_json::json!({
+        "mode": "handshakes",
+        "url": url,
+        "connections": connections,
+        "seconds": round(elapsed),
+        "handshakes": latency.len(),
+        "errors": errors.load(Ordering::Relaxed),
+        "per_second": round(latency.len() as f64 / elapsed),
+        "p50_us": latency.value_at_quantile(0.5),
+        "p99_us": latency.value_at_quantile(0.99),
+        "p999_us": latency.value_at_quantile(0.999),
+    });
+    println!("{out}");
+    Ok(())
+}
+
+/// Microseconds from 1 µs to 60 s, 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
