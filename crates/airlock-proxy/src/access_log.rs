@@ -53,6 +53,10 @@ impl RequestLog {
     }
 
     pub fn emit(&self, status: http::StatusCode) {
+        // Formatting the line costs more than checking whether anyone wants it.
+        if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+            return;
+        }
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
         let attributes = (!self.attributes.is_empty()).then(|| {
             self.attributes
