@@ -4,6 +4,8 @@
 //! ```sh
 //! airlock-bench upstream --listen 127.0.0.1:9001
 //! airlock-bench handshakes --url ws://127.0.0.1:8080/ws --connections 16 --duration 5s
+//! airlock-bench pingpong --url ws://127.0.0.1:8080/ws --size 1024 --duration 5s
+//! airlock-bench idle --url ws://127.0.0.1:8080/ws --connections 5000 --hold 5s
 //! ```
 //!
 //! Each load mode prints one JSON object with its figures on stdout.
@@ -19,8 +21,10 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Bytes;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::Message;
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -51,6 +55,29 @@ enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+    /// Closed-loop ping-pong: each connection sends a binary message and waits for its
+    /// echo before sending the next.
+    Pingpong {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Open `connections` WebSockets, check each echoes once, hold them all open for
+    /// `hold`, then close them. Prints when they are all open (for memory readings).
+    Idle {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +94,17 @@ fn main() -> anyhow::Result<()> {
                 duration,
                 headers,
             } => handshakes(&url, connections, duration, &headers).await,
+            Command::Pingpong {
+                url,
+                connections,
+                size,
+                duration,
+            } => pingpong(&url, connections, size, duration).await,
+            Command::Idle {
+                url,
+                connections,
+                hold,
+            } => idle(&url, connections, hold).await,
         }
     })
 }
@@ -161,6 +199,92 @@ async fn handshakes(
         "p999_us": latency.value_at_quantile(0.999),
     });
     println!("{out}");
+    Ok(())
+}
+
+async fn pingpong(
+    url: &str,
+    connections: usize,
+    size: usize,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let mut sockets = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        sockets.push(ws);
+    }
+    let payload = Bytes::from(vec![0x5a; size]);
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut ws in sockets {
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latency = new_histogram();
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                ws.send(Message::Binary(payload.clone())).await?;
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Binary(echo))) if echo.len() == payload.len() => break,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        other => bail!("expected the echo, got {other:?}"),
+                    }
+                }
+                let _ = latency.record(t0.elapsed().as_micros() as u64);
+            }
+            let _ = ws.close(None).await;
+            anyhow::Ok(latency)
+        }));
+    }
+    let mut latency = new_histogram();
+    for task in tasks {
+        latency.add(task.await??)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "pingpong",
+            "url": url,
+            "connections": connections,
+            "size": size,
+            "seconds": round(elapsed),
+            "round_trips": latency.len(),
+            "per_second": round(latency.len() as f64 / elapsed),
+            "p50_us": latency.value_at_quantile(0.5),
+            "p99_us": latency.value_at_quantile(0.99),
+            "p999_us": latency.value_at_quantile(0.999),
+        })
+    );
+    Ok(())
+}
+
+async fn idle(url: &str, connections: usize, hold: Duration) -> anyhow::Result<()> {
+    let mut sockets = Vec::with_capacity(connections);
+    for i in 0..connections {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .with_context(|| format!("connection {i} to {url}"))?;
+        ws.send(Message::binary(vec![1u8; 16])).await?;
+        match ws.next().await {
+            Some(Ok(Message::Binary(_))) => {}
+            other => bail!("connection {i}: expected the echo, got {other:?}"),
+        }
+        sockets.push(ws);
+    }
+    // A line on its own first, so a script can read memory while the tunnels are open.
+    println!("open {connections}");
+    tokio::time::sleep(hold).await;
+    for mut ws in sockets {
+        let _ = ws.close(None).await;
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "mode": "idle", "url": url, "connections": connections })
+    );
     Ok(())
 }
 
