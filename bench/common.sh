@@ -1,6 +1,11 @@
-# Shared by the bench/*.sh scripts: airlock configs with 0-2 example plugins, starting
-# airlock, and reading its CPU time from /proc. Expects $bin (airlock) and $wasm (the
-# built plugins' directory).
+# Shared by the bench/*.sh scripts, sourced first: the scratch directory ($work, removed
+# with every background job on exit), airlock configs with 0-2 example plugins, starting
+# airlock, and reading CPU time from /proc. The functions use $bin (airlock) and $wasm
+# (the built plugins' directory), set by the script.
+
+root=$(pwd)
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # The plugin chains the scripts compare, by number of plugins.
 chains=('' 'plugins = ["origin"]' 'plugins = ["origin", "socketio"]')
@@ -33,13 +38,21 @@ CONF
 start_airlock() {
   "$bin" --log warn run --config "$1" &
   pid=$!
+  wait_port "$2"
+}
+
+# wait_port PORT: wait (at most 5 s) until something accepts connections on PORT.
+wait_port() {
   for _ in $(seq 100); do
-    (echo > "/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
+    (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.05
   done
-  echo "airlock did not start listening on port $2" >&2
+  echo "nothing listens on port $1" >&2
   exit 1
 }
+
+# field NAME JSON: a number from airlock-bench's one-line JSON output.
+field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<< "$2"; }
 
 # cpu_ticks PID: user + system clock ticks the process has used.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -11,9 +11,7 @@ set -euo pipefail
 secs=${1:-5}
 reps=${2:-3}
 idle_n=${3:-5000}
-root=$(pwd)
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+source bench/common.sh
 
 for tool in nginx haproxy; do
   if ! command -v "$tool" > /dev/null && ! [ -x "/usr/sbin/$tool" ]; then
@@ -23,7 +21,6 @@ done
 cargo build --release -p airlock -p airlock-bench >&2
 bin=$root/target/release/airlock
 bench=$root/target/release/airlock-bench
-source "$root/bench/common.sh"
 upstream=127.0.0.1:18400
 
 "$bench" upstream --listen "$upstream" > /dev/null &
@@ -36,13 +33,7 @@ fill() { sed -e "s|@WORK@|$work|g" -e "s|@PORT@|$2|g" -e "s|@UPSTREAM@|$upstream
 pids_of() { echo "$1" $(pgrep -P "$1" || true); }
 cpu_all() { local t=0 p; for p in $(pids_of "$1"); do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
 rss_kib() { local t=0 p; for p in $(pids_of "$1"); do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo "$t"; }
-field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<< "$2"; }
 median() { sort -g | awk '{v[NR] = $1} END { if (NR == 0) print "–"; else print v[int((NR + 1) / 2)] }'; }
-wait_port() {
-  for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "nothing listens on port $1" >&2; exit 1
-}
-
 start_proxy() { # NAME PORT -> $pid (0 for direct)
   case $1 in
     direct) pid=0 ;;

@@ -11,14 +11,11 @@
 set -euo pipefail
 secs=${1:-8}
 reps=${2:-3}
-root=$(pwd)
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+source bench/common.sh
 
 cargo build --release -p airlock >&2
 bin=$root/target/release/airlock
 wasm=$root/target/wasm-plugins/wasm32-wasip2/plugin
-source "$root/bench/common.sh"
 
 cat > "$work/nginx.conf" <<CONF
 worker_processes 1;

@@ -11,15 +11,12 @@
 set -euo pipefail
 secs=${1:-5}
 reps=${2:-3}
-root=$(pwd)
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+source bench/common.sh
 
 cargo build --release -p airlock -p airlock-bench >&2
 bin=$root/target/release/airlock
 bench=$root/target/release/airlock-bench
 wasm=$root/target/wasm-plugins/wasm32-wasip2/plugin
-source "$root/bench/common.sh"
 
 "$bench" upstream --listen 127.0.0.1:18190 > /dev/null &
 sleep 0.3
@@ -27,7 +24,6 @@ sleep 0.3
 path='/socket.io/?EIO=4&transport=websocket&sid=lv_VI97HAXpY6yYWAAAC'
 origin='Origin: https://app.example.com'
 load() { "$bench" handshakes --url "$1" --connections 16 --duration "$2" -H "$origin"; }
-field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<< "$2"; }
 
 echo "| plugins | handshakes/s | p50 µs | p99 µs | airlock CPU µs per handshake |"
 echo "|---|---|---|---|---|"

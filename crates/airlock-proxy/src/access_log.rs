@@ -13,7 +13,7 @@ pub const TARGET: &str = "airlock::access";
 /// Facts about one request, filled in as its phases run.
 pub struct RequestLog {
     started: Instant,
-    pub request_id: String,
+    pub request_id: crate::plugin_phase::RequestId,
     pub method: http::Method,
     pub path: String,
     pub client: SocketAddr,
@@ -35,7 +35,7 @@ impl RequestLog {
     pub fn new(req: &http::Request<hyper::body::Incoming>, client: SocketAddr) -> Self {
         Self {
             started: Instant::now(),
-            request_id: crate::plugin_phase::request_id(),
+            request_id: crate::plugin_phase::RequestId::next(),
             method: req.method().clone(),
             path: req.uri().path().to_string(),
             client,

@@ -34,11 +34,22 @@ pub struct Decision {
     pub affinity_key: Option<String>,
 }
 
-static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+/// A process-unique id for a request, shown to plugins and in the access log (as hex).
+/// Kept as a number and formatted only where it is shown: most requests never are.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestId(u64);
 
-/// A process-unique id for a request, shown to plugins and in the access log.
-pub fn request_id() -> String {
-    format!("{:x}", NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed))
+impl RequestId {
+    pub fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
 }
 
 /// Run the route's chain on `req`. A rejection or a failed plugin becomes an error whose
@@ -53,7 +64,7 @@ pub fn run(
         return Ok(Decision::default());
     }
     let started = Instant::now();
-    let handshake = handshake(req, route, conn, &log.request_id)?;
+    let handshake = handshake(req, route, conn, log.request_id)?;
     let outcome = route.chain.run(handshake);
     log.plugin_time = Some(started.elapsed());
     match outcome {
@@ -73,7 +84,7 @@ fn handshake(
     req: &Request<Incoming>,
     route: &Route,
     conn: &ConnCtx,
-    id: &str,
+    id: RequestId,
 ) -> Result<Handshake, ProxyError> {
     let mut headers = Vec::with_capacity(req.headers().len());
     for (name, value) in req.headers() {
@@ -91,12 +102,12 @@ fn handshake(
             .iter()
             .filter_map(|v| v.to_str().ok()),
     );
+    // The handler has already copied an absolute-form URI's authority into `Host`.
     let authority = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
     let client = forwarded::client_ip(req.headers(), conn.peer.ip(), &conn.listener.trusted);
     Ok(Handshake {
