@@ -9,5 +9,6 @@ mod cli;
 mod http;
 mod lifecycle;
 mod plugins;
+mod tls;
 mod token_auth;
 mod websocket;

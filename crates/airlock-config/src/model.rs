@@ -105,6 +105,74 @@ pub struct Listener {
     /// `handshake_timeout = "10s"`
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: Duration,
+    /// TLS on this listener (`[listener.tls]`): `wss://` and `https://`. Plain TCP when
+    /// absent.
+    #[serde(default)]
+    pub tls: Option<Spanned<ListenerTls>>,
+    /// `redirect_https = 8443`: answer every request with `308` to
+    /// `https://HOST:8443/same/uri` instead of routing it.
+    #[serde(default)]
+    pub redirect_https: Option<Spanned<u16>>,
+}
+
+/// `[listener.tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// `certificates = [{ cert = "a.pem", key = "a-key.pem" }]`: PEM files, relative to the
+    /// config file. SNI picks the first whose names match; the first is the default.
+    pub certificates: Spanned<Vec<CertificateFiles>>,
+    /// `min_version = "1.2"` or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// `alpn = ["h2", "http/1.1"]`: protocols offered, in order of preference.
+    #[serde(default)]
+    pub alpn: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `hsts = "max-age=63072000"`: sent as `Strict-Transport-Security` on every response.
+    #[serde(default)]
+    pub hsts: Option<Spanned<String>>,
+    /// `client_ca = "clients-ca.pem"`: CA certificates that sign client certificates
+    /// (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<Spanned<String>>,
+    /// `client_auth = "required"` or `"optional"`; needs `client_ca`. Default `"required"`.
+    #[serde(default)]
+    pub client_auth: Option<Spanned<ClientAuth>>,
+}
+
+/// `ALPN` protocols a TLS listener offers when `alpn` is unset.
+pub const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
+
+/// One certificate chain and its private key: `{ cert = "a.pem", key = "a-key.pem" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// PEM: the server certificate first, then intermediates.
+    pub cert: Spanned<String>,
+    /// PEM: the private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: Spanned<String>,
+}
+
+/// The lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// Whether a client certificate is demanded (mutual TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// Clients without a certificate are let in; one that sends a certificate must send a
+    /// valid one.
+    Optional,
+    /// The TLS handshake fails without a valid client certificate.
+    #[default]
+    Required,
 }
 
 fn default_max_header_bytes() -> ByteSize {
@@ -206,6 +274,60 @@ pub struct Upstream {
     /// How long an idle keep-alive connection is kept. `keepalive_timeout = "60s"`
     #[serde(default = "default_keepalive_timeout")]
     pub keepalive_timeout: Duration,
+    /// TLS to the servers: `tls = true` (verified against the system's roots) or
+    /// `tls = { ca = "internal-ca.pem", server_name = "backend.internal" }`.
+    #[serde(default, deserialize_with = "upstream_tls")]
+    pub tls: Option<Spanned<UpstreamTls>>,
+}
+
+/// `tls = { ... }` of an upstream.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// `ca = "internal-ca.pem"`: trust these CA certificates instead of the system's.
+    #[serde(default)]
+    pub ca: Option<Spanned<String>>,
+    /// `server_name = "backend.internal"`: sent as SNI and checked against the server's
+    /// certificate. Default: the host part of each server's address.
+    #[serde(default)]
+    pub server_name: Option<Spanned<String>>,
+    /// `client_cert = "proxy.pem"`: a certificate chain to present to the servers (with
+    /// `client_key`).
+    #[serde(default)]
+    pub client_cert: Option<Spanned<String>>,
+    /// `client_key = "proxy-key.pem"`
+    #[serde(default)]
+    pub client_key: Option<Spanned<String>>,
+    /// `insecure_skip_verify = true`: accept any server certificate. For tests only; logged
+    /// as a warning at start.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// `tls = true`, `tls = false` or `tls = { ... }`.
+fn upstream_tls<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<UpstreamTls>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<UpstreamTls>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(r#"`true`, `false` or a table like { ca = "ca.pem", server_name = "backend.internal" }"#)
+        }
+        fn visit_bool<E: de::Error>(self, on: bool) -> Result<Self::Value, E> {
+            Ok(on.then(UpstreamTls::default))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            UpstreamTls::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    struct Setting(Option<UpstreamTls>);
+    impl<'de> Deserialize<'de> for Setting {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(V).map(Setting)
+        }
+    }
+    let setting = Spanned::<Setting>::deserialize(d)?;
+    let span = setting.span();
+    Ok(setting.into_inner().0.map(|tls| Spanned::new(span, tls)))
 }
 
 fn default_max_fails() -> u32 {

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 
-use crate::model::{Config, Route, Spanned};
+use crate::model::{Config, DEFAULT_ALPN, Listener, Route, Spanned, UpstreamTls};
 
 pub(crate) struct Problem {
     pub span: Option<Range<usize>>,
@@ -89,6 +89,9 @@ fn check_listeners(config: &Config, p: &mut Problems) {
             );
         }
     }
+    for l in &config.listeners {
+        check_listener_tls(l, p);
+    }
     if let Some(admin) = &config.admin {
         let addr = admin.bind.get_ref().0;
         if let Some(other) = binds.get(&addr).filter(|_| addr.port() != 0) {
@@ -96,6 +99,104 @@ fn check_listeners(config: &Config, p: &mut Problems) {
                 &admin.bind,
                 format!("admin binds {addr}, which listener `{other}` already binds"),
             );
+        }
+    }
+}
+
+fn check_listener_tls(l: &Listener, p: &mut Problems) {
+    let name = l.name.get_ref();
+    if let Some(port) = &l.redirect_https {
+        if l.tls.is_some() {
+            p.at(
+                port,
+                format!("listener `{name}` has both [listener.tls] and `redirect_https`; redirect from a plain-text listener to the TLS one"),
+            );
+        }
+        if *port.get_ref() == 0 {
+            p.at(
+                port,
+                "`redirect_https` must be the TLS listener's port (1-65535)",
+            );
+        }
+    }
+    let Some(tls) = &l.tls else { return };
+    let tls = tls.get_ref();
+    if tls.certificates.get_ref().is_empty() {
+        p.at(
+            &tls.certificates,
+            format!(r#"listener `{name}` has TLS but no certificates; add {{ cert = "cert.pem", key = "key.pem" }}"#),
+        );
+    }
+    if let Some(alpn) = &tls.alpn {
+        if alpn.get_ref().is_empty() {
+            p.at(
+                alpn,
+                r#"`alpn` is empty; write ["h2", "http/1.1"], ["http/1.1"] or leave it out"#,
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for proto in alpn.get_ref() {
+            let proto_name = proto.get_ref().as_str();
+            if !DEFAULT_ALPN.contains(&proto_name) {
+                p.at(proto, format!(r#"unknown ALPN protocol "{proto_name}"; airlock speaks "h2" and "http/1.1""#));
+            } else if !seen.insert(proto_name) {
+                p.at(
+                    proto,
+                    format!(r#"ALPN protocol "{proto_name}" is listed twice"#),
+                );
+            }
+        }
+    }
+    if let Some(hsts) = &tls.hsts {
+        let v = hsts.get_ref();
+        if v.is_empty()
+            || !v
+                .bytes()
+                .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+        {
+            p.at(
+                hsts,
+                r#"`hsts` must be a header value like "max-age=63072000; includeSubDomains""#,
+            );
+        }
+    }
+    if let (Some(auth), None) = (&tls.client_auth, &tls.client_ca) {
+        p.at(
+            auth,
+            "`client_auth` needs `client_ca`: the CA certificates that sign client certificates",
+        );
+    }
+}
+
+fn check_upstream_tls(name: &str, tls: &Spanned<UpstreamTls>, p: &mut Problems) {
+    let t = tls.get_ref();
+    match (&t.client_cert, &t.client_key) {
+        (Some(cert), None) => p.at(
+            cert,
+            format!("upstream `{name}`: `client_cert` needs `client_key`"),
+        ),
+        (None, Some(key)) => p.at(
+            key,
+            format!("upstream `{name}`: `client_key` needs `client_cert`"),
+        ),
+        _ => {}
+    }
+    if let (true, Some(ca)) = (t.insecure_skip_verify, &t.ca) {
+        p.at(ca, format!("upstream `{name}`: `ca` has no effect with `insecure_skip_verify = true`; remove one"));
+    }
+    if let Some(sn) = &t.server_name {
+        let v = sn.get_ref();
+        let ok = !v.is_empty()
+            && (v.parse::<std::net::IpAddr>().is_ok()
+                || v.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                }));
+        if !ok {
+            p.at(sn, format!(r#"upstream `{name}`: invalid `server_name` "{v}"; write a DNS name like "backend.internal" or an IP address"#));
         }
     }
 }
@@ -242,6 +343,9 @@ fn check_upstreams(config: &Config, p: &mut Problems) {
                     ),
                 );
             }
+        }
+        if let Some(tls) = &up.tls {
+            check_upstream_tls(name, tls, p);
         }
         if up.connect_attempts == 0 {
             p.at(

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::handler::ConnCtx;
 use crate::tunnel::Outcome;
 
 pub const TARGET: &str = "airlock::access";
@@ -29,16 +30,21 @@ pub struct RequestLog {
     pub plugin_time: Option<Duration>,
     /// Key-value pairs plugins attached.
     pub attributes: Vec<(String, String)>,
+    /// The TLS version, on a TLS listener.
+    pub tls_version: Option<&'static str>,
+    /// The verified client certificate's subject (mutual TLS).
+    pub client_subject: Option<String>,
 }
 
 impl RequestLog {
-    pub fn new(req: &http::Request<hyper::body::Incoming>, client: SocketAddr) -> Self {
+    pub fn new(req: &http::Request<hyper::body::Incoming>, conn: &ConnCtx) -> Self {
+        let tls = conn.tls.as_ref();
         Self {
             started: Instant::now(),
             request_id: crate::plugin_phase::RequestId::next(),
             method: req.method().clone(),
             path: req.uri().path().to_string(),
-            client,
+            client: conn.peer,
             route: None,
             upstream: None,
             server: None,
@@ -49,6 +55,10 @@ impl RequestLog {
             plugin: None,
             plugin_time: None,
             attributes: Vec::new(),
+            tls_version: tls.map(|t| t.version),
+            client_subject: tls
+                .and_then(|t| t.client_cert.as_ref())
+                .map(|c| c.subject.clone()),
         }
     }
 
@@ -85,6 +95,8 @@ impl RequestLog {
             plugin = self.plugin.as_deref(),
             plugins_us = self.plugin_time.map(|d| d.as_secs_f64() * 1e6),
             plugin.attributes = attributes,
+            tls.version = self.tls_version,
+            tls.client.subject = self.client_subject.as_deref(),
         );
     }
 }

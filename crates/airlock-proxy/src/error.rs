@@ -35,8 +35,20 @@ impl ErrorSource {
 pub enum ProxyError {
     #[error("no route matches host {host:?} and path {path:?}")]
     NoRoute { host: String, path: String },
+    #[error("the WebSocket upgrade over HTTP/2 is not valid: {detail}")]
+    BadExtendedConnect { detail: &'static str },
+    #[error(
+        "upstream server {server} accepted the WebSocket upgrade with a wrong Sec-WebSocket-Accept"
+    )]
+    BadUpstreamAccept { server: String },
     #[error("connecting to upstream server {server} failed")]
     Connect {
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with upstream server {server} failed")]
+    UpstreamTls {
         server: String,
         #[source]
         source: std::io::Error,
@@ -71,14 +83,18 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn source_kind(&self) -> ErrorSource {
         match self {
-            Self::NoRoute { .. } | Self::BadHeaderEncoding { .. } => ErrorSource::Client,
+            Self::NoRoute { .. }
+            | Self::BadHeaderEncoding { .. }
+            | Self::BadExtendedConnect { .. } => ErrorSource::Client,
+            Self::BadUpstreamAccept { .. } => ErrorSource::Upstream,
             Self::PluginRejected { .. } | Self::PluginFailed { .. } | Self::PluginOutput { .. } => {
                 ErrorSource::Plugin
             }
             Self::UnknownUpstream { .. } => ErrorSource::Internal,
-            Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::UpstreamRequest { .. } => {
-                ErrorSource::Upstream
-            }
+            Self::Connect { .. }
+            | Self::UpstreamTls { .. }
+            | Self::ConnectTimeout { .. }
+            | Self::UpstreamRequest { .. } => ErrorSource::Upstream,
         }
     }
 
@@ -86,7 +102,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
-            Self::BadHeaderEncoding { .. } => StatusCode::BAD_REQUEST,
+            Self::BadHeaderEncoding { .. } | Self::BadExtendedConnect { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::BadUpstreamAccept { .. } => StatusCode::BAD_GATEWAY,
             Self::PluginRejected { rejection, .. } => {
                 StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::FORBIDDEN)
             }
@@ -94,7 +113,9 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::UnknownUpstream { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Connect { .. } | Self::UpstreamRequest { .. } => StatusCode::BAD_GATEWAY,
+            Self::Connect { .. } | Self::UpstreamTls { .. } | Self::UpstreamRequest { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }

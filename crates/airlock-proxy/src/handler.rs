@@ -15,8 +15,9 @@ use crate::drain::Drain;
 use crate::error::{ProxyError, chain};
 use crate::forwarded::{self, Hop, TrustedProxies};
 use crate::route::{Route, Router, request_host};
+use crate::tls::server::SessionFacts;
 use crate::upstream::Pool;
-use crate::{headers, http_forward, plugin_phase, upgrade};
+use crate::{h2_websocket, headers, http_forward, plugin_phase, upgrade};
 
 /// What every connection accepted on one listener shares.
 #[derive(Debug)]
@@ -28,6 +29,12 @@ pub struct ListenerCtx {
     pub trusted: TrustedProxies,
     pub max_header_bytes: usize,
     pub handshake_timeout: std::time::Duration,
+    /// TLS settings; `None` on a plain-text listener.
+    pub tls: Option<Arc<crate::tls::server::ServerTls>>,
+    /// `Strict-Transport-Security` added to every response.
+    pub hsts: Option<HeaderValue>,
+    /// `redirect_https`: every request is answered with 308 to this HTTPS port.
+    pub redirect_https: Option<u16>,
 }
 
 /// One accepted client connection.
@@ -37,22 +44,39 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub drain: Drain,
+    /// The TLS session, on a TLS listener.
+    pub tls: Option<SessionFacts>,
+}
+
+impl ConnCtx {
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
 }
 
 /// Proxy one request and log it. Errors become the status the client sees here.
 pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {
-    let mut log = RequestLog::new(&req, conn.peer);
-    let response = match proxy(req, &conn, &mut log).await {
-        Ok(response) => response,
-        Err(err) => {
-            log.error = Some((err.source_kind().as_str(), chain(&err)));
-            log.plugin = err.plugin().map(Into::into);
-            if let ProxyError::PluginFailed { .. } = &err {
-                tracing::warn!(request = %log.request_id, error = %chain(&err), "plugin failed; request denied (on_error = \"deny\")");
+    let mut log = RequestLog::new(&req, &conn);
+    let mut response = if let Some(port) = conn.listener.redirect_https {
+        redirect_https(&req, port)
+    } else {
+        match proxy(req, &conn, &mut log).await {
+            Ok(response) => response,
+            Err(err) => {
+                log.error = Some((err.source_kind().as_str(), chain(&err)));
+                log.plugin = err.plugin().map(Into::into);
+                if let ProxyError::PluginFailed { .. } = &err {
+                    tracing::warn!(request = %log.request_id, error = %chain(&err), "plugin failed; request denied (on_error = \"deny\")");
+                }
+                error_response_for(err)
             }
-            error_response_for(err)
         }
     };
+    if let Some(hsts) = &conn.listener.hsts {
+        response
+            .headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     log.emit(response.status());
     response
 }
@@ -62,6 +86,12 @@ async fn proxy(
     conn: &Arc<ConnCtx>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    // RFC 8441: from here on, a WebSocket over HTTP/2 looks like an HTTP/1.1 upgrade.
+    let h2_websocket_key = if h2_websocket::is_extended_connect(&req) {
+        Some(h2_websocket::into_upgrade_request(&mut req)?)
+    } else {
+        None
+    };
     let route = find_route(&req, &conn.listener.router)?;
     log.route = Some(route.name.clone());
     ensure_host_header(&mut req);
@@ -76,7 +106,13 @@ async fn proxy(
 
     let affinity_key = decision.affinity_key.as_deref();
     let mut response = if log.upgrade {
-        upgrade::forward(req, route, &pool, affinity_key, conn, log).await?
+        let upgrade = upgrade::Upgrade {
+            route,
+            pool: &pool,
+            affinity_key,
+            h2_websocket_key,
+        };
+        upgrade::forward(req, upgrade, conn, log).await?
     } else {
         http_forward::forward(req, &route, &pool, affinity_key, log).await?
     };
@@ -141,12 +177,38 @@ fn prepare_upstream_request(
     let host = headers.get(header::HOST).cloned();
     let hop = Hop {
         peer: conn.peer.ip(),
-        proto: "http",
+        proto: conn.scheme(),
         host: host.as_ref(),
         port: conn.local.port(),
     };
     forwarded::apply(headers, &hop, &conn.listener.trusted);
     *req.version_mut() = Version::HTTP_11;
+}
+
+/// `redirect_https`: 308 to the same host and URI on the HTTPS port (RFC 9110 §15.4.9
+/// keeps the method and body, unlike 301).
+fn redirect_https(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
+    let host = request_host(req.uri(), req.headers());
+    if host.is_empty() {
+        return error_response(StatusCode::BAD_REQUEST);
+    }
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let Ok(location) = HeaderValue::from_str(&location) else {
+        return error_response(StatusCode::BAD_REQUEST);
+    };
+    let mut response = error_response(StatusCode::PERMANENT_REDIRECT);
+    response.headers_mut().insert(header::LOCATION, location);
+    response
 }
 
 /// The response for an error: a plugin's rejection as the plugin wrote it, otherwise the

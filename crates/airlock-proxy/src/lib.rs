@@ -17,12 +17,15 @@ mod body;
 mod drain;
 mod error;
 mod forwarded;
+mod h2_websocket;
 mod handler;
 mod headers;
 mod http_forward;
 mod plugin_phase;
 pub mod route;
 mod serve;
+pub mod stream;
+pub mod tls;
 pub mod tunnel;
 mod upgrade;
 pub mod upstream;
@@ -48,6 +51,18 @@ use upstream::Pool;
 pub enum StartError {
     #[error(transparent)]
     Plugin(#[from] airlock_plugins::PluginError),
+    #[error("listener `{listener}`: {source}")]
+    ListenerTls {
+        listener: String,
+        #[source]
+        source: tls::TlsError,
+    },
+    #[error("upstream `{upstream}`: {source}")]
+    UpstreamTls {
+        upstream: String,
+        #[source]
+        source: tls::TlsError,
+    },
     #[error("cannot bind listener `{listener}` to {addr}")]
     Bind {
         listener: String,
@@ -70,11 +85,37 @@ impl Plan {
     pub fn build(loaded: &LoadedConfig) -> Result<Self, StartError> {
         let config = &loaded.config;
         let plugins = airlock_plugins::load_all(loaded)?;
-        let pools: HashMap<String, Arc<Pool>> = config
-            .upstreams
-            .iter()
-            .map(|(name, up)| (name.clone(), Arc::new(Pool::from_config(name, up))))
-            .collect();
+        let mut pools = HashMap::new();
+        for (name, up) in &config.upstreams {
+            let tls = up
+                .tls
+                .as_ref()
+                .map(|t| tls::client::UpstreamTls::build(name, t.get_ref(), loaded))
+                .transpose()
+                .map_err(|source| StartError::UpstreamTls {
+                    upstream: name.clone(),
+                    source,
+                })?;
+            if let Some(tls) = &tls
+                && let Some(server) = up
+                    .servers
+                    .get_ref()
+                    .iter()
+                    .find(|s| tls.name_for(&s.get_ref().addr).is_none())
+            {
+                return Err(StartError::UpstreamTls {
+                    upstream: name.clone(),
+                    source: tls::TlsError {
+                        path: format!("server {}", server.get_ref().addr),
+                        message: "its host is not a name TLS can verify; set `server_name`".into(),
+                    },
+                });
+            }
+            pools.insert(
+                name.clone(),
+                Arc::new(Pool::from_config(name, up, tls.map(Arc::new))),
+            );
+        }
         let pools = Arc::new(pools);
         let routes: Vec<(Option<Vec<String>>, Arc<Route>)> = config
             .routes
@@ -87,27 +128,40 @@ impl Plan {
                 (only, Arc::new(build_route(r, &pools, &plugins)))
             })
             .collect();
-        let listeners = config
-            .listeners
-            .iter()
-            .map(|l| {
-                let name = l.name.get_ref();
-                let mine = routes
-                    .iter()
-                    .filter(|(only, _)| only.as_ref().is_none_or(|o| o.contains(name)))
-                    .map(|(_, r)| r.clone())
-                    .collect();
-                let ctx = ListenerCtx {
-                    name: name.as_str().into(),
-                    router: Router::new(mine),
-                    pools: pools.clone(),
-                    trusted: TrustedProxies::new(l.trusted_proxies.iter().map(|c| c.0).collect()),
-                    max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX),
-                    handshake_timeout: l.handshake_timeout.get(),
-                };
-                (ctx, l.bind.get_ref().0)
-            })
-            .collect();
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let name = l.name.get_ref();
+            let mine: Vec<Arc<Route>> = routes
+                .iter()
+                .filter(|(only, _)| only.as_ref().is_none_or(|o| o.contains(name)))
+                .map(|(_, r)| r.clone())
+                .collect();
+            let listener_tls = l.tls.as_ref().map(|t| t.get_ref());
+            let tls = listener_tls
+                .map(|t| tls::server::ServerTls::build(name, t, loaded))
+                .transpose()
+                .map_err(|source| StartError::ListenerTls {
+                    listener: name.clone(),
+                    source,
+                })?;
+            if let Some(tls) = &tls {
+                warn_uncovered_hosts(name, tls, &mine);
+            }
+            let ctx = ListenerCtx {
+                name: name.as_str().into(),
+                router: Router::new(mine),
+                pools: pools.clone(),
+                trusted: TrustedProxies::new(l.trusted_proxies.iter().map(|c| c.0).collect()),
+                max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX),
+                handshake_timeout: l.handshake_timeout.get(),
+                tls: tls.map(Arc::new),
+                hsts: listener_tls
+                    .and_then(|t| t.hsts.as_ref())
+                    .and_then(|h| http::HeaderValue::from_str(h.get_ref()).ok()),
+                redirect_https: l.redirect_https.as_ref().map(|p| *p.get_ref()),
+            };
+            listeners.push((ctx, l.bind.get_ref().0));
+        }
         let mut pools: Vec<(&String, &Arc<Pool>)> = pools.iter().collect();
         pools.sort_by_key(|(name, _)| *name);
         Ok(Self {
@@ -151,6 +205,23 @@ impl Plan {
             pools: self.pools,
             shutdown_grace: self.shutdown_grace,
         })
+    }
+}
+
+/// Warn about route hosts on a TLS listener that no certificate covers: clients would
+/// refuse the connection before any route sees it.
+fn warn_uncovered_hosts(listener: &str, tls: &tls::server::ServerTls, routes: &[Arc<Route>]) {
+    for route in routes {
+        if let Some(host) = route.host.example_name()
+            && !tls.covers(&host)
+        {
+            tracing::warn!(
+                listener,
+                route = &*route.name,
+                host,
+                "no certificate on this TLS listener covers the route's host; clients will refuse the default certificate"
+            );
+        }
     }
 }
 
@@ -220,6 +291,14 @@ impl Bound {
             }
             tokio::spawn(admin::serve(admin, drain.clone(), self.pools.clone()));
         }
+        let tls: Arc<[Arc<tls::server::ServerTls>]> = self
+            .listeners
+            .iter()
+            .filter_map(|(ctx, _)| ctx.tls.clone())
+            .collect();
+        if !tls.is_empty() {
+            tokio::spawn(watch_certificates(tls.clone(), drain.clone()));
+        }
         for (ctx, listener) in self.listeners {
             tokio::spawn(serve::accept_loop(listener, ctx, drain.clone()));
         }
@@ -227,6 +306,27 @@ impl Bound {
         Running {
             drain,
             shutdown_grace: self.shutdown_grace,
+            tls,
+        }
+    }
+}
+
+/// How often certificate and key files are checked for changes.
+const CERT_POLL: Duration = Duration::from_secs(2);
+
+/// Reload a listener's certificates when its files change (a renewal by certbot or
+/// cert-manager), so that no signal is needed.
+async fn watch_certificates(tls: Arc<[Arc<tls::server::ServerTls>]>, drain: Drain) {
+    let mut tick = tokio::time::interval(CERT_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = drain.stopping.cancelled() => return,
+        }
+        for listener in tls.iter() {
+            // File reads block; they are few and small.
+            tokio::task::block_in_place(|| listener.reload_if_changed());
         }
     }
 }
@@ -235,9 +335,19 @@ impl Bound {
 pub struct Running {
     drain: Drain,
     pub shutdown_grace: Duration,
+    tls: Arc<[Arc<tls::server::ServerTls>]>,
 }
 
 impl Running {
+    /// Load every TLS listener's certificates again (SIGHUP). New handshakes use them;
+    /// open connections and tunnels are untouched. A listener whose new files are unusable
+    /// keeps its current certificates, and the log says why.
+    pub fn reload_certificates(&self) {
+        for listener in self.tls.iter() {
+            listener.reload_and_log("reload requested");
+        }
+    }
+
     /// Stop accepting, report not-ready, close idle connections, let in-flight requests
     /// and open tunnels continue.
     pub fn begin_shutdown(&self) {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use airlock_plugins::chain::Allowed;
-use airlock_plugins::{ChainOutcome, Handshake};
+use airlock_plugins::{ChainOutcome, Handshake, TlsInfo};
 use http::Request;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
@@ -113,13 +113,23 @@ fn handshake(
     Ok(Handshake {
         id: id.to_string(),
         method: req.method().to_string(),
-        scheme: "http".into(),
+        scheme: conn.scheme().into(),
         authority,
         path: req.uri().path().to_string(),
         query: req.uri().query().map(str::to_string),
         headers,
         client_addr: client.to_string(),
-        tls: None,
+        tls: conn.tls.as_ref().map(|t| TlsInfo {
+            sni: t.sni.clone(),
+            alpn: t.alpn.clone(),
+            version: t.version.into(),
+            client_cert_subject: t.client_cert.as_ref().map(|c| c.subject.clone()),
+            client_cert_sans: t
+                .client_cert
+                .as_ref()
+                .map(|c| c.sans.clone())
+                .unwrap_or_default(),
+        }),
         route: route.name.to_string(),
         upgrade,
         subprotocols,

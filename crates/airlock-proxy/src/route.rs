@@ -42,6 +42,16 @@ impl HostMatch {
         }
     }
 
+    /// A host name this matches, for checking certificates against: the name itself, or
+    /// `www` under a wildcard. `None` for any host.
+    pub fn example_name(&self) -> Option<String> {
+        match self {
+            Self::Any => None,
+            Self::Exact(h) => Some(h.clone()),
+            Self::Suffix(s) => Some(format!("www{s}")),
+        }
+    }
+
     /// How specifically this matches `host` (higher is more specific), or `None`.
     fn rank(&self, host: &str) -> Option<(u8, usize)> {
         match self {

@@ -1,18 +1,22 @@
-//! Serve one client connection with hyper's HTTP/1.1 server: keep-alive, upgrades, the
-//! header size limit (431) and the handshake timeout (408).
+//! Accept client connections and serve each: the TLS handshake on a TLS listener, then
+//! hyper's HTTP/1.1 server (keep-alive, upgrades, the header size limit (431), the
+//! handshake timeout (408)) or, when ALPN chose `h2`, its HTTP/2 server with extended
+//! CONNECT (RFC 8441) enabled.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use crate::handler::{ConnCtx, ListenerCtx, handle};
+use crate::stream::Stream;
+use crate::tls::server::{ServerTls, SessionFacts};
 
 static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -44,31 +48,103 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>, drain: cr
             client.addr = %peer,
             server.addr = %local,
         );
-        let conn = Arc::new(ConnCtx {
+        let accepted = Accepted {
             listener: ctx.clone(),
             peer,
             local,
             drain: drain.clone(),
-        });
-        drain.tasks.spawn(serve(stream, conn).instrument(span));
+        };
+        drain.tasks.spawn(accepted.serve(stream).instrument(span));
     }
     tracing::debug!(listener = &*ctx.name, "stopped accepting");
 }
 
-async fn serve(stream: TcpStream, conn: Arc<ConnCtx>) {
-    let listener = &conn.listener;
-    let service_conn = conn.clone();
-    let service = service_fn(move |req| {
-        let conn = service_conn.clone();
+/// A connection accepted, before TLS.
+struct Accepted {
+    listener: Arc<ListenerCtx>,
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    drain: crate::drain::Drain,
+}
+
+impl Accepted {
+    async fn serve(self, tcp: TcpStream) {
+        let (stream, tls) = match &self.listener.tls {
+            None => (Stream::Tcp(tcp), None),
+            Some(tls) => match self.tls_handshake(tls, tcp).await {
+                Some((stream, facts)) => (stream, Some(facts)),
+                None => return,
+            },
+        };
+        let h2 = tls.as_ref().is_some_and(SessionFacts::is_h2);
+        let conn = Arc::new(ConnCtx {
+            listener: self.listener,
+            peer: self.peer,
+            local: self.local,
+            drain: self.drain,
+            tls,
+        });
+        if h2 {
+            serve_h2(stream, conn).await;
+        } else {
+            serve_h1(stream, conn).await;
+        }
+    }
+
+    /// The TLS handshake, within the listener's handshake timeout. Failures are the
+    /// client's (wrong version, no shared cipher, no client certificate, garbage): logged,
+    /// and the connection closed.
+    async fn tls_handshake(
+        &self,
+        tls: &ServerTls,
+        tcp: TcpStream,
+    ) -> Option<(Stream, SessionFacts)> {
+        let handshake =
+            tokio::time::timeout(self.listener.handshake_timeout, tls.acceptor.accept(tcp));
+        let result = tokio::select! {
+            result = handshake => result,
+            _ = self.drain.force.cancelled() => return None,
+        };
+        match result {
+            Ok(Ok(stream)) => {
+                let facts = SessionFacts::of(stream.get_ref().1);
+                Some((Stream::boxed(stream), facts))
+            }
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::info!(timeout = ?self.listener.handshake_timeout, "TLS handshake timed out");
+                None
+            }
+        }
+    }
+}
+
+fn service(
+    conn: Arc<ConnCtx>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::body::ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<crate::body::ProxyBody>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |req| {
+        let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(req, conn).await) }
-    });
+    })
+}
+
+async fn serve_h1(stream: Stream, conn: Arc<ConnCtx>) {
+    let listener = &conn.listener;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(listener.handshake_timeout)
         .max_header_size(listener.max_header_bytes);
     let mut connection = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(stream), service(conn.clone()))
         .with_upgrades();
 
     let result = tokio::select! {
@@ -98,10 +174,35 @@ async fn serve(stream: TcpStream, conn: Arc<ConnCtx>) {
     }
 }
 
+/// HTTP/2: many requests, and WebSockets (RFC 8441), share one connection. Its tunnels
+/// run on the connection's streams, so the connection is served until every stream ends.
+async fn serve_h2(stream: Stream, conn: Arc<ConnCtx>) {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_header_list_size(u32::try_from(conn.listener.max_header_bytes).unwrap_or(u32::MAX));
+    let mut connection = builder.serve_connection(TokioIo::new(stream), service(conn.clone()));
+    let result = tokio::select! {
+        result = &mut connection => result,
+        _ = conn.drain.stopping.cancelled() => {
+            // GOAWAY: no new streams; open ones (tunnels included) may finish.
+            std::pin::Pin::new(&mut connection).graceful_shutdown();
+            tokio::select! {
+                result = &mut connection => result,
+                _ = conn.drain.force.cancelled() => return,
+            }
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(error = %err, "HTTP/2 client connection ended with an error");
+    }
+}
+
 /// The handshake timeout passed. A client that sent part of a request head gets a 408; one
 /// that sent nothing (an idle keep-alive connection, a browser's pre-connect) is closed
 /// quietly, as HAProxy does.
-async fn reply_request_timeout(parts: Option<(TokioIo<TcpStream>, bytes::Bytes)>, conn: &ConnCtx) {
+async fn reply_request_timeout(parts: Option<(TokioIo<Stream>, bytes::Bytes)>, conn: &ConnCtx) {
     let Some((io, read_buf)) = parts else { return };
     if read_buf.is_empty() {
         return;

@@ -1,8 +1,8 @@
 //! A bidirectional byte relay between two connected sockets: what an HTTP upgrade turns a
 //! connection into (RFC 9110 §7.8). It knows nothing about HTTP.
 //!
-//! An idle tunnel holds no data buffers: each direction waits for readiness, reads into a
-//! stack buffer and writes straight through. Only when the destination cannot take all of
+//! An idle tunnel holds no data buffers of its own: each direction reads into a stack
+//! buffer and writes straight through. Only when the destination cannot take all of
 //! it are the leftover bytes copied to the heap, and that copy is freed as soon as it is
 //! written. Half-close is propagated: when one side finishes sending, the other side's
 //! write half is shut down and the opposite direction keeps flowing.
@@ -10,12 +10,14 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use crate::stream::Stream;
 use bytes::{Buf, Bytes};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -94,7 +96,7 @@ pub struct Outcome {
 /// Bytes already read from one side before the tunnel started (for example what followed
 /// the HTTP request head in the same packet); they are sent on before anything else.
 pub struct Endpoint {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub already_read: Bytes,
 }
 
@@ -127,6 +129,9 @@ pub async fn relay(
 struct Direction {
     /// Bytes read but not yet written, only while the destination is full.
     pending: Bytes,
+    /// The source has finished sending; the destination's write half is being shut down.
+    src_done: bool,
+    /// Finished: the source ended and the destination's write half is shut.
     eof: bool,
     bytes: u64,
 }
@@ -135,6 +140,7 @@ impl Direction {
     fn new(already_read: Bytes) -> Self {
         Self {
             pending: already_read,
+            src_done: false,
             eof: false,
             bytes: 0,
         }
@@ -145,8 +151,8 @@ impl Direction {
 struct Failure(Side, io::Error);
 
 struct Relay {
-    client: TcpStream,
-    upstream: TcpStream,
+    client: Stream,
+    upstream: Stream,
     to_upstream: Direction,
     to_client: Direction,
     first_eof: Option<Side>,
@@ -179,28 +185,18 @@ impl Future for Relay {
         let mut moved = false;
         let mut failure = None;
 
-        for (src, dst, dir, from) in [
-            (
-                &this.client,
-                &this.upstream,
-                &mut this.to_upstream,
-                Side::Client,
-            ),
-            (
-                &this.upstream,
-                &this.client,
-                &mut this.to_client,
-                Side::Upstream,
-            ),
-        ] {
+        let directions = [
+            (Side::Client, Side::Upstream),
+            (Side::Upstream, Side::Client),
+        ];
+        for (from, to) in directions {
+            let (src, dst, dir) = match from {
+                Side::Client => (&mut this.client, &mut this.upstream, &mut this.to_upstream),
+                _ => (&mut this.upstream, &mut this.client, &mut this.to_client),
+            };
             if dir.eof {
                 continue;
             }
-            let to = if from == Side::Client {
-                Side::Upstream
-            } else {
-                Side::Client
-            };
             match pump(src, dst, dir, from, to, &mut moved, cx) {
                 Poll::Pending => {}
                 Poll::Ready(Ok(())) => {
@@ -254,11 +250,11 @@ impl Future for Relay {
     }
 }
 
-/// Move bytes from `src` to `dst` until `src` would block (Pending), `src` ends (Ready(Ok))
-/// or a socket fails.
+/// Move bytes from `src` to `dst` until `src` would block (Pending), `src` ends and the
+/// end is passed on (Ready(Ok)) or a stream fails.
 fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
+    src: &mut Stream,
+    dst: &mut Stream,
     dir: &mut Direction,
     from: Side,
     to: Side,
@@ -267,53 +263,72 @@ fn pump(
 ) -> Poll<Result<(), Failure>> {
     loop {
         while dir.pending.has_remaining() {
-            ready!(dst.poll_write_ready(cx)).map_err(|e| Failure(to, e))?;
-            match dst.try_write(&dir.pending) {
-                Ok(n) => {
-                    dir.pending.advance(n);
-                    dir.bytes += n as u64;
-                    *moved = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(Failure(to, e))),
-            }
+            let n = ready!(Pin::new(&mut *dst).poll_write(cx, &dir.pending))
+                .and_then(nonzero_write)
+                .map_err(|e| Failure(to, e))?;
+            dir.pending.advance(n);
+            dir.bytes += n as u64;
+            *moved = true;
         }
         // The copy is written: let its memory go before waiting for more.
         dir.pending = Bytes::new();
 
-        ready!(src.poll_read_ready(cx)).map_err(|e| Failure(from, e))?;
-        let mut chunk = [0u8; CHUNK];
-        let n = match src.try_read(&mut chunk) {
-            Ok(0) => {
-                dir.eof = true;
-                // Propagate the half-close; the other direction keeps flowing.
-                if let Err(e) = shutdown_write(dst)
-                    && e.kind() != io::ErrorKind::NotConnected
-                {
+        if dir.src_done {
+            // Propagate the half-close; the other direction keeps flowing.
+            match ready!(Pin::new(&mut *dst).poll_shutdown(cx)) {
+                Err(e) if e.kind() != io::ErrorKind::NotConnected => {
                     return Poll::Ready(Err(Failure(to, e)));
                 }
-                return Poll::Ready(Ok(()));
+                _ => {}
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Poll::Ready(Err(Failure(from, e))),
-        };
+            dir.eof = true;
+            return Poll::Ready(Ok(()));
+        }
+
+        let mut chunk = [MaybeUninit::<u8>::uninit(); CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {}
+            // A TLS peer that closes its socket without close_notify (most browsers and
+            // many libraries do): the end of its bytes, as on plain TCP.
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure(from, e))),
+            Poll::Pending => {
+                // Nothing more to read for now: push out what an encrypting or framing
+                // destination still buffers (a no-op on plain TCP).
+                if let Poll::Ready(Err(e)) = Pin::new(&mut *dst).poll_flush(cx) {
+                    return Poll::Ready(Err(Failure(to, e)));
+                }
+                return Poll::Pending;
+            }
+        }
+        let read = buf.filled();
+        if read.is_empty() {
+            dir.src_done = true;
+            continue;
+        }
         *moved = true;
         let mut written = 0;
-        while written < n {
-            match dst.try_write(&chunk[written..n]) {
-                Ok(w) => written += w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Poll::Ready(Err(Failure(to, e))),
+        while written < read.len() {
+            match Pin::new(&mut *dst).poll_write(cx, &read[written..]) {
+                Poll::Ready(Ok(w)) => written += nonzero_write(w).map_err(|e| Failure(to, e))?,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure(to, e))),
+                Poll::Pending => break,
             }
         }
         dir.bytes += written as u64;
-        if written < n {
-            dir.pending = Bytes::copy_from_slice(&chunk[written..n]);
+        if written < read.len() {
+            // `dst` is full and will wake this task when it can take more.
+            dir.pending = Bytes::copy_from_slice(&read[written..]);
+            return Poll::Pending;
         }
     }
 }
 
-fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
-    socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write)
+fn nonzero_write(n: usize) -> io::Result<usize> {
+    if n == 0 {
+        Err(io::ErrorKind::WriteZero.into())
+    } else {
+        Ok(n)
+    }
 }

@@ -4,13 +4,12 @@
 
 use std::sync::Arc;
 
-use http::header::UPGRADE;
+use http::header::{HeaderValue, UPGRADE};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -18,19 +17,34 @@ use crate::access_log::{self, RequestLog};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::handler::ConnCtx;
-use crate::headers;
 use crate::route::Route;
+use crate::stream::Stream;
 use crate::tunnel::{self, Endpoint, Limits};
 use crate::upstream::{ActiveGuard, Pool, Server};
+use crate::{h2_websocket, headers};
+
+/// Where an upgrade goes.
+pub struct Upgrade<'a> {
+    pub route: Arc<Route>,
+    pub pool: &'a Pool,
+    pub affinity_key: Option<&'a str>,
+    /// Set when the client asked over HTTP/2 (RFC 8441): the key sent upstream, whose
+    /// accept value the `101` must carry; the client then gets `200`, not `101`.
+    pub h2_websocket_key: Option<HeaderValue>,
+}
 
 pub async fn forward(
     mut req: Request<Incoming>,
-    route: Arc<Route>,
-    pool: &Pool,
-    affinity_key: Option<&str>,
+    upgrade: Upgrade<'_>,
     conn: &Arc<ConnCtx>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let Upgrade {
+        route,
+        pool,
+        affinity_key,
+        h2_websocket_key,
+    } = upgrade;
     let client_upgrade = hyper::upgrade::on(&mut req);
 
     let started = Instant::now();
@@ -72,8 +86,13 @@ pub async fn forward(
     let protocol = response.headers().get(UPGRADE).cloned();
     let (mut parts, _empty) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
-    if let Some(protocol) = protocol {
-        headers::set_upgrade(&mut parts.headers, protocol);
+    match &h2_websocket_key {
+        Some(key) => h2_websocket::into_stream_response(&mut parts, key, &server.addr)?,
+        None => {
+            if let Some(protocol) = protocol {
+                headers::set_upgrade(&mut parts.headers, protocol);
+            }
+        }
     }
 
     let tunnel = run_tunnel(
@@ -113,13 +132,7 @@ async fn run_tunnel(
             return;
         }
     };
-    let (Some(client), Some(upstream)) = (endpoint(client), endpoint(upstream)) else {
-        tracing::error!(
-            route = &*route.name,
-            "upgraded connection has an unexpected transport"
-        );
-        return;
-    };
+    let (client, upstream) = (endpoint(client), endpoint(upstream));
     let limits = Limits {
         idle_timeout: route.idle_timeout,
         max_lifetime: route.max_lifetime,
@@ -130,10 +143,17 @@ async fn run_tunnel(
     drop(guard);
 }
 
-fn endpoint(upgraded: Upgraded) -> Option<Endpoint> {
-    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
-    Some(Endpoint {
-        stream: parts.io.into_inner(),
-        already_read: parts.read_buf,
-    })
+/// The upgraded connection as a stream for the tunnel. An HTTP/1.1 connection gives back
+/// its own socket (plain TCP stays unboxed); an HTTP/2 stream stays wrapped.
+fn endpoint(upgraded: Upgraded) -> Endpoint {
+    match upgraded.downcast::<TokioIo<Stream>>() {
+        Ok(parts) => Endpoint {
+            stream: parts.io.into_inner(),
+            already_read: parts.read_buf,
+        },
+        Err(upgraded) => Endpoint {
+            stream: Stream::boxed(TokioIo::new(upgraded)),
+            already_read: bytes::Bytes::new(),
+        },
+    }
 }

@@ -112,7 +112,7 @@ async fn run(
     let running = bound.start();
 
     let mut signals = Signals::new()?;
-    let first = signals.next().await;
+    let first = signals.next_stop(&running).await;
     tracing::info!(
         signal = first,
         grace = ?running.shutdown_grace,
@@ -127,7 +127,7 @@ async fn run(
             running.force_close();
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), running.drained()).await;
         }
-        second = signals.next() => {
+        second = signals.next_stop(&running) => {
             tracing::warn!(signal = second, open = running.open_tasks(), "second signal; exiting now");
         }
     }
@@ -137,6 +137,7 @@ async fn run(
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -145,13 +146,28 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
             int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
         })
+    }
+
+    /// The next SIGTERM or SIGINT; a SIGHUP meanwhile reloads certificates.
+    async fn next_stop(&mut self, running: &airlock_proxy::Running) -> &'static str {
+        loop {
+            match self.next().await {
+                "SIGHUP" => {
+                    tracing::info!("SIGHUP: reloading certificates");
+                    running.reload_certificates();
+                }
+                stop => return stop,
+            }
+        }
     }
 
     async fn next(&mut self) -> &'static str {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
         }
     }
 }

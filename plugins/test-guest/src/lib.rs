@@ -135,6 +135,14 @@ fn mutations(script: &Script, request: &Handshake) -> Mutations {
             "method": request.method,
             "authority": request.authority,
             "header_names": request.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            "scheme": request.scheme,
+            "tls": request.tls.as_ref().map(|t| serde_json::json!({
+                "sni": t.sni,
+                "alpn": t.alpn,
+                "version": t.version,
+                "client_cert_subject": t.client_cert_subject,
+                "client_cert_sans": t.client_cert_sans,
+            })),
         });
         m = m.response_header(name, seen.to_string());
     }

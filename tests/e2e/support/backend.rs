@@ -38,6 +38,15 @@ impl Drop for Backend {
 
 impl Backend {
     pub async fn start(name: &str) -> Self {
+        Self::start_with(name, None).await
+    }
+
+    /// A backend that speaks TLS with `tls` (for upstream TLS tests).
+    pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_with(name, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -50,15 +59,16 @@ impl Backend {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 let name = name_owned.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let name = name.clone();
-                        async move { Ok::<_, Infallible>(answer(req, &name).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                    match tls {
+                        None => serve(stream, name).await,
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                serve(stream, name).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -68,6 +78,20 @@ impl Backend {
             task,
         }
     }
+}
+
+async fn serve<S>(stream: S, name: Arc<str>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let service = service_fn(move |req| {
+        let name = name.clone();
+        async move { Ok::<_, Infallible>(answer(req, &name).await) }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
 }
 
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {

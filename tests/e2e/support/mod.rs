@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -145,6 +146,15 @@ impl Airlock {
 
     pub fn addr(&self) -> SocketAddr {
         self.listeners[0].1
+    }
+
+    /// The address of the listener called `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no listener {name}"))
+            .1
     }
 
     pub fn admin(&self) -> SocketAddr {

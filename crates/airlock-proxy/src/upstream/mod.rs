@@ -13,7 +13,11 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tokio::net::TcpStream;
 
+use rustls::pki_types::ServerName;
+
 use crate::error::ProxyError;
+use crate::stream::Stream;
+use crate::tls::client::UpstreamTls;
 use balance::Balancer;
 use health::PassiveHealth;
 use keepalive::IdleConnections;
@@ -41,10 +45,20 @@ struct ServerState {
     active: AtomicUsize,
     health: PassiveHealth,
     idle: IdleConnections,
+    /// TLS to this server, and the name its certificate must have.
+    /// (`None` for the name only if the address has no usable host; `Plan::build` refuses
+    /// such a configuration, and connecting fails rather than falling back to plain text.)
+    tls: Option<(Arc<UpstreamTls>, Option<ServerName<'static>>)>,
 }
 
 impl Server {
-    fn with_settings(addr: String, weight: u32, cfg: &airlock_config::Upstream) -> Self {
+    fn with_settings(
+        addr: String,
+        weight: u32,
+        cfg: &airlock_config::Upstream,
+        tls: Option<&Arc<UpstreamTls>>,
+    ) -> Self {
+        let tls = tls.map(|tls| (tls.clone(), tls.name_for(&addr)));
         Self {
             addr: addr.into(),
             weight,
@@ -52,6 +66,7 @@ impl Server {
                 active: AtomicUsize::new(0),
                 health: PassiveHealth::new(cfg.max_fails, cfg.fail_timeout.get()),
                 idle: IdleConnections::new(cfg.keepalive, cfg.keepalive_timeout.get()),
+                tls,
             }),
         }
     }
@@ -60,7 +75,7 @@ impl Server {
     pub(crate) fn new(addr: String, weight: u32) -> Self {
         let cfg: airlock_config::Upstream =
             toml::from_str("servers = []").expect("minimal upstream");
-        Self::with_settings(addr, weight, &cfg)
+        Self::with_settings(addr, weight, &cfg, None)
     }
 
     pub fn active(&self) -> usize {
@@ -77,23 +92,41 @@ impl Server {
         self.state.health.is_available()
     }
 
-    /// Open a TCP connection to this server within `timeout`.
-    pub async fn connect(&self, timeout: Duration) -> Result<TcpStream, ProxyError> {
-        match tokio::time::timeout(timeout, TcpStream::connect(&*self.addr)).await {
-            Ok(Ok(stream)) => {
-                // Small WebSocket frames must not wait for Nagle.
-                let _ = stream.set_nodelay(true);
-                Ok(stream)
-            }
-            Ok(Err(source)) => Err(ProxyError::Connect {
-                server: self.addr.to_string(),
-                source,
-            }),
+    /// Open a connection to this server (TCP, then TLS when the pool has it) within
+    /// `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> Result<Stream, ProxyError> {
+        match tokio::time::timeout(timeout, self.connect_now()).await {
+            Ok(result) => result,
             Err(_) => Err(ProxyError::ConnectTimeout {
                 server: self.addr.to_string(),
                 timeout,
             }),
         }
+    }
+
+    async fn connect_now(&self) -> Result<Stream, ProxyError> {
+        let tcp = TcpStream::connect(&*self.addr)
+            .await
+            .map_err(|source| ProxyError::Connect {
+                server: self.addr.to_string(),
+                source,
+            })?;
+        // Small WebSocket frames must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        let Some((tls, name)) = &self.state.tls else {
+            return Ok(Stream::Tcp(tcp));
+        };
+        let tls_error = |source| ProxyError::UpstreamTls {
+            server: self.addr.to_string(),
+            source,
+        };
+        let name = name.clone().ok_or_else(|| {
+            tls_error(std::io::Error::other(
+                "no server name to verify; set `server_name`",
+            ))
+        })?;
+        let tls = tls.connect(name, tcp).await.map_err(tls_error)?;
+        Ok(Stream::boxed(tls))
     }
 
     pub fn idle_connection(&self) -> Option<SendRequest<Incoming>> {
@@ -131,12 +164,19 @@ impl Drop for ActiveGuard {
 }
 
 impl Pool {
-    pub fn from_config(name: &str, cfg: &airlock_config::Upstream) -> Self {
+    pub fn from_config(
+        name: &str,
+        cfg: &airlock_config::Upstream,
+        tls: Option<Arc<UpstreamTls>>,
+    ) -> Self {
         let servers: Vec<Server> = cfg
             .servers
             .get_ref()
             .iter()
-            .map(|s| Server::with_settings(s.get_ref().addr.clone(), s.get_ref().weight, cfg))
+            .map(|s| {
+                let s = s.get_ref();
+                Server::with_settings(s.addr.clone(), s.weight, cfg, tls.as_ref())
+            })
             .collect();
         Self {
             name: name.into(),
@@ -150,7 +190,7 @@ impl Pool {
     pub(crate) fn for_tests() -> Arc<Self> {
         let cfg: airlock_config::Upstream =
             toml::from_str(r#"servers = ["127.0.0.1:1"]"#).expect("minimal upstream");
-        Arc::new(Self::from_config("test", &cfg))
+        Arc::new(Self::from_config("test", &cfg, None))
     }
 
     /// Live state for the admin endpoint.
@@ -185,7 +225,7 @@ impl Pool {
         &self,
         timeout: Duration,
         affinity_key: Option<&str>,
-    ) -> Result<(Server, TcpStream), ProxyError> {
+    ) -> Result<(Server, Stream), ProxyError> {
         let mut attempts = self.attempts(affinity_key);
         let mut last_error = None;
         while let Some(server) = attempts.next_server() {
