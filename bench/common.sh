@@ -61,3 +61,23 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 cpu_us_per() {
   awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$2" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }'
 }
+
+# need_packages TOOL...: install each tool from its Debian package when it is missing.
+need_packages() {
+  local tool
+  for tool in "$@"; do
+    if ! command -v "$tool" > /dev/null && ! [ -x "/usr/sbin/$tool" ]; then
+      apt-get install -y "$tool" >&2
+    fi
+  done
+}
+
+# build_and_start_upstream ADDR: release-build airlock and airlock-bench (setting $bin
+# and $bench), then start airlock-bench's WebSocket echo upstream on ADDR.
+build_and_start_upstream() {
+  cargo build --release -p airlock -p airlock-bench >&2
+  bin=$root/target/release/airlock
+  bench=$root/target/release/airlock-bench
+  "$bench" upstream --listen "$1" > /dev/null &
+  wait_port "${1##*:}"
+}

@@ -13,18 +13,9 @@ reps=${2:-3}
 idle_n=${3:-5000}
 source bench/common.sh
 
-for tool in nginx haproxy; do
-  if ! command -v "$tool" > /dev/null && ! [ -x "/usr/sbin/$tool" ]; then
-    apt-get install -y "$tool" >&2
-  fi
-done
-cargo build --release -p airlock -p airlock-bench >&2
-bin=$root/target/release/airlock
-bench=$root/target/release/airlock-bench
+need_packages nginx haproxy
 upstream=127.0.0.1:18400
-
-"$bench" upstream --listen "$upstream" > /dev/null &
-sleep 0.3
+build_and_start_upstream "$upstream"
 
 # fill TEMPLATE PORT: the config with its placeholders filled in.
 fill() { sed -e "s|@WORK@|$work|g" -e "s|@PORT@|$2|g" -e "s|@UPSTREAM@|$upstream|g" "$root/bench/configs/$1"; }

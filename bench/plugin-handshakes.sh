@@ -13,13 +13,8 @@ secs=${1:-5}
 reps=${2:-3}
 source bench/common.sh
 
-cargo build --release -p airlock -p airlock-bench >&2
-bin=$root/target/release/airlock
-bench=$root/target/release/airlock-bench
+build_and_start_upstream 127.0.0.1:18190
 wasm=$root/target/wasm-plugins/wasm32-wasip2/plugin
-
-"$bench" upstream --listen 127.0.0.1:18190 > /dev/null &
-sleep 0.3
 
 path='/socket.io/?EIO=4&transport=websocket&sid=lv_VI97HAXpY6yYWAAAC'
 origin='Origin: https://app.example.com'

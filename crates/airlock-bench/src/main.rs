@@ -6,6 +6,7 @@
 //! airlock-bench handshakes --url ws://127.0.0.1:8080/ws --connections 16 --duration 5s
 //! airlock-bench pingpong --url ws://127.0.0.1:8080/ws --size 1024 --duration 5s
 //! airlock-bench idle --url ws://127.0.0.1:8080/ws --connections 5000 --hold 5s
+//! airlock-bench --ca ca.pem idle --url wss://bench.test:8443/ws --connect 127.0.0.1:8443
 //! ```
 //!
 //! Each load mode prints one JSON object with its figures on stdout.
@@ -29,6 +30,13 @@ use tokio_tungstenite::tungstenite::protocol::Message;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// For `wss://` URLs: trust the CA certificates in this PEM file.
+    #[arg(long, global = true)]
+    ca: Option<std::path::PathBuf>,
+    /// Connect to this address instead of resolving the URL's host (which is still sent
+    /// as SNI and `Host`).
+    #[arg(long, global = true)]
+    connect: Option<SocketAddr>,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,6 +90,14 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let tls = match &cli.ca {
+        Some(ca) => Some(client_tls(ca)?),
+        None => None,
+    };
+    let _ = DIAL.set(Dial {
+        tls,
+        addr: cli.connect,
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -147,7 +163,7 @@ async fn handshakes(
         );
     }
     // One handshake first: a proxy that refuses it would make every figure meaningless.
-    let (ws, response) = tokio_tungstenite::connect_async(request.clone())
+    let (ws, response) = connect(request.clone())
         .await
         .with_context(|| format!("the first handshake with {url} failed"))?;
     drop((ws, response));
@@ -163,7 +179,7 @@ async fn handshakes(
             let mut latency = new_histogram();
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                match tokio_tungstenite::connect_async(request.clone()).await {
+                match connect(request.clone()).await {
                     Ok((mut ws, _)) => {
                         let _ = latency.record(t0.elapsed().as_micros() as u64);
                         // Close as a browser does, and wait for the other side's close.
@@ -210,7 +226,7 @@ async fn pingpong(
 ) -> anyhow::Result<()> {
     let mut sockets = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let (ws, _) = connect(url)
             .await
             .with_context(|| format!("connecting to {url}"))?;
         sockets.push(ws);
@@ -265,7 +281,7 @@ async fn pingpong(
 async fn idle(url: &str, connections: usize, hold: Duration) -> anyhow::Result<()> {
     let mut sockets = Vec::with_capacity(connections);
     for i in 0..connections {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        let (mut ws, _) = connect(url)
             .await
             .with_context(|| format!("connection {i} to {url}"))?;
         ws.send(Message::binary(vec![1u8; 16])).await?;
@@ -286,6 +302,70 @@ async fn idle(url: &str, connections: usize, hold: Duration) -> anyhow::Result<(
         serde_json::json!({ "mode": "idle", "url": url, "connections": connections })
     );
     Ok(())
+}
+
+/// How load modes reach the server: TLS settings for `wss://`, an address override.
+struct Dial {
+    tls: Option<Arc<rustls::ClientConfig>>,
+    addr: Option<SocketAddr>,
+}
+
+static DIAL: std::sync::OnceLock<Dial> = std::sync::OnceLock::new();
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
+
+/// Open a WebSocket (`ws://` or `wss://`) without any proxy or DNS surprises.
+async fn connect(
+    request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest,
+) -> anyhow::Result<(
+    Ws,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+)> {
+    let request = request.into_client_request()?;
+    let dial = DIAL.get().context("dial settings")?;
+    let uri = request.uri();
+    let host = uri.host().context("URL without host")?.to_string();
+    let secure = uri.scheme_str() == Some("wss");
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let tcp = match dial.addr {
+        Some(addr) => tokio::net::TcpStream::connect(addr).await?,
+        None => tokio::net::TcpStream::connect((host.as_str(), port)).await?,
+    };
+    tcp.set_nodelay(true)?;
+    let stream: Box<dyn Io> = if secure {
+        let tls = dial.tls.clone().context("wss:// needs --ca")?;
+        let name = rustls::pki_types::ServerName::try_from(host)?;
+        Box::new(
+            tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await?,
+        )
+    } else {
+        Box::new(tcp)
+    };
+    Ok(tokio_tungstenite::client_async(request, stream).await?)
+}
+
+fn client_tls(ca: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("--ca {}", ca.display()))?
+    {
+        roots.add(cert?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Microseconds from 1 µs to 60 s, 3 significant digits.
