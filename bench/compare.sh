@@ -5,8 +5,8 @@
 #   bash bench/compare.sh [seconds per run] [repetitions] [idle tunnels]
 #
 # Installs nginx and HAProxy from Debian packages when they are missing. Figures are
-# the median of the repetitions. Not done yet: the paced (open-loop) workload and the
-# chart; see docs/benchmarks.md.
+# the median of the repetitions. Prints a markdown table, and writes the medians to
+# bench/results.tsv and a chart of them to docs/benchmarks.svg.
 set -euo pipefail
 secs=${1:-5}
 reps=${2:-3}
@@ -18,7 +18,11 @@ upstream=127.0.0.1:18400
 build_and_start_upstream "$upstream"
 
 # fill TEMPLATE PORT: the config with its placeholders filled in.
-fill() { sed -e "s|@WORK@|$work|g" -e "s|@PORT@|$2|g" -e "s|@UPSTREAM@|$upstream|g" "$root/bench/configs/$1"; }
+wasm=$root/target/wasm-plugins/wasm32-wasip2/plugin
+fill() {
+  sed -e "s|@WORK@|$work|g" -e "s|@PORT@|$2|g" -e "s|@UPSTREAM@|$upstream|g" -e "s|@WASM@|$wasm|g" \
+    "$root/bench/configs/$1"
+}
 
 # The process and its children (nginx's workers).
 pids_of() { echo "$1" $(pgrep -P "$1" || true); }
@@ -35,6 +39,7 @@ start_proxy() { # NAME PORT -> $pid (0 for direct)
   [ "$1" = direct ] || wait_port "$2"
 }
 
+sio_path='/socket.io/?EIO=4&transport=websocket&sid=lv_VI97HAXpY6yYWAAAC'
 # record NAME METRIC VALUE
 record() { echo "$3" >> "$work/$1.$2"; }
 
@@ -43,7 +48,8 @@ for i in "${!proxies[@]}"; do
   name=${proxies[$i]}
   port=$((18410 + i))
   start_proxy "$name" "$port"
-  [ "$name" = direct ] && url="ws://$upstream/ws" || url="ws://127.0.0.1:$port/ws"
+  [ "$name" = direct ] && addr=$upstream || addr=127.0.0.1:$port
+  url=ws://$addr/ws
   "$bench" pingpong --url "$url" --duration 1s > /dev/null # warm-up
   for rep in $(seq "$reps"); do
     for size in 1024 16384; do
@@ -56,10 +62,23 @@ for i in "${!proxies[@]}"; do
       [ "$pid" = 0 ] || record "$name" "cpu_$size" "$(cpu_us_per $(( $(cpu_all "$pid") - t0 )) $((2 * rt)))"
     done
     [ "$pid" = 0 ] || t0=$(cpu_all "$pid")
-    out=$("$bench" handshakes --url "$url" --connections 16 --duration "${secs}s")
-    record "$name" hs_rate "$(field per_second "$out")"
-    record "$name" hs_p99 "$(field p99_us "$out")"
-    [ "$pid" = 0 ] || record "$name" hs_cpu "$(cpu_us_per $(( $(cpu_all "$pid") - t0 )) "$(field handshakes "$out")")"
+    out=$("$bench" paced --url "$url" --rate 10000 --size 256 --duration "${secs}s")
+    for q in p50 p99 p999; do record "$name" "paced_$q" "$(field "${q}_us" "$out")"; done
+    record "$name" paced_lost "$(field lost "$out")"
+    [ "$pid" = 0 ] || record "$name" paced_cpu "$(cpu_us_per $(( $(cpu_all "$pid") - t0 )) $((2 * $(field received "$out"))))"
+    # Handshakes look like a Socket.IO client's, so that the plugin chains admit them.
+    # For airlock, the host picks 0, 1 or 2 example plugins; for the others it is ignored.
+    for n in 0 1 2; do
+      [ "$n" = 0 ] || [ "$name" = airlock ] || continue
+      [ "$n" = 0 ] && suffix= || suffix=_$n
+      [ "$n" = 0 ] && host=$addr || host=plugins$n.bench
+      [ "$pid" = 0 ] || t0=$(cpu_all "$pid")
+      out=$("$bench" --connect "$addr" handshakes --connections 16 --duration "${secs}s" \
+        --url "ws://$host$sio_path" -H "Origin: https://app.example.com")
+      record "$name" "hs_rate$suffix" "$(field per_second "$out")"
+      record "$name" "hs_p99$suffix" "$(field p99_us "$out")"
+      [ "$pid" = 0 ] || record "$name" "hs_cpu$suffix" "$(cpu_us_per $(( $(cpu_all "$pid") - t0 )) "$(field handshakes "$out")")"
+    done
   done
   if [ "$pid" != 0 ]; then
     sleep 1
@@ -74,24 +93,32 @@ for i in "${!proxies[@]}"; do
   fi
 done
 
-get() { median < "$work/$1.$2" 2>/dev/null || echo "–"; }
-row() { # LABEL METRIC
-  printf '| %s |' "$1"
-  for name in "${proxies[@]}"; do printf ' %s |' "$( [ -f "$work/$name.$2" ] && get "$name" "$2" || echo –)"; done
+# The medians, one metric per line, for `airlock-bench report`.
+metrics=(cpu_1024 cpu_16384 msgs_1024 msgs_16384 p50_1024 p99_1024 p99_16384 paced_cpu paced_p50
+  paced_p99 paced_p999 paced_lost hs_cpu hs_cpu_1 hs_cpu_2 hs_rate hs_p99 idle_kib)
+for metric in "${metrics[@]}"; do
+  printf '%s' "$metric"
+  for name in "${proxies[@]}"; do
+    printf '\t%s' "$( [ -f "$work/$name.$metric" ] && median < "$work/$name.$metric" || echo –)"
+  done
   echo
-}
-echo "Median of $reps runs of ${secs}s; idle memory at $idle_n tunnels."
-echo
-echo "| | direct | airlock | nginx | HAProxy |"
-echo "|---|---|---|---|---|"
-row "proxy CPU µs per relayed 1 KiB message" cpu_1024
-row "proxy CPU µs per relayed 16 KiB message" cpu_16384
-row "relayed 1 KiB messages/s" msgs_1024
-row "relayed 16 KiB messages/s" msgs_16384
-row "1 KiB round trip p50 µs" p50_1024
-row "1 KiB round trip p99 µs" p99_1024
-row "16 KiB round trip p99 µs" p99_16384
-row "proxy CPU µs per handshake" hs_cpu
-row "handshakes/s" hs_rate
-row "handshake p99 µs" hs_p99
-row "proxy memory KiB per idle tunnel" idle_kib
+done > "$work/results.tsv"
+
+# The section of docs/benchmarks.md between the markers is replaced with this run's.
+{
+  echo "$(date -u +%F), $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)),"
+  echo "Linux $(uname -r), $(nginx -v 2>&1 | sed 's|.*nginx/|nginx |'), $(haproxy -v | sed -n 's/^HAProxy version \([^ ]*\).*/HAProxy \1/p'),"
+  echo "airlock $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo ' with uncommitted changes')."
+  echo "\`bash bench/compare.sh $secs $reps $idle_n\`: median of $reps runs of ${secs}s each, idle"
+  echo "memory at $idle_n tunnels."
+  echo
+  "$bench" report "$work/results.tsv" --svg "$root/docs/benchmarks.svg"
+  echo
+  echo '![Each proxy'"'"'s cost as a multiple of the better of nginx and HAProxy](benchmarks.svg)'
+} > "$work/section.md"
+cat "$work/section.md"
+awk -v section="$work/section.md" '
+  /<!-- results: end -->/ { skip = 0 }
+  !skip { print }
+  /<!-- results: start -->/ { while ((getline line < section) > 0) print line; skip = 1 }
+' "$root/docs/benchmarks.md" > "$work/benchmarks.md" && cp "$work/benchmarks.md" "$root/docs/benchmarks.md"

@@ -5,11 +5,13 @@
 //! airlock-bench upstream --listen 127.0.0.1:9001
 //! airlock-bench handshakes --url ws://127.0.0.1:8080/ws --connections 16 --duration 5s
 //! airlock-bench pingpong --url ws://127.0.0.1:8080/ws --size 1024 --duration 5s
+//! airlock-bench paced --url ws://127.0.0.1:8080/ws --rate 10000 --size 256 --duration 5s
 //! airlock-bench idle --url ws://127.0.0.1:8080/ws --connections 5000 --hold 5s
 //! airlock-bench --ca ca.pem idle --url wss://bench.test:8443/ws --connect 127.0.0.1:8443
 //! ```
 //!
-//! Each load mode prints one JSON object with its figures on stdout.
+//! Each load mode prints one JSON object with its figures on stdout. `report` turns the
+//! medians `bench/compare.sh` collects into markdown tables and an SVG chart.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ use tokio_tungstenite::tungstenite::Bytes;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::Message;
+
+mod report;
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -76,6 +80,33 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Open-loop traffic: `rate` messages per second in all, spread evenly over
+    /// `connections` WebSockets, each sent on schedule whether or not earlier echoes have
+    /// come back. Latency is from the moment a message is written to its echo.
+    Paced {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Messages per second, all connections together.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u32,
+        /// Message size in bytes (at least 8: the send time travels in the message).
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Print the figures and goals tables for a medians file written by
+    /// `bench/compare.sh`, and draw the chart.
+    Report {
+        /// Tab-separated: a metric key, then the figures for direct, airlock, nginx and
+        /// HAProxy.
+        input: std::path::PathBuf,
+        /// Write the chart here (SVG).
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
+    },
     /// Open `connections` WebSockets, check each echoes once, hold them all open for
     /// `hold`, then close them. Prints when they are all open (for memory readings).
     Idle {
@@ -90,6 +121,14 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Report { input, svg } = &cli.command {
+        let figures = report::read(input)?;
+        print!("{}", report::markdown(&figures));
+        if let Some(svg) = svg {
+            report::chart(&figures, svg)?;
+        }
+        return Ok(());
+    }
     let tls = match &cli.ca {
         Some(ca) => Some(client_tls(ca)?),
         None => None,
@@ -116,11 +155,19 @@ fn main() -> anyhow::Result<()> {
                 size,
                 duration,
             } => pingpong(&url, connections, size, duration).await,
+            Command::Paced {
+                url,
+                connections,
+                rate,
+                size,
+                duration,
+            } => paced(&url, connections, rate, size, duration).await,
             Command::Idle {
                 url,
                 connections,
                 hold,
             } => idle(&url, connections, hold).await,
+            Command::Report { .. } => unreachable!("handled before the runtime starts"),
         }
     })
 }
@@ -224,13 +271,7 @@ async fn pingpong(
     size: usize,
     duration: Duration,
 ) -> anyhow::Result<()> {
-    let mut sockets = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        let (ws, _) = connect(url)
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
-        sockets.push(ws);
-    }
+    let sockets = connect_all(url, connections).await?;
     let payload = Bytes::from(vec![0x5a; size]);
     let deadline = Instant::now() + duration;
     let started = Instant::now();
@@ -278,6 +319,114 @@ async fn pingpong(
     Ok(())
 }
 
+async fn paced(
+    url: &str,
+    connections: usize,
+    rate: u32,
+    size: usize,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    if size < 8 {
+        bail!("--size must be at least 8 bytes");
+    }
+    if connections == 0 || rate == 0 {
+        bail!("--connections and --rate must be more than 0");
+    }
+    let sockets = connect_all(url, connections).await?;
+    // Each connection sends every `period`; their schedules are staggered across one
+    // period so the load is smooth rather than in bursts.
+    let period = Duration::from_secs_f64(connections as f64 / f64::from(rate));
+    let epoch = Instant::now();
+    let end = epoch + period + duration;
+    // Echoes still missing this long after the last send count as lost.
+    let grace = Duration::from_secs(2);
+    let late = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let (mut sink, mut stream) = ws.split();
+        let first = epoch + period.mul_f64(i as f64 / connections as f64);
+        let late = late.clone();
+        let (sent_tx, mut sent_rx) = tokio::sync::oneshot::channel();
+        let sender = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(first, period);
+            let mut sent = 0u64;
+            let mut message = vec![0x5a; size];
+            loop {
+                let due = ticks.tick().await;
+                if due >= end {
+                    break;
+                }
+                let now = Instant::now();
+                // Tokio's timer ticks in milliseconds, so a millisecond or two is normal;
+                // more means the load generator cannot keep up.
+                if now.duration_since(due) > Duration::from_millis(5) {
+                    late.fetch_add(1, Ordering::Relaxed);
+                }
+                let stamp = now.duration_since(epoch).as_nanos() as u64;
+                message[..8].copy_from_slice(&stamp.to_le_bytes());
+                sink.send(Message::binary(message.clone())).await?;
+                sent += 1;
+            }
+            let _ = sent_tx.send(sent);
+            anyhow::Ok((sink, sent))
+        });
+        let receiver = tokio::spawn(async move {
+            let mut latency = new_histogram();
+            // How many echoes to wait for, once the sender is done.
+            let mut expected = None;
+            let give_up = tokio::time::sleep_until(end + grace);
+            tokio::pin!(give_up);
+            while expected.is_none_or(|n| latency.len() < n) {
+                tokio::select! {
+                    n = &mut sent_rx, if expected.is_none() => expected = Some(n.unwrap_or(0)),
+                    next = stream.next() => match next {
+                        Some(Ok(Message::Binary(echo))) if echo.len() == size => {
+                            let stamp = u64::from_le_bytes(echo[..8].try_into()?);
+                            let sent_at = epoch + Duration::from_nanos(stamp);
+                            let _ = latency.record(sent_at.elapsed().as_micros() as u64);
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        other => bail!("expected an echo, got {other:?}"),
+                    },
+                    () = &mut give_up => break,
+                }
+            }
+            anyhow::Ok((stream, latency))
+        });
+        tasks.push((sender, receiver));
+    }
+    let mut latency = new_histogram();
+    let mut sent = 0;
+    for (sender, receiver) in tasks {
+        let (sink, n) = sender.await??;
+        let (stream, received) = receiver.await??;
+        sent += n;
+        latency.add(received)?;
+        let _ = sink.reunite(stream)?.close(None).await;
+    }
+    let received = latency.len();
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "paced",
+            "url": url,
+            "connections": connections,
+            "size": size,
+            "rate": rate,
+            "seconds": round(duration.as_secs_f64()),
+            "sent": sent,
+            "received": received,
+            "lost": sent.saturating_sub(received),
+            "late_sends": late.load(Ordering::Relaxed),
+            "per_second": round(received as f64 / duration.as_secs_f64()),
+            "p50_us": latency.value_at_quantile(0.5),
+            "p99_us": latency.value_at_quantile(0.99),
+            "p999_us": latency.value_at_quantile(0.999),
+        })
+    );
+    Ok(())
+}
+
 async fn idle(url: &str, connections: usize, hold: Duration) -> anyhow::Result<()> {
     let mut sockets = Vec::with_capacity(connections);
     for i in 0..connections {
@@ -316,6 +465,18 @@ trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
+
+/// Open `n` WebSockets to `url`, one after another.
+async fn connect_all(url: &str, n: usize) -> anyhow::Result<Vec<Ws>> {
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (ws, _) = connect(url)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        sockets.push(ws);
+    }
+    Ok(sockets)
+}
 
 /// Open a WebSocket (`ws://` or `wss://`) without any proxy or DNS surprises.
 async fn connect(
