@@ -22,6 +22,7 @@ static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 
 /// Accept connections until shutdown begins; each runs in its own tracked task.
 pub async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>, drain: crate::drain::Drain) {
+    let bound = listener.local_addr().expect("bound listener");
     loop {
         let accepted = tokio::select! {
             _ = drain.stopping.cancelled() => break,
@@ -37,9 +38,13 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>, drain: cr
             }
         };
         let _ = stream.set_nodelay(true);
-        let local = stream
-            .local_addr()
-            .unwrap_or_else(|_| listener.local_addr().expect("bound listener"));
+        // A connection's local address is the listener's unless that is a wildcard
+        // (0.0.0.0, ::); only then does it take a system call to learn.
+        let local = if bound.ip().is_unspecified() {
+            stream.local_addr().unwrap_or(bound)
+        } else {
+            bound
+        };
         let id = NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let span = tracing::info_span!(
             "conn",
