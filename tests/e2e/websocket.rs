@@ -279,3 +279,166 @@ async fn a_half_closed_tunnel_whose_other_side_goes_quiet_is_closed_after_half_c
     assert_eq!(closed["reason"], "half_close_timeout");
     assert_eq!(closed["closed_by"], "proxy");
 }
+
+/// An upstream that answers every upgrade request with `reply`, written in pieces 20 ms
+/// apart, then echoes whatever arrives (or, with `close`, closes the connection). Each
+/// request head it got is sent on the channel.
+async fn scripted_upstream(
+    reply: Vec<Vec<u8>>,
+    close: bool,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (heads, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (reply, heads) = (reply.clone(), heads.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    if stream.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = heads.send(String::from_utf8_lossy(&head).into_owned());
+                for piece in reply {
+                    if stream.write_all(&piece).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if close {
+                    return;
+                }
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+const RAW_UPGRADE: &[u8] =
+    b"GET /raw?q=1 HTTP/1.1\r\nHost: t\r\nUpgrade: raw-echo\r\nConnection: upgrade\r\nX-Extra: 1\r\n\r\n";
+
+async fn read_exactly(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    buf
+}
+
+/// Send `RAW_UPGRADE` and read the response head byte by byte.
+async fn raw_upgrade(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(RAW_UPGRADE).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(WAIT, stream.read_exact(&mut byte)).await {
+            Ok(Ok(_)) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_in_pieces_with_bytes_right_behind_it_loses_nothing() {
+    let (upstream, mut heads) = scripted_upstream(
+        vec![
+            b"HTTP/1.1 101 Switching Protocols\r\nUpg".to_vec(),
+            b"rade: raw-echo\r\nConnection: Upgrade\r\nX-Up: 1\r\n\r\nearly bytes|".to_vec(),
+        ],
+        false,
+    )
+    .await;
+    let airlock = Airlock::start(&single_route(&[upstream], "", ""));
+    let (mut stream, head) = raw_upgrade(airlock.addr()).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("x-up: 1") && head.contains("upgrade: raw-echo"),
+        "{head}"
+    );
+
+    // What the upstream got: the request line and the client's headers, with the
+    // forwarding headers added.
+    let sent = heads.recv().await.unwrap();
+    assert!(sent.starts_with("GET /raw?q=1 HTTP/1.1\r\n"), "{sent}");
+    for line in [
+        "host: t\r\n",
+        "upgrade: raw-echo\r\n",
+        "connection: upgrade\r\n",
+        "x-extra: 1\r\n",
+        "x-forwarded-for: 127.0.0.1\r\n",
+    ] {
+        assert!(sent.contains(line), "{line:?} missing from {sent}");
+    }
+
+    assert_eq!(read_exactly(&mut stream, 12).await, b"early bytes|");
+    stream.write_all(b"ping").await.unwrap();
+    assert_eq!(read_exactly(&mut stream, 4).await, b"ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_with_more_headers_than_the_fast_path_takes_still_opens_the_tunnel() {
+    // 64 is the fast path's limit, 100 hyper's.
+    let many: String = (0..90).map(|i| format!("X-H{i}: v{i}\r\n")).collect();
+    let (upstream, _heads) = scripted_upstream(vec![
+        format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: raw-echo\r\nConnection: Upgrade\r\n{many}\r\n")
+            .into_bytes(),
+    ], false)
+    .await;
+    let airlock = Airlock::start(&single_route(&[upstream], "", ""));
+    let (mut stream, head) = raw_upgrade(airlock.addr()).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert!(head.to_ascii_lowercase().contains("x-h89: v89"), "{head}");
+    stream.write_all(b"ping").await.unwrap();
+    assert_eq!(read_exactly(&mut stream, 4).await, b"ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_answers_other_than_101_are_relayed_or_refused_with_502() {
+    let chunked = vec![
+        b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\nX-Why: policy\r\n\r\n".to_vec(),
+        b"5\r\nno, t\r\n".to_vec(),
+        b"6\r\nhanks\n\r\n0\r\n\r\n".to_vec(),
+    ];
+    let (upstream, _heads) = scripted_upstream(chunked, false).await;
+    let airlock = Airlock::start(&single_route(&[upstream], "", ""));
+    let (mut stream, head) = raw_upgrade(airlock.addr()).await;
+    assert_eq!(status_of(&head), 403, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-why: policy"),
+        "{head}"
+    );
+    // Relayed chunked: the same bytes, in chunks of airlock's choosing.
+    let body = read_all(&mut stream).await;
+    assert!(
+        body.contains("no, t") && body.contains("hanks\n") && body.ends_with("0\r\n\r\n"),
+        "{body:?}"
+    );
+
+    for (reply, what) in [
+        (vec![], "closed without an answer"),
+        (vec![b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec()], "not HTTP"),
+        (vec![b"HTTP/1.1 101 Switching".to_vec()], "a head cut short"),
+    ] {
+        let (upstream, _heads) = scripted_upstream(reply, true).await;
+        let airlock = Airlock::start(&single_route(&[upstream], "", ""));
+        let (_stream, head) = raw_upgrade(airlock.addr()).await;
+        assert_eq!(status_of(&head), 502, "{what}: {head}");
+        let failed = airlock
+            .wait_for_log("the failure", |v| v["http.response.status_code"] == 502)
+            .await;
+        assert_eq!(failed["error.source"], "upstream", "{what}: {failed}");
+    }
+}

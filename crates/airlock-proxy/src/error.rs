@@ -78,6 +78,12 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    #[error("upstream server {server} failed before sending a response")]
+    UpstreamIo {
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ProxyError {
@@ -94,7 +100,8 @@ impl ProxyError {
             Self::Connect { .. }
             | Self::UpstreamTls { .. }
             | Self::ConnectTimeout { .. }
-            | Self::UpstreamRequest { .. } => ErrorSource::Upstream,
+            | Self::UpstreamRequest { .. }
+            | Self::UpstreamIo { .. } => ErrorSource::Upstream,
         }
     }
 
@@ -113,9 +120,10 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::UnknownUpstream { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Connect { .. } | Self::UpstreamTls { .. } | Self::UpstreamRequest { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::Connect { .. }
+            | Self::UpstreamTls { .. }
+            | Self::UpstreamRequest { .. }
+            | Self::UpstreamIo { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }

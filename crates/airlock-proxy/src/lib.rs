@@ -29,6 +29,7 @@ pub mod tls;
 pub mod tunnel;
 mod upgrade;
 pub mod upstream;
+mod upstream_upgrade;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -21,6 +21,7 @@ use crate::route::Route;
 use crate::stream::Stream;
 use crate::tunnel::{self, Endpoint, Limits};
 use crate::upstream::{ActiveGuard, Pool, Server};
+use crate::upstream_upgrade::{self, Answer};
 use crate::{h2_websocket, headers};
 
 /// Where an upgrade goes.
@@ -57,34 +58,52 @@ pub async fn forward(
         server: server.addr.to_string(),
         source,
     };
-    let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(upstream_error)?;
-    tokio::spawn(connection.with_upgrades());
-
     let started = Instant::now();
-    let mut response = match sender.send_request(req).await {
-        Ok(response) => response,
-        Err(source) => {
-            let err = upstream_error(source);
-            server.record_failure(&pool.name, &err);
-            return Err(err);
+    // A request without a body (every WebSocket handshake) takes the direct path; hyper
+    // sends the rare upgrade request that has one, and reads every answer but a 101.
+    let sent = if hyper::body::Body::is_end_stream(req.body()) {
+        match upstream_upgrade::exchange(stream, &req).await {
+            Ok(Answer::Switched(parts, endpoint)) => Ok((parts, UpstreamEnd::Ready(endpoint))),
+            Ok(Answer::Other(replay)) => Err(hyper_exchange(replay, req).await),
+            Err(source) => {
+                let err = ProxyError::UpstreamIo {
+                    server: server.addr.to_string(),
+                    source,
+                };
+                server.record_failure(&pool.name, &err);
+                return Err(err);
+            }
+        }
+    } else {
+        Err(hyper_exchange(stream, req).await)
+    };
+    let (mut parts, upstream_end) = match sent {
+        Ok(switched) => switched,
+        Err(answer) => {
+            let mut response = match answer {
+                Ok(response) => response,
+                Err(source) => {
+                    let err = upstream_error(source);
+                    server.record_failure(&pool.name, &err);
+                    return Err(err);
+                }
+            };
+            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                log.header_time = Some(started.elapsed());
+                let (mut parts, body) = response.into_parts();
+                headers::remove_hop_by_hop(&mut parts.headers);
+                return Ok(Response::from_parts(
+                    parts,
+                    ProxyBody::upstream(body, Some(guard)),
+                ));
+            }
+            let upgrade = hyper::upgrade::on(&mut response);
+            (response.into_parts().0, UpstreamEnd::Pending(upgrade))
         }
     };
     log.header_time = Some(started.elapsed());
 
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let (mut parts, body) = response.into_parts();
-        headers::remove_hop_by_hop(&mut parts.headers);
-        return Ok(Response::from_parts(
-            parts,
-            ProxyBody::upstream(body, Some(guard)),
-        ));
-    }
-
-    let upstream_upgrade = hyper::upgrade::on(&mut response);
-    let protocol = response.headers().get(UPGRADE).cloned();
-    let (mut parts, _empty) = response.into_parts();
+    let protocol = parts.headers.get(UPGRADE).cloned();
     headers::remove_hop_by_hop(&mut parts.headers);
     match &h2_websocket_key {
         Some(key) => h2_websocket::into_stream_response(&mut parts, key, &server.addr)?,
@@ -97,7 +116,7 @@ pub async fn forward(
 
     let tunnel = run_tunnel(
         client_upgrade,
-        upstream_upgrade,
+        upstream_end,
         route,
         server,
         guard,
@@ -107,17 +126,40 @@ pub async fn forward(
     Ok(Response::from_parts(parts, ProxyBody::empty()))
 }
 
+/// Send `req` and read the answer with hyper's client over `io`. The connection runs in
+/// its own task, which streams the answer's body or completes an upgrade.
+async fn hyper_exchange(
+    io: impl crate::stream::Io,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, hyper::Error> {
+    let (mut sender, connection) = http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(connection.with_upgrades());
+    sender.send_request(req).await
+}
+
+/// The upstream end of a tunnel: ready, or once hyper's client completes the upgrade.
+enum UpstreamEnd {
+    Ready(Endpoint),
+    Pending(OnUpgrade),
+}
+
 /// Wait for both sides to switch protocols, then relay bytes until the tunnel ends.
 async fn run_tunnel(
     client: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: UpstreamEnd,
     route: Arc<Route>,
     server: Server,
     guard: ActiveGuard,
     conn: Arc<ConnCtx>,
 ) {
+    let upstream = async {
+        match upstream {
+            UpstreamEnd::Ready(endpoint) => Ok(endpoint),
+            UpstreamEnd::Pending(upgrade) => upgrade.await.map(endpoint),
+        }
+    };
     let (client, upstream) = match tokio::join!(client, upstream) {
-        (Ok(client), Ok(upstream)) => (client, upstream),
+        (Ok(client), Ok(upstream)) => (endpoint(client), upstream),
         (client, upstream) => {
             let error = client
                 .err()
@@ -132,7 +174,6 @@ async fn run_tunnel(
             return;
         }
     };
-    let (client, upstream) = (endpoint(client), endpoint(upstream));
     let limits = Limits {
         idle_timeout: route.idle_timeout,
         max_lifetime: route.max_lifetime,
