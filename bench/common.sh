@@ -75,6 +75,7 @@ need_packages() {
 # build_and_start_upstream ADDR: release-build airlock and airlock-bench (setting $bin
 # and $bench), then start airlock-bench's WebSocket echo upstream on ADDR.
 build_and_start_upstream() {
+  rustup target add wasm32-wasip2 >&2 # the example plugins' target; a no-op once added
   cargo build --release -p airlock -p airlock-bench >&2
   bin=$root/target/release/airlock
   bench=$root/target/release/airlock-bench

@@ -33,13 +33,24 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Remove every hop-by-hop header, including those the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    // Only the names `Connection` adds to the standard set are collected: usually none
+    // (`upgrade`, `keep-alive`, `close`), and then nothing is allocated.
+    let mut named: Vec<HeaderName> = Vec::new();
+    let tokens = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
+        .map(str::trim);
+    for token in tokens {
+        let standard = token.eq_ignore_ascii_case("close")
+            || HOP_BY_HOP
+                .iter()
+                .any(|h| token.eq_ignore_ascii_case(h.as_str()));
+        if !standard && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            named.push(name);
+        }
+    }
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }

@@ -122,7 +122,8 @@ pub async fn forward(
         guard,
         conn.clone(),
     );
-    conn.drain.tasks.spawn(tunnel.in_current_span());
+    // Boxed for the reason the connection's task is (see `serve`).
+    conn.drain.tasks.spawn(Box::pin(tunnel).in_current_span());
     Ok(Response::from_parts(parts, ProxyBody::empty()))
 }
 
