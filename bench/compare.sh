@@ -103,6 +103,7 @@ for metric in "${metrics[@]}"; do
   done
   echo
 done > "$work/results.tsv"
+cp "$work/results.tsv" "$root/bench/results.tsv"
 
 # The section of docs/benchmarks.md between the markers is replaced with this run's.
 {
@@ -112,7 +113,7 @@ done > "$work/results.tsv"
   echo "\`bash bench/compare.sh $secs $reps $idle_n\`: median of $reps runs of ${secs}s each, idle"
   echo "memory at $idle_n tunnels."
   echo
-  "$bench" report "$work/results.tsv" --svg "$root/docs/benchmarks.svg"
+  "$bench" report "$root/bench/results.tsv" --svg "$root/docs/benchmarks.svg"
   echo
   echo '![Each proxy'"'"'s cost as a multiple of the better of nginx and HAProxy](benchmarks.svg)'
 } > "$work/section.md"
