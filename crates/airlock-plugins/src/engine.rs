@@ -1,7 +1,8 @@
 //! The process's one Wasm engine, its linker, and the epoch ticker behind call deadlines.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -15,6 +16,10 @@ use crate::instance::StoreData;
 /// How often the epoch advances; deadlines are counted in these ticks.
 pub(crate) const TICK: Duration = Duration::from_millis(1);
 
+/// After this many ticks with no plugin call running or started, the ticker sleeps until
+/// the next call.
+const IDLE_TICKS: u32 = 100;
+
 /// One engine for the process, shared by every plugin.
 #[derive(Clone)]
 pub struct PluginHost {
@@ -25,6 +30,8 @@ pub struct PluginHost {
     compiled: Arc<Mutex<HashMap<Vec<u8>, Component>>>,
     /// Compiled components kept on disk between runs.
     disk: Option<DiskCache>,
+    /// Advances the engine's epoch while plugin code runs.
+    pub(crate) ticker: Arc<Ticker>,
 }
 
 impl PluginHost {
@@ -66,12 +73,18 @@ impl PluginHost {
         HandshakePlugin::add_to_linker::<_, HasSelf<StoreData>>(&mut linker, |data| data)
             .map_err(engine_error)?;
 
-        spawn_ticker(&engine);
+        let weak = engine.weak();
+        let ticker = Ticker::spawn(move || {
+            weak.upgrade()
+                .map(|engine| engine.increment_epoch())
+                .is_some()
+        });
         Ok(Self {
             engine,
             linker: Arc::new(linker),
             compiled: Arc::default(),
             disk,
+            ticker,
         })
     }
 
@@ -91,17 +104,162 @@ impl PluginHost {
     }
 }
 
-/// Advance the epoch every tick for as long as the engine lives.
-fn spawn_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("airlock-wasm-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(TICK);
+/// The thread behind call deadlines: it advances the epoch every tick while plugin code
+/// may be running, and sleeps once none has run for `IDLE_TICKS`, so an idle proxy is
+/// not woken a thousand times a second. Every entry into guest code holds a [`Running`]
+/// guard, which wakes the thread if it sleeps; a call that runs past its deadline is
+/// therefore always interrupted, however long the proxy was idle before it.
+pub(crate) struct Ticker {
+    /// Guest calls running now.
+    running: AtomicUsize,
+    /// Guest calls started so far: calls shorter than a tick are seen by this.
+    started: AtomicU64,
+    /// Whether the thread sleeps; set and cleared under `lock`.
+    asleep: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+/// Held while guest code runs; see [`Ticker`].
+pub(crate) struct Running<'a>(&'a Ticker);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, SeqCst);
+    }
+}
+
+impl Ticker {
+    /// Start the thread; it calls `tick` every tick and ends when `tick` returns false.
+    fn spawn(tick: impl Fn() -> bool + Send + 'static) -> Arc<Self> {
+        let ticker = Arc::new(Self {
+            running: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            asleep: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let weak = Arc::downgrade(&ticker);
+        std::thread::Builder::new()
+            .name("airlock-wasm-epoch".into())
+            .spawn(move || {
+                let mut idle_ticks = 0;
+                let mut last_started = 0;
+                while tick() {
+                    std::thread::sleep(TICK);
+                    let Some(ticker) = weak.upgrade() else { return };
+                    let started = ticker.started.load(SeqCst);
+                    if started != last_started || ticker.running.load(SeqCst) > 0 {
+                        (idle_ticks, last_started) = (0, started);
+                    } else {
+                        idle_ticks += 1;
+                    }
+                    if idle_ticks >= IDLE_TICKS {
+                        if !ticker.sleep_until_called(last_started) {
+                            return;
+                        }
+                        idle_ticks = 0;
+                    }
+                }
+            })
+            .expect("spawn the epoch thread");
+        ticker
+    }
+
+    /// Mark guest code as running (and wake the thread) until the guard is dropped.
+    pub(crate) fn running(&self) -> Running<'_> {
+        self.running.fetch_add(1, SeqCst);
+        self.started.fetch_add(1, SeqCst);
+        // Both sides write, then read the other's flag, all sequentially consistent: if the
+        // thread went to sleep without seeing this call, this call sees it asleep.
+        if self.asleep.load(SeqCst) {
+            let _lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.asleep.store(false, SeqCst);
+            self.wake.notify_one();
+        }
+        Running(self)
+    }
+
+    /// Sleep until a call starts (at once if one started after `last_started`). Wakes
+    /// every second to check whether anyone else still holds the ticker: false when
+    /// nobody does, and no call can come.
+    fn sleep_until_called(self: &Arc<Self>, last_started: u64) -> bool {
+        let mut lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.asleep.store(true, SeqCst);
+        if self.started.load(SeqCst) != last_started {
+            self.asleep.store(false, SeqCst);
+            return true;
+        }
+        while self.asleep.load(SeqCst) {
+            lock = self
+                .wake
+                .wait_timeout(lock, Duration::from_secs(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if Arc::strong_count(self) == 1 {
+                return false;
             }
-        })
-        .expect("spawn the epoch thread");
+        }
+        true
+    }
+
+    #[cfg(test)]
+    fn is_asleep(&self) -> bool {
+        self.asleep.load(SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Wait (at most 5 s) until `done`.
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A ticker that counts its ticks, once it has gone to sleep for want of calls.
+    fn asleep_counting_ticker() -> (Arc<AtomicU64>, Arc<Ticker>) {
+        let ticks = Arc::new(AtomicU64::new(0));
+        let counter = ticks.clone();
+        let ticker = Ticker::spawn(move || {
+            counter.fetch_add(1, SeqCst);
+            true
+        });
+        wait_for("the idle ticker sleeps", || ticker.is_asleep());
+        (ticks, ticker)
+    }
+
+    #[test]
+    fn the_ticker_sleeps_while_idle_and_ticks_while_guest_code_runs() {
+        let (ticks, ticker) = asleep_counting_ticker();
+        let asleep_at = ticks.load(SeqCst);
+        std::thread::sleep(TICK * 20);
+        assert_eq!(ticks.load(SeqCst), asleep_at, "an asleep ticker ticked");
+
+        // A long call: the ticker wakes and keeps ticking however long the call runs,
+        // past the idle limit, so its deadline can be enforced.
+        let call = ticker.running();
+        assert!(!ticker.is_asleep());
+        let running_since = ticks.load(SeqCst);
+        std::thread::sleep(TICK * (IDLE_TICKS + 50));
+        assert!(!ticker.is_asleep(), "slept during a call");
+        let during = ticks.load(SeqCst) - running_since;
+        assert!(during >= 10, "only {during} ticks during a long call");
+        drop(call);
+        wait_for("the ticker sleeps again", || ticker.is_asleep());
+    }
+
+    #[test]
+    fn the_ticker_thread_ends_with_its_last_holder() {
+        let (ticks, ticker) = asleep_counting_ticker();
+        drop(ticker);
+        // The closure (and its clone of `ticks`) goes with the thread.
+        wait_for("the thread ends", || Arc::strong_count(&ticks) == 1);
+    }
 }

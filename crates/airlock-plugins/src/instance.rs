@@ -11,7 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::airlock::plugin::host::{self, Level};
 use crate::bindings::{HandshakePlugin, HandshakePluginPre};
-use crate::engine::{PluginHost, TICK};
+use crate::engine::{PluginHost, TICK, Ticker};
 use crate::error::{CallError, PluginError};
 use crate::{Handshake, PluginSettings, Verdict};
 
@@ -70,6 +70,8 @@ pub(crate) struct InstancePool {
     wanted: Option<Box<[String]>>,
     state: Mutex<PoolState>,
     freed: Condvar,
+    /// Held while guest code runs, so that deadlines advance.
+    ticker: Arc<Ticker>,
 }
 
 struct PoolState {
@@ -119,9 +121,11 @@ impl InstancePool {
                 live: 0,
             }),
             freed: Condvar::new(),
+            ticker: host.ticker.clone(),
         };
         // Create one instance now: a refused configuration is a load error.
         let mut first = pool.create()?;
+        let running = pool.ticker.running();
         first.store.set_epoch_deadline(pool.deadline_ticks);
         let wanted = first
             .plugin
@@ -130,6 +134,7 @@ impl InstancePool {
                 plugin: settings.name.clone(),
                 source: pool.classify(e),
             })?;
+        drop(running);
         pool.wanted = wanted.map(|names| names.iter().map(|n| n.to_ascii_lowercase()).collect());
         {
             let mut state = pool.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -156,6 +161,7 @@ impl InstancePool {
             plugin: self.name.clone(),
             request_id: String::new(),
         };
+        let _running = self.ticker.running();
         let mut store = Store::new(self.pre.engine(), data);
         store.limiter(|d| &mut d.limits);
         store.set_epoch_deadline(self.deadline_ticks);
@@ -186,6 +192,7 @@ impl InstancePool {
             let mut instance = self
                 .create()
                 .map_err(|e| CallError::Instantiate(e.to_string()))?;
+            let _running = self.ticker.running();
             instance.store.set_epoch_deadline(self.deadline_ticks);
             instance
                 .plugin
@@ -216,6 +223,7 @@ impl InstancePool {
     fn call_warm(&self, request: &Handshake) -> Result<Verdict, CallError> {
         let mut instance = self.check_out()?;
         instance.store.data_mut().request_id.clone_from(&request.id);
+        let running = self.ticker.running();
         instance.store.set_epoch_deadline(self.deadline_ticks);
         // A host function can panic on the guest's behalf (wasmtime-wasi's blocking stream
         // calls do when a guest writes to stdout/stderr on a Tokio worker). Catch it here
@@ -225,6 +233,7 @@ impl InstancePool {
                 .plugin
                 .call_on_handshake(&mut instance.store, request)
         }));
+        drop(running);
         match result {
             Ok(Ok(verdict)) => {
                 self.check_in(instance);
