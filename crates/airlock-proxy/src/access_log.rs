@@ -67,7 +67,6 @@ impl RequestLog {
         if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
             return;
         }
-        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
         let attributes = (!self.attributes.is_empty()).then(|| {
             self.attributes
                 .iter()
@@ -87,18 +86,23 @@ impl RequestLog {
             upstream.server = self.server.as_deref(),
             upgrade = self.upgrade,
             http.response.status_code = status.as_u16(),
-            connect_ms = ms(self.connect_time),
-            upstream_header_ms = ms(self.header_time),
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            connect_ms = self.connect_time.map(millis),
+            upstream_header_ms = self.header_time.map(millis),
+            duration_ms = millis(self.started.elapsed()),
             error.source = self.error.as_ref().map(|e| e.0),
             error.message = self.error.as_ref().map(|e| e.1.as_str()),
             plugin = self.plugin.as_deref(),
-            plugins_us = self.plugin_time.map(|d| d.as_secs_f64() * 1e6),
+            plugins_us = self.plugin_time.map(|d| d.as_nanos() as f64 / 1000.0),
             plugin.attributes = attributes,
             tls.version = self.tls_version,
             tls.client.subject = self.client_subject.as_deref(),
         );
     }
+}
+
+/// Milliseconds to the microsecond: `0.188`, not `0.18761799999999998`.
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 /// Facts about a tunnel, logged when it closes.
@@ -109,7 +113,7 @@ pub fn tunnel_closed(route: &str, server: &str, client: SocketAddr, outcome: &Ou
         route,
         upstream.server = server,
         client.address = %client.ip(),
-        duration_ms = outcome.duration.as_secs_f64() * 1000.0,
+        duration_ms = millis(outcome.duration),
         bytes_from_client = outcome.client_to_upstream,
         bytes_from_upstream = outcome.upstream_to_client,
         closed_by = outcome.closed_by.as_str(),
@@ -127,4 +131,19 @@ pub fn rejected_head(client: SocketAddr, status: http::StatusCode, reason: &dyn 
         error.source = "client",
         error.message = %reason,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn milliseconds_are_logged_to_the_microsecond() {
+        assert_eq!(
+            millis(Duration::from_nanos(187_618_000)).to_string(),
+            "187.618"
+        );
+        assert_eq!(millis(Duration::from_nanos(187_618)).to_string(), "0.187");
+        assert_eq!(millis(Duration::from_secs(2)).to_string(), "2000");
+    }
 }
