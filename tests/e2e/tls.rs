@@ -440,7 +440,15 @@ async fn h2_client(addr: SocketAddr, certs: &Certs) -> h2::client::SendRequest<B
         .await
         .unwrap();
     assert_eq!(alpn(&tls).as_deref(), Some("h2"));
-    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    h2_ready(tls).await
+}
+
+/// An HTTP/2 client on `io`, once the server's SETTINGS enabled extended CONNECT.
+async fn h2_ready<S>(io: S) -> h2::client::SendRequest<Bytes>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (client, conn) = h2::client::handshake(io).await.unwrap();
     tokio::spawn(conn);
     let client = client.ready().await.unwrap();
     // SETTINGS arrive shortly after the handshake.
@@ -513,6 +521,77 @@ async fn websockets_over_http2_share_one_connection_and_close_independently() {
     assert_eq!(parts.status, 200);
     again.next_frame().await;
     again.echo(b"again").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_listener_serves_http2_by_prior_knowledge_and_http1_alike() {
+    let backend = Backend::start("a").await;
+    let config = format!(
+        "[[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"\nh2c = true\nhandshake_timeout = \"1s\"\n\n{}",
+        route_to(backend.addr, "")
+    );
+    let airlock = Airlock::start(&config);
+    let addr = airlock.addr();
+
+    // Plain requests: HTTP/2 with prior knowledge, then HTTP/1.1, on the same listener.
+    for h2 in [true, false] {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let reply = get_over(tcp, h2, "/hello?x=1").await;
+        assert_eq!(reply.status, 200, "h2: {h2}");
+        let seen = reply.json();
+        assert_eq!(seen["uri"], "/hello?x=1", "{seen}");
+        assert_eq!(seen["headers"]["x-forwarded-proto"], "http", "{seen}");
+    }
+
+    // WebSockets over h2c (RFC 8441), two on one connection.
+    let mut client = h2_ready(TcpStream::connect(addr).await.unwrap()).await;
+    let mut sockets = Vec::new();
+    for i in 0..2 {
+        let (mut ws, parts) = H2Ws::open(&mut client, &format!("/room/{i}")).await;
+        assert_eq!(parts.status, 200, "stream {i}");
+        ws.next_frame().await;
+        sockets.push(ws);
+    }
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        ws.echo(format!("hello {i}").as_bytes()).await;
+    }
+
+    // An HTTP/1.1 WebSocket on the same listener still tunnels (the bytes read to tell the
+    // protocols apart are replayed).
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        "ws://a.test/room/h1",
+        TcpStream::connect(addr).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    ws_next(&mut ws).await;
+    ws_echo(&mut ws, "over http/1.1").await;
+
+    // A client that sends only part of the preface and stalls is closed after the
+    // handshake timeout, and others are unaffected.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled.write_all(b"PRI * HTTP/2").await.unwrap();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(WAIT, stalled.read_to_end(&mut rest))
+        .await
+        .expect("closed after the handshake timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{rest:?}");
+    let reply = get_over(TcpStream::connect(addr).await.unwrap(), true, "/after").await;
+    assert_eq!(reply.status, 200);
+}
+
+#[test]
+fn h2c_on_a_tls_listener_is_refused() {
+    let certs = Certs::new();
+    let config = certs.config("", "[[route]]\nname = \"main\"\nupstream = \"pool\"\n\n[upstream.pool]\nservers = [\"127.0.0.1:1\"]\n");
+    let config = config.replace(
+        "handshake_timeout = \"1s\"\n",
+        "handshake_timeout = \"1s\"\nh2c = true\n",
+    );
+    let path = certs.dir.path().join("airlock.toml");
+    std::fs::write(&path, config).unwrap();
+    assert_config_refused(&path, "has both [listener.tls] and `h2c`");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -113,6 +113,10 @@ pub struct Listener {
     /// `https://HOST:8443/same/uri` instead of routing it.
     #[serde(default)]
     pub redirect_https: Option<Spanned<u16>>,
+    /// `h2c = true`: on a plain-text listener, also serve HTTP/2 to clients that start
+    /// with its connection preface (prior knowledge, RFC 9113 §3.3).
+    #[serde(default)]
+    pub h2c: Option<Spanned<bool>>,
 }
 
 /// `[listener.tls]`

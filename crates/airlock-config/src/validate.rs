@@ -105,6 +105,15 @@ fn check_listeners(config: &Config, p: &mut Problems) {
 
 fn check_listener_tls(l: &Listener, p: &mut Problems) {
     let name = l.name.get_ref();
+    if let Some(h2c) = &l.h2c
+        && *h2c.get_ref()
+        && l.tls.is_some()
+    {
+        p.at(
+            h2c,
+            format!("listener `{name}` has both [listener.tls] and `h2c`; on a TLS listener HTTP/2 is offered through `alpn`"),
+        );
+    }
     if let Some(port) = &l.redirect_https {
         if l.tls.is_some() {
             p.at(

@@ -35,6 +35,8 @@ pub struct ListenerCtx {
     pub hsts: Option<HeaderValue>,
     /// `redirect_https`: every request is answered with 308 to this HTTPS port.
     pub redirect_https: Option<u16>,
+    /// `h2c`: a plain-text connection that starts with the HTTP/2 preface gets HTTP/2.
+    pub h2c: bool,
 }
 
 /// One accepted client connection.

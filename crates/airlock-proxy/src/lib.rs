@@ -160,6 +160,7 @@ impl Plan {
                     .and_then(|t| t.hsts.as_ref())
                     .and_then(|h| http::HeaderValue::from_str(h.get_ref()).ok()),
                 redirect_https: l.redirect_https.as_ref().map(|p| *p.get_ref()),
+                h2c: l.h2c.as_ref().is_some_and(|h| *h.get_ref()),
             };
             listeners.push((ctx, l.bind.get_ref().0));
         }

@@ -10,12 +10,12 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use crate::handler::{ConnCtx, ListenerCtx, handle};
-use crate::stream::Stream;
+use crate::stream::{Prefixed, Stream};
 use crate::tls::server::{ServerTls, SessionFacts};
 
 static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -78,14 +78,20 @@ struct Accepted {
 
 impl Accepted {
     async fn serve(self, tcp: TcpStream) {
-        let (stream, tls) = match &self.listener.tls {
-            None => (Stream::Tcp(tcp), None),
+        let (stream, tls, h2) = match &self.listener.tls {
+            None if self.listener.h2c => match self.sniff_h2c(tcp).await {
+                Some((stream, h2)) => (stream, None, h2),
+                None => return,
+            },
+            None => (Stream::Tcp(tcp), None, false),
             Some(tls) => match self.tls_handshake(tls, tcp).await {
-                Some((stream, facts)) => (stream, Some(facts)),
+                Some((stream, facts)) => {
+                    let h2 = facts.is_h2();
+                    (stream, Some(facts), h2)
+                }
                 None => return,
             },
         };
-        let h2 = tls.as_ref().is_some_and(SessionFacts::is_h2);
         let conn = Arc::new(ConnCtx {
             listener: self.listener,
             peer: self.peer,
@@ -98,6 +104,36 @@ impl Accepted {
         } else {
             serve_h1(stream, conn).await;
         }
+    }
+
+    /// `h2c`: read until the bytes so far either are the HTTP/2 connection preface or
+    /// cannot become it, within the handshake timeout; the stream then replays them to
+    /// whichever protocol serves it. `None` when the client went away or stayed silent.
+    async fn sniff_h2c(&self, mut tcp: TcpStream) -> Option<(Stream, bool)> {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let mut first = bytes::BytesMut::with_capacity(PREFACE.len());
+        let read = async {
+            while first.len() < PREFACE.len() && PREFACE.starts_with(&first) {
+                if tcp.read_buf(&mut first).await? == 0 {
+                    break;
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let read = tokio::time::timeout(self.listener.handshake_timeout, read);
+        tokio::select! {
+            result = read => match result {
+                Ok(Ok(())) if !first.is_empty() => {}
+                Ok(Ok(())) | Err(_) => return None,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "client connection failed before its first bytes");
+                    return None;
+                }
+            },
+            _ = self.drain.force.cancelled() => return None,
+        }
+        let h2 = first.starts_with(PREFACE);
+        Some((Stream::boxed(Prefixed::new(first.freeze(), tcp)), h2))
     }
 
     /// The TLS handshake, within the listener's handshake timeout. Failures are the

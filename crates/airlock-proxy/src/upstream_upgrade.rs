@@ -13,13 +13,13 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
-use crate::stream::Stream;
+use crate::stream::{Prefixed, Stream};
 use crate::tunnel::Endpoint;
 
 /// Response heads larger than this (or with more headers than [`MAX_HEADERS`]) are left
@@ -60,8 +60,7 @@ pub async fn exchange(stream: Stream, req: &Request<Incoming>) -> io::Result<Ans
         }
     }
     Ok(Answer::Other(Replay {
-        read: buf.freeze(),
-        stream,
+        stream: Prefixed::new(buf.freeze(), stream),
         resent: false,
         answered: false,
         reader: None,
@@ -127,8 +126,7 @@ fn parse_switch(buf: &[u8]) -> Parsed {
 /// is read before that write (hyper takes an answer before its request for a protocol
 /// error). Writes after that (a tunnel, if hyper completes an upgrade) go through.
 pub struct Replay {
-    read: Bytes,
-    stream: Stream,
+    stream: Prefixed<Stream>,
     resent: bool,
     answered: bool,
     reader: Option<Waker>,
@@ -146,12 +144,6 @@ impl AsyncRead for Replay {
             return Poll::Pending;
         }
         this.answered = true;
-        if this.read.has_remaining() {
-            let n = this.read.len().min(buf.remaining());
-            buf.put_slice(&this.read[..n]);
-            this.read.advance(n);
-            return Poll::Ready(Ok(()));
-        }
         Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
