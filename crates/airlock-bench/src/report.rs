@@ -44,6 +44,7 @@ const ROWS: &[(&str, &str)] = &[
 
 /// A figure airlock is measured by: how it is computed for each proxy, and the goal for
 /// airlock's ratio to the better of nginx and HAProxy (lower is better throughout).
+#[derive(Clone, Copy)]
 struct Goal {
     label: &'static str,
     /// The label under its bars in the chart.
@@ -112,8 +113,8 @@ const GOALS: &[Goal] = &[
 ];
 
 impl Goal {
-    /// The label, chart label and measure this run's figures support.
-    fn resolve(&self, figures: &Figures) -> (&'static str, &'static str, Measure) {
+    /// The goal as this run's figures support it.
+    fn resolve(&self, figures: &Figures) -> Goal {
         if let Measure::AddedTo {
             key,
             unsubtracted,
@@ -125,9 +126,14 @@ impl Goal {
                 .filter_map(|c| get(figures, key, c))
                 .any(|proxy| proxy <= direct)
         {
-            return (unsubtracted, unsubtracted_short, Measure::Plain(key));
+            return Goal {
+                label: unsubtracted,
+                short: unsubtracted_short,
+                measure: Measure::Plain(key),
+                goal: self.goal,
+            };
         }
-        (self.label, self.short, self.measure)
+        *self
     }
 }
 
@@ -250,16 +256,16 @@ pub fn markdown(figures: &Figures) -> String {
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for goal in GOALS {
-        let (label, _, measure) = goal.resolve(figures);
-        let cell = |c: usize| match measure {
+        let goal = goal.resolve(figures);
+        let cell = |c: usize| match goal.measure {
             Measure::Plain(key) => text(figures, key, c),
-            _ => value(figures, &measure, c).map_or_else(|| "–".into(), show),
+            _ => value(figures, &goal.measure, c).map_or_else(|| "–".into(), show),
         };
-        let ratio = value(figures, &measure, AIRLOCK)
-            .zip(baseline(figures, &measure))
+        let ratio = value(figures, &goal.measure, AIRLOCK)
+            .zip(baseline(figures, &goal.measure))
             // Rounded as shown, so that the verdict agrees with the figure printed.
             .map(|(a, b)| (a / b * 100.0).round() / 100.0);
-        let (others, ratio_cell, met) = match (&measure, ratio) {
+        let (others, ratio_cell, met) = match (&goal.measure, ratio) {
             (Measure::PluginCost(..), Some(r)) => {
                 ("– | –".to_string(), format!("{r:.2}"), r <= goal.goal)
             }
@@ -270,13 +276,14 @@ pub fn markdown(figures: &Figures) -> String {
             ),
             (_, None) => (format!("{} | {}", cell(2), cell(3)), "–".into(), false),
         };
-        let airlock = match measure {
+        let airlock = match goal.measure {
             Measure::PluginCost(..) => ratio_cell.clone(),
             _ => cell(AIRLOCK),
         };
         let _ = writeln!(
             out,
-            "| {label} | {airlock} | {others} | {ratio_cell} | ≤ {:.1} | {} |",
+            "| {} | {airlock} | {others} | {ratio_cell} | ≤ {:.1} | {} |",
+            goal.label,
             goal.goal,
             if ratio.is_none() {
                 "–"
@@ -293,19 +300,16 @@ pub fn markdown(figures: &Figures) -> String {
 /// A grouped bar chart of each proxy's figure as a multiple of the better of nginx and
 /// HAProxy (lower is better), with airlock's goal marked.
 pub fn chart(figures: &Figures, path: &Path) -> anyhow::Result<()> {
-    let goals: Vec<(&Goal, &str, Measure)> = GOALS
+    let goals: Vec<Goal> = GOALS
         .iter()
         .filter(|g| !matches!(g.measure, Measure::PluginCost(..)))
-        .map(|g| {
-            let (_, short, measure) = g.resolve(figures);
-            (g, short, measure)
-        })
+        .map(|g| g.resolve(figures))
         .collect();
     let bars: Vec<[Option<f64>; 3]> = goals
         .iter()
-        .map(|(_, _, measure)| {
-            let base = baseline(figures, measure).filter(|b| *b > 0.0);
-            [1, 2, 3].map(|c| Some(value(figures, measure, c)? / base?))
+        .map(|g| {
+            let base = baseline(figures, &g.measure).filter(|b| *b > 0.0);
+            [1, 2, 3].map(|c| Some(value(figures, &g.measure, c)? / base?))
         })
         .collect();
     let top = bars
@@ -353,7 +357,7 @@ pub fn chart(figures: &Figures, path: &Path) -> anyhow::Result<()> {
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
     }
     chart
-        .draw_series(goals.iter().enumerate().map(|(i, (g, _, _))| {
+        .draw_series(goals.iter().enumerate().map(|(i, g)| {
             PathElement::new(
                 [(i as f64 + 0.1, g.goal), (i as f64 + 0.9, g.goal)],
                 BLACK.stroke_width(2),
@@ -367,10 +371,10 @@ pub fn chart(figures: &Figures, path: &Path) -> anyhow::Result<()> {
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    for (i, (_, short, _)) in goals.iter().enumerate() {
+    for (i, g) in goals.iter().enumerate() {
         let (x, y) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
         root.draw(&Text::new(
-            *short,
+            g.short,
             (x, y + 8),
             TextStyle::from(("sans-serif", 13).into_font()).pos(Pos::new(HPos::Center, VPos::Top)),
         ))?;

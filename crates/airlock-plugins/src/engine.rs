@@ -75,9 +75,9 @@ impl PluginHost {
 
         let weak = engine.weak();
         let ticker = Ticker::spawn(move || {
-            weak.upgrade()
-                .map(|engine| engine.increment_epoch())
-                .is_some()
+            if let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+            }
         });
         Ok(Self {
             engine,
@@ -130,8 +130,9 @@ impl Drop for Running<'_> {
 }
 
 impl Ticker {
-    /// Start the thread; it calls `tick` every tick and ends when `tick` returns false.
-    fn spawn(tick: impl Fn() -> bool + Send + 'static) -> Arc<Self> {
+    /// Start the thread; it calls `tick` every tick, and ends once nobody else holds the
+    /// ticker (no call can come then).
+    fn spawn(tick: impl Fn() + Send + 'static) -> Arc<Self> {
         let ticker = Arc::new(Self {
             running: AtomicUsize::new(0),
             started: AtomicU64::new(0),
@@ -145,7 +146,8 @@ impl Ticker {
             .spawn(move || {
                 let mut idle_ticks = 0;
                 let mut last_started = 0;
-                while tick() {
+                loop {
+                    tick();
                     std::thread::sleep(TICK);
                     let Some(ticker) = weak.upgrade() else { return };
                     let started = ticker.started.load(SeqCst);
@@ -229,7 +231,6 @@ mod tests {
         let counter = ticks.clone();
         let ticker = Ticker::spawn(move || {
             counter.fetch_add(1, SeqCst);
-            true
         });
         wait_for("the idle ticker sleeps", || ticker.is_asleep());
         (ticks, ticker)

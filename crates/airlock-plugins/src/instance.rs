@@ -11,7 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::airlock::plugin::host::{self, Level};
 use crate::bindings::{HandshakePlugin, HandshakePluginPre};
-use crate::engine::{PluginHost, TICK, Ticker};
+use crate::engine::{PluginHost, Running, TICK, Ticker};
 use crate::error::{CallError, PluginError};
 use crate::{Handshake, PluginSettings, Verdict};
 
@@ -125,8 +125,7 @@ impl InstancePool {
         };
         // Create one instance now: a refused configuration is a load error.
         let mut first = pool.create()?;
-        let running = pool.ticker.running();
-        first.store.set_epoch_deadline(pool.deadline_ticks);
+        let running = pool.arm(&mut first.store);
         let wanted = first
             .plugin
             .call_wanted_headers(&mut first.store)
@@ -142,6 +141,14 @@ impl InstancePool {
             state.idle.push(first);
         }
         Ok(pool)
+    }
+
+    /// Ready `store` for a call into the guest: its deadline starts now, and the epoch
+    /// advances until the returned guard is dropped.
+    fn arm(&self, store: &mut Store<StoreData>) -> Running<'_> {
+        let running = self.ticker.running();
+        store.set_epoch_deadline(self.deadline_ticks);
+        running
     }
 
     /// A new instance, configured with the plugin's config.
@@ -161,10 +168,9 @@ impl InstancePool {
             plugin: self.name.clone(),
             request_id: String::new(),
         };
-        let _running = self.ticker.running();
         let mut store = Store::new(self.pre.engine(), data);
         store.limiter(|d| &mut d.limits);
-        store.set_epoch_deadline(self.deadline_ticks);
+        let _running = self.arm(&mut store);
         let instance_error = |e: wasmtime::Error| PluginError::ConfigureFailed {
             plugin: self.settings.name.clone(),
             source: self.classify(e),
@@ -192,8 +198,7 @@ impl InstancePool {
             let mut instance = self
                 .create()
                 .map_err(|e| CallError::Instantiate(e.to_string()))?;
-            let _running = self.ticker.running();
-            instance.store.set_epoch_deadline(self.deadline_ticks);
+            let _running = self.arm(&mut instance.store);
             instance
                 .plugin
                 .call_on_handshake(&mut instance.store, request)
@@ -223,8 +228,7 @@ impl InstancePool {
     fn call_warm(&self, request: &Handshake) -> Result<Verdict, CallError> {
         let mut instance = self.check_out()?;
         instance.store.data_mut().request_id.clone_from(&request.id);
-        let running = self.ticker.running();
-        instance.store.set_epoch_deadline(self.deadline_ticks);
+        let running = self.arm(&mut instance.store);
         // A host function can panic on the guest's behalf (wasmtime-wasi's blocking stream
         // calls do when a guest writes to stdout/stderr on a Tokio worker). Catch it here
         // so it costs this call, not the connection, and never reuse the instance.

@@ -1,6 +1,7 @@
 //! Shutdown coordination: stop accepting, let in-flight work finish, force-close what is
 //! left when the grace period ends.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -36,5 +37,12 @@ impl Drain {
 
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Run a connection or tunnel task, tracked for shutdown. Boxed: Tokio copies a task's
+    /// future whole each time the task changes state, and these futures (TLS, HTTP/1.1
+    /// and HTTP/2 in one state machine; a tunnel) are kilobytes.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(Box::pin(task));
     }
 }

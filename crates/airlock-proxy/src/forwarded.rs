@@ -119,34 +119,23 @@ pub fn apply(headers: &mut HeaderMap, hop: &Hop<'_>, trusted: &TrustedProxies) -
     client
 }
 
-/// An address as a header value. IPv4, by far the common case, is written digit by digit:
-/// through `Display` it cost about ten times as much, on every request.
+/// An address as a header value. IPv4, by far the common case, is written octet by octet
+/// with `itoa`: through `Display` it cost about ten times as much, on every request.
 fn ip_value(ip: IpAddr) -> HeaderValue {
     let IpAddr::V4(v4) = ip else {
         return HeaderValue::from_str(&ip.to_string())
             .expect("an IP address is a valid header value");
     };
-    let mut text = [0u8; 15];
-    let mut len = 0;
+    let mut text = Vec::with_capacity(15);
+    let mut digits = itoa::Buffer::new();
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
-            text[len] = b'.';
-            len += 1;
+            text.push(b'.');
         }
-        let digits = [octet / 100, octet / 10 % 10, octet % 10];
-        let skip = if octet >= 100 {
-            0
-        } else if octet >= 10 {
-            1
-        } else {
-            2
-        };
-        for d in &digits[skip..] {
-            text[len] = b'0' + d;
-            len += 1;
-        }
+        text.extend_from_slice(digits.format(octet).as_bytes());
     }
-    HeaderValue::from_bytes(&text[..len]).expect("digits and dots are a valid header value")
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+        .expect("digits and dots are a valid header value")
 }
 
 #[cfg(test)]

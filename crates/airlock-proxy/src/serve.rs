@@ -59,11 +59,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>, drain: cr
             local,
             drain: drain.clone(),
         };
-        // Boxed: Tokio copies a task's future whole each time it changes state, and this
-        // one (TLS, HTTP/1.1 and HTTP/2 in one state machine) is kilobytes.
-        drain
-            .tasks
-            .spawn(Box::pin(accepted.serve(stream)).instrument(span));
+        drain.spawn(accepted.serve(stream).instrument(span));
     }
     tracing::debug!(listener = &*ctx.name, "stopped accepting");
 }

@@ -122,8 +122,7 @@ pub async fn forward(
         guard,
         conn.clone(),
     );
-    // Boxed for the reason the connection's task is (see `serve`).
-    conn.drain.tasks.spawn(Box::pin(tunnel).in_current_span());
+    conn.drain.spawn(tunnel.in_current_span());
     Ok(Response::from_parts(parts, ProxyBody::empty()))
 }
 
