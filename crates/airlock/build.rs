@@ -3,7 +3,7 @@
 //! `target/wasm-plugins/wasm32-wasip2/plugin/*.wasm`; the binary embeds the demo's plugin
 //! and the tests find the rest through `AIRLOCK_PLUGIN_DIR`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The plugin crates to build (workspace members under `plugins/`).
@@ -22,6 +22,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let target_dir = root.join("target/wasm-plugins");
+    ensure_wasm_target();
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
@@ -63,4 +64,24 @@ fn main() {
         assert!(file.exists(), "{} was not built", file.display());
     }
     println!("cargo:rustc-env=AIRLOCK_PLUGIN_DIR={}", out.display());
+}
+
+/// rustup installs the targets `rust-toolchain.toml` lists only when it installs the
+/// toolchain; a toolchain that was already there may lack wasm32-wasip2. Add it then, so
+/// the README's two commands work as they are. If this fails, the plugin build below
+/// fails with a message naming the command.
+fn ensure_wasm_target() {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let libdir = Command::new(rustc)
+        .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
+        .output();
+    if let Ok(out) = libdir
+        && out.status.success()
+        && Path::new(String::from_utf8_lossy(&out.stdout).trim()).exists()
+    {
+        return;
+    }
+    let _ = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status();
 }
