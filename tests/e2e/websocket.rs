@@ -201,7 +201,13 @@ async fn any_upgrade_protocol_works_and_half_close_is_propagated() {
     stream.write_all(b"hello, half-closed world").await.unwrap();
     // Our half-close must reach the backend, which only then answers.
     stream.shutdown().await.unwrap();
-    assert_eq!(read_all(&mut stream).await, "received 24 bytes");
+    // Then the whole answer arrives, ended by a FIN (a reset would be an error here).
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("the tunnel ends")
+        .expect("the tunnel ends cleanly");
+    assert_eq!(answer, b"received 24 bytes");
     let closed = airlock
         .wait_for_log("tunnel close", |v| v["event"] == "tunnel_close")
         .await;

@@ -190,14 +190,24 @@ impl Future for Relay {
             (Side::Upstream, Side::Client),
         ];
         for (from, to) in directions {
-            let (src, dst, dir) = match from {
-                Side::Client => (&mut this.client, &mut this.upstream, &mut this.to_upstream),
-                _ => (&mut this.upstream, &mut this.client, &mut this.to_client),
+            let (src, dst, dir, reverse) = match from {
+                Side::Client => (
+                    &mut this.client,
+                    &mut this.upstream,
+                    &mut this.to_upstream,
+                    &this.to_client,
+                ),
+                _ => (
+                    &mut this.upstream,
+                    &mut this.client,
+                    &mut this.to_client,
+                    &this.to_upstream,
+                ),
             };
             if dir.eof {
                 continue;
             }
-            match pump(src, dst, dir, from, to, &mut moved, cx) {
+            match pump(src, dst, dir, reverse.eof, from, to, &mut moved, cx) {
                 Poll::Pending => {}
                 Poll::Ready(Ok(())) => {
                     this.first_eof.get_or_insert(from);
@@ -251,11 +261,14 @@ impl Future for Relay {
 }
 
 /// Move bytes from `src` to `dst` until `src` would block (Pending), `src` ends and the
-/// end is passed on (Ready(Ok)) or a stream fails.
+/// end is passed on (Ready(Ok)) or a stream fails. `reverse_done`: `dst` has already
+/// ended its own bytes, so this end finishes the tunnel.
+#[allow(clippy::too_many_arguments)]
 fn pump(
     src: &mut Stream,
     dst: &mut Stream,
     dir: &mut Direction,
+    reverse_done: bool,
     from: Side,
     to: Side,
     moved: &mut bool,
@@ -274,6 +287,14 @@ fn pump(
         dir.pending = Bytes::new();
 
         if dir.src_done {
+            // The last end of a plain TCP tunnel: closing `dst`, which comes next, sends
+            // the same FIN as a shutdown would. It cannot turn into a reset: `dst`'s
+            // bytes were all read, up to its own end. (TLS and HTTP/2 streams still need
+            // their shutdown: it writes close_notify or END_STREAM.)
+            if reverse_done && matches!(dst, Stream::Tcp(_)) {
+                dir.eof = true;
+                return Poll::Ready(Ok(()));
+            }
             // Propagate the half-close; the other direction keeps flowing.
             match ready!(Pin::new(&mut *dst).poll_shutdown(cx)) {
                 Err(e) if e.kind() != io::ErrorKind::NotConnected => {
