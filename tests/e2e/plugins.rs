@@ -1,6 +1,8 @@
 //! Wasm handshake plugins through the real binary: the example plugins, the chain, and the
 //! sandbox (guests that loop, allocate, panic and trap on purpose).
 
+use std::time::Duration;
+
 use futures_util::StreamExt as _;
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -283,6 +285,101 @@ async fn misbehaving_plugins_cost_one_request_never_the_proxy() {
                     .is_some_and(|m| m.contains("panics on purpose"))
         })
         .await;
+}
+
+/// A plugin's `timeout` counts the CPU time its call uses, not time its thread spent
+/// waiting for a busy core: airlock and a busy loop share one CPU, and a call that is
+/// busy for 100 ms of wall-clock time (about half of it on the CPU) passes a 75 ms
+/// timeout, while one busy for 400 ms does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_deadlines_count_cpu_time_not_time_spent_waiting_for_a_core() {
+    let backend = Backend::start("a").await;
+    let mut cfg = config(&format!(
+        "[upstream.pool]\nservers = [\"{}\"]\n",
+        backend.addr
+    ));
+    for (name, spin_ms) in [("shared", 100), ("long", 400)] {
+        cfg.push_str(&format!(
+            "\n[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"pool\"\nplugins = [\"{name}\"]\n\n{}timeout = \"75ms\"\n",
+            guest(name, &format!("{{ mode = \"spin\", spin_ms = {spin_ms} }}")),
+        ));
+    }
+    let airlock = Airlock::start(&cfg);
+    let cpu = first_allowed_cpu();
+    let pinned = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu, &airlock.pid().to_string()])
+        .output()
+        .expect("run taskset");
+    assert!(pinned.status.success(), "taskset: {pinned:?}");
+    let _hog = BusyLoop::on_cpu(&cpu);
+
+    let r = get(airlock.addr(), "/shared").await;
+    assert_eq!(
+        r.status,
+        200,
+        "100 ms on a shared core; logs:\n{}",
+        airlock.dump_logs()
+    );
+    let r = get(airlock.addr(), "/long").await;
+    assert_eq!(r.status, 503, "400 ms on a shared core");
+    let denied = airlock
+        .wait_for_log("503 access line", |v| {
+            v["plugin"] == "long" && v["http.response.status_code"] == 503
+        })
+        .await;
+    let message = denied["error.message"].as_str().unwrap();
+    assert!(message.contains("exceeded its 75ms deadline"), "{message}");
+}
+
+/// The first CPU this process may run on, as `taskset` takes it.
+fn first_allowed_cpu() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list in /proc/self/status");
+    list.trim().split([',', '-']).next().unwrap().to_string()
+}
+
+/// A shell busy loop pinned to one CPU, killed when dropped.
+struct BusyLoop(std::process::Child);
+
+impl BusyLoop {
+    fn on_cpu(cpu: &str) -> Self {
+        let child = std::process::Command::new("taskset")
+            .args(["-c", cpu, "sh", "-c", "while :; do :; done"])
+            .spawn()
+            .expect("start a busy loop");
+        // Wait (bounded) until it has been on the CPU for a few clock ticks.
+        let stat = format!("/proc/{}/stat", child.id());
+        let started = std::time::Instant::now();
+        while std::fs::read_to_string(&stat)
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .nth(11)?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .is_none_or(|user_ticks| user_ticks < 3)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the busy loop never ran"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for BusyLoop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

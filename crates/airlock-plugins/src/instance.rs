@@ -6,12 +6,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::airlock::plugin::host::{self, Level};
 use crate::bindings::{HandshakePlugin, HandshakePluginPre};
-use crate::engine::{PluginHost, Running, TICK, Ticker};
+use crate::engine::{PluginHost, Running, Ticker};
 use crate::error::{CallError, PluginError};
 use crate::{Handshake, PluginSettings, Verdict};
 
@@ -23,6 +23,9 @@ pub struct StoreData {
     limits: StoreLimits,
     plugin: Arc<str>,
     request_id: String,
+    /// The calling thread's CPU time when the running call met its first epoch tick;
+    /// `None` before that. See [`on_tick`].
+    cpu_at_first_tick: Option<Duration>,
 }
 
 impl WasiView for StoreData {
@@ -64,8 +67,6 @@ pub(crate) struct InstancePool {
     pre: HandshakePluginPre<StoreData>,
     settings: PluginSettings,
     name: Arc<str>,
-    /// Epoch ticks a call may run: the timeout rounded up, plus the tick in progress.
-    deadline_ticks: u64,
     /// The headers the plugin reads (lowercase), from its `wanted-headers`; `None`: all.
     wanted: Option<Box<[String]>>,
     state: Mutex<PoolState>,
@@ -109,12 +110,10 @@ impl InstancePool {
             .instantiate_pre(&component)
             .map_err(compile_error)?;
         let pre = HandshakePluginPre::new(pre).map_err(compile_error)?;
-        let ticks = settings.timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
         let mut pool = Self {
             pre,
             settings: settings.clone(),
             name: settings.name.as_str().into(),
-            deadline_ticks: ticks,
             wanted: None,
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
@@ -147,7 +146,7 @@ impl InstancePool {
     /// advances until the returned guard is dropped.
     fn arm(&self, store: &mut Store<StoreData>) -> Running<'_> {
         let running = self.ticker.running();
-        store.set_epoch_deadline(self.deadline_ticks);
+        restart_clock(store);
         running
     }
 
@@ -167,16 +166,21 @@ impl InstancePool {
             limits,
             plugin: self.name.clone(),
             request_id: String::new(),
+            cpu_at_first_tick: None,
         };
         let mut store = Store::new(self.pre.engine(), data);
         store.limiter(|d| &mut d.limits);
+        let timeout = self.settings.timeout;
+        store.epoch_deadline_callback(move |mut store| {
+            Ok(on_tick(&mut store.data_mut().cpu_at_first_tick, timeout))
+        });
         let _running = self.arm(&mut store);
         let instance_error = |e: wasmtime::Error| PluginError::ConfigureFailed {
             plugin: self.settings.name.clone(),
             source: self.classify(e),
         };
         let plugin = self.pre.instantiate(&mut store).map_err(instance_error)?;
-        store.set_epoch_deadline(self.deadline_ticks);
+        restart_clock(&mut store);
         match plugin.call_configure(&mut store, &self.settings.config_json) {
             Ok(Ok(())) => Ok(Instance { store, plugin }),
             Ok(Err(message)) => Err(PluginError::Configure {
@@ -318,5 +322,82 @@ impl InstancePool {
         state.live = state.live.saturating_sub(1);
         drop(state);
         self.freed.notify_one();
+    }
+}
+
+/// Start counting a call's time: the store's epoch callback, [`on_tick`], runs at the
+/// next tick.
+fn restart_clock(store: &mut Store<StoreData>) {
+    store.data_mut().cpu_at_first_tick = None;
+    store.set_epoch_deadline(1);
+}
+
+/// At each epoch tick a call meets: go on, or stop it once it has used `timeout`.
+///
+/// A call's `timeout` counts the calling thread's CPU time, not wall-clock time: on a
+/// busy machine a thread can wait for a core for milliseconds in the middle of a call,
+/// and that wait is not the plugin's doing. The clock starts at the first tick the call
+/// meets (reading a thread's CPU time is a system call; most calls end before a tick and
+/// never pay it), so a call may use up to one tick more than `timeout` before it stops.
+fn on_tick(cpu_at_first_tick: &mut Option<Duration>, timeout: Duration) -> UpdateDeadline {
+    let now = thread_cpu_time();
+    match *cpu_at_first_tick {
+        None => {
+            *cpu_at_first_tick = Some(now);
+            UpdateDeadline::Continue(1)
+        }
+        Some(first) if now.saturating_sub(first) >= timeout => UpdateDeadline::Interrupt,
+        Some(_) => UpdateDeadline::Continue(1),
+    }
+}
+
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Use `ms` milliseconds of this thread's CPU time.
+    fn burn(ms: u64) {
+        let until = thread_cpu_time() + Duration::from_millis(ms);
+        while thread_cpu_time() < until {
+            std::hint::black_box(0u64);
+        }
+    }
+
+    #[test]
+    fn a_call_is_stopped_once_it_has_used_its_timeout_of_cpu_time_after_its_first_tick() {
+        let timeout = Duration::from_millis(20);
+        let mut first = None;
+        assert!(matches!(
+            on_tick(&mut first, timeout),
+            UpdateDeadline::Continue(1)
+        ));
+        assert!(first.is_some());
+        burn(5);
+        assert!(matches!(
+            on_tick(&mut first, timeout),
+            UpdateDeadline::Continue(1)
+        ));
+        burn(16);
+        assert!(matches!(
+            on_tick(&mut first, timeout),
+            UpdateDeadline::Interrupt
+        ));
+    }
+
+    #[test]
+    fn time_spent_off_the_cpu_is_not_charged() {
+        let timeout = Duration::from_millis(20);
+        let mut first = None;
+        on_tick(&mut first, timeout);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(matches!(
+            on_tick(&mut first, timeout),
+            UpdateDeadline::Continue(1)
+        ));
     }
 }

@@ -1,6 +1,7 @@
 //! A guest for airlock's tests. Its config says what it does on each handshake:
 //!
 //! - `mode`: `"allow"` (default), `"loop"` (forever), `"alloc"` (without bound),
+//!   `"spin"` (busy for `spin_ms` of wall-clock time, then allow),
 //!   `"panic"`, `"trap"` (`unreachable`), `"print"` (write to stdout, which plugins do
 //!   not have), or `"refuse-config"` (fail `configure`).
 //! - `require_header = ["name", "value"]`: reject with 412 unless the request has it
@@ -25,6 +26,8 @@ use serde::Deserialize;
 struct Script {
     #[serde(default)]
     mode: Option<String>,
+    #[serde(default)]
+    spin_ms: u64,
     #[serde(default)]
     require_header: Option<(String, String)>,
     #[serde(default)]
@@ -84,6 +87,13 @@ impl Plugin for TestGuest {
                 let mut n: u64 = 0;
                 loop {
                     n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            Some("spin") => {
+                let until =
+                    std::time::Instant::now() + std::time::Duration::from_millis(script.spin_ms);
+                while std::time::Instant::now() < until {
+                    std::hint::spin_loop();
                 }
             }
             Some("alloc") => {
