@@ -331,6 +331,100 @@ async fn plugin_deadlines_count_cpu_time_not_time_spent_waiting_for_a_core() {
     assert!(message.contains("exceeded its 75ms deadline"), "{message}");
 }
 
+/// With `instances = 1`, calls take turns: a call that finds the instance busy waits for
+/// it, is woken as soon as it is returned, and gives up after the plugin's `timeout` with
+/// a clear error. Threads call one plugin directly (through the proxy, its scheduling
+/// would decide which call starts when).
+#[test]
+fn a_call_waits_for_a_busy_instance_up_to_the_timeout() {
+    use airlock_plugins::CallError;
+    // Each call holds the instance 150 ms; the later calls start 30 ms after the first.
+    let take_turns = |timeout, later_calls| {
+        let plugin = slow_plugin(timeout);
+        let call = || {
+            let started = std::time::Instant::now();
+            let result = plugin.call(&mut handshake()).map(|_| ());
+            (result, started.elapsed())
+        };
+        std::thread::scope(|s| {
+            let first = s.spawn(call);
+            std::thread::sleep(Duration::from_millis(30));
+            let later: Vec<_> = (0..later_calls).map(|_| s.spawn(call)).collect();
+            let first = first.join().unwrap();
+            assert!(first.0.is_ok(), "{first:?}");
+            later
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+
+    // A long timeout: the second call is woken when the first returns the instance
+    // (about 270 ms after it started), not when its wait runs out (1 s).
+    let [(result, took)] = &take_turns(Duration::from_secs(1), 1)[..] else {
+        unreachable!()
+    };
+    assert!(result.is_ok(), "{result:?}");
+    assert!(
+        *took < Duration::from_millis(700),
+        "woken when the instance came back, not at the end of the wait: {took:?}"
+    );
+
+    // A 200 ms timeout and two waiting calls: one gets the instance after 120 ms, the
+    // other would need 270 ms and gives up at 200.
+    let mut later = take_turns(Duration::from_millis(200), 2);
+    later.sort_by_key(|(result, _)| result.is_err());
+    let [(waited, _), (busy, busy_for)] = &later[..] else {
+        unreachable!()
+    };
+    assert!(waited.is_ok(), "{waited:?}");
+    assert!(
+        matches!(busy, Err(CallError::Busy(t)) if *t == Duration::from_millis(200)),
+        "{busy:?}"
+    );
+    assert!(
+        *busy_for >= Duration::from_millis(200),
+        "gave up early: {busy_for:?}"
+    );
+    assert_eq!(
+        busy.as_ref().unwrap_err().to_string(),
+        "no instance became free within 200ms (all busy)"
+    );
+}
+
+/// The test guest with one instance, busy for 150 ms of wall-clock time per call.
+fn slow_plugin(timeout: Duration) -> airlock_plugins::Plugin {
+    use airlock_plugins::{OnError, Plugin, PluginHost, PluginSettings};
+    let host = PluginHost::new(4, 16 << 20, None).unwrap();
+    let settings = PluginSettings {
+        name: "slow".into(),
+        timeout,
+        max_memory: 16 << 20,
+        instances: 1,
+        on_error: OnError::Deny,
+        config_json: r#"{"mode":"spin","spin_ms":150}"#.into(),
+    };
+    let wasm = std::path::Path::new(env!("AIRLOCK_PLUGIN_DIR")).join("test_guest.wasm");
+    Plugin::load(&host, &wasm, settings).unwrap()
+}
+
+fn handshake() -> airlock_plugins::Handshake {
+    airlock_plugins::Handshake {
+        id: "1".into(),
+        method: "GET".into(),
+        scheme: "http".into(),
+        authority: "test.local".into(),
+        path: "/".into(),
+        query: None,
+        headers: Vec::new(),
+        client_addr: "127.0.0.1".into(),
+        tls: None,
+        route: "main".into(),
+        upgrade: None,
+        subprotocols: Vec::new(),
+    }
+}
+
 /// The first CPU this process may run on, as `taskset` takes it.
 fn first_allowed_cpu() -> String {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

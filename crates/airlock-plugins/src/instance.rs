@@ -79,6 +79,9 @@ struct PoolState {
     idle: Vec<Instance>,
     /// Instances that exist: idle plus checked out.
     live: usize,
+    /// Calls waiting for an instance. Returning one wakes a waiter only when there is
+    /// one: a condition variable's notify is a system call even when nobody waits.
+    waiting: usize,
 }
 
 impl InstancePool {
@@ -118,6 +121,7 @@ impl InstancePool {
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 live: 0,
+                waiting: 0,
             }),
             freed: Condvar::new(),
             ticker: host.ticker.clone(),
@@ -279,7 +283,7 @@ impl InstancePool {
     /// An idle instance, or a new one while under the limit; otherwise wait (bounded by
     /// the call timeout) for one to be returned.
     fn check_out(&self) -> Result<Instance, CallError> {
-        let wait_until = Instant::now() + self.settings.timeout.max(Duration::from_millis(10));
+        let mut wait_until = None;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(instance) = state.idle.pop() {
@@ -294,22 +298,34 @@ impl InstancePool {
                 });
             }
             let now = Instant::now();
-            if now >= wait_until {
+            let until = *wait_until
+                .get_or_insert_with(|| now + self.settings.timeout.max(Duration::from_millis(10)));
+            if now >= until {
                 return Err(CallError::Busy(self.settings.timeout));
             }
+            state.waiting += 1;
             state = self
                 .freed
-                .wait_timeout(state, wait_until - now)
+                .wait_timeout(state, until - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            state.waiting -= 1;
         }
     }
 
     fn check_in(&self, instance: Instance) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.idle.push(instance);
+        self.wake_a_waiter(state);
+    }
+
+    /// Wake one call waiting for an instance, if any; `state` is unlocked first.
+    fn wake_a_waiter(&self, state: std::sync::MutexGuard<'_, PoolState>) {
+        let waiting = state.waiting > 0;
         drop(state);
-        self.freed.notify_one();
+        if waiting {
+            self.freed.notify_one();
+        }
     }
 
     fn discard(&self, instance: Instance) {
@@ -320,8 +336,7 @@ impl InstancePool {
     fn release_slot(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.live = state.live.saturating_sub(1);
-        drop(state);
-        self.freed.notify_one();
+        self.wake_a_waiter(state);
     }
 }
 
