@@ -2,9 +2,11 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+const HOP_BY_HOP_COUNT: usize = 6;
+
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
 /// obsolete ones proxies still see in the wild.
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -33,6 +35,15 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Remove every hop-by-hop header, including those the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names finds which of the standard set are present (usually
+    // `Connection` and `Upgrade` only): each removal hashes its name, each comparison
+    // here is cheap.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
     // Only the names `Connection` adds to the standard set are collected: usually none
     // (`upgrade`, `keep-alive`, `close`), and then nothing is allocated.
     let mut named: Vec<HeaderName> = Vec::new();
@@ -51,7 +62,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             named.push(name);
         }
     }
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in &named {
+        headers.remove(name);
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
 }
