@@ -9,7 +9,7 @@
 # bench/results.tsv and a chart of them to docs/benchmarks.svg.
 set -euo pipefail
 secs=${1:-5}
-reps=${2:-3}
+reps=${2:-5}
 idle_n=${3:-5000}
 source bench/common.sh
 
@@ -43,54 +43,76 @@ sio_path='/socket.io/?EIO=4&transport=websocket&sid=lv_VI97HAXpY6yYWAAAC'
 # record NAME METRIC VALUE
 record() { echo "$3" >> "$work/$1.$2"; }
 
+# One repetition of every workload against one proxy (or the upstream directly), which
+# is running: NAME PID ADDR.
+run_workloads() {
+  local name=$1 pid=$2 addr=$3
+  local url=ws://$addr/ws
+  for size in 1024 16384; do
+    [ "$pid" = 0 ] || t0=$(cpu_all "$pid")
+    out=$("$bench" pingpong --url "$url" --size "$size" --duration "${secs}s")
+    rt=$(field round_trips "$out")
+    record "$name" "msgs_$size" "$(awk -v r="$(field per_second "$out")" 'BEGIN { print 2 * r }')"
+    record "$name" "p50_$size" "$(field p50_us "$out")"
+    record "$name" "p99_$size" "$(field p99_us "$out")"
+    [ "$pid" = 0 ] || record "$name" "cpu_$size" "$(cpu_us_per $(( $(cpu_all "$pid") - t0 )) $((2 * rt)))"
+  done
+  [ "$pid" = 0 ] || t0=$(cpu_all "$pid")
+  out=$("$bench" paced --url "$url" --rate 10000 --size 256 --duration "${secs}s")
+  for q in p50 p99 p999; do record "$name" "paced_$q" "$(field "${q}_us" "$out")"; done
+  record "$name" paced_lost "$(field lost "$out")"
+  [ "$pid" = 0 ] || record "$name" paced_cpu "$(cpu_us_per $(( $(cpu_all "$pid") - t0 )) $((2 * $(field received "$out"))))"
+  # Handshakes look like a Socket.IO client's, so that the plugin chains admit them.
+  # For airlock, the host picks 0, 1 or 2 example plugins; for the others it is ignored.
+  for n in 0 1 2; do
+    [ "$n" = 0 ] || [ "$name" = airlock ] || continue
+    [ "$n" = 0 ] && suffix= || suffix=_$n
+    [ "$n" = 0 ] && host=$addr || host=plugins$n.bench
+    [ "$pid" = 0 ] || t0=$(cpu_all "$pid")
+    out=$("$bench" --connect "$addr" handshakes --connections 16 --duration "${secs}s" \
+      --url "ws://$host$sio_path" -H "Origin: https://app.example.com")
+    record "$name" "hs_rate$suffix" "$(field per_second "$out")"
+    record "$name" "hs_p99$suffix" "$(field p99_us "$out")"
+    [ "$pid" = 0 ] || record "$name" "hs_cpu$suffix" "$(cpu_us_per $(( $(cpu_all "$pid") - t0 )) "$(field handshakes "$out")")"
+  done
+}
+
+# Idle memory per tunnel of one running proxy: NAME PID ADDR.
+measure_idle() {
+  local name=$1 pid=$2 url=ws://$3/ws
+  sleep 1
+  rss0=$(rss_kib "$pid")
+  "$bench" idle --url "$url" --connections "$idle_n" --hold 3s > "$work/idle.out" &
+  idle_pid=$!
+  for _ in $(seq 600); do grep -q '^open' "$work/idle.out" 2>/dev/null && break; sleep 0.1; done
+  rss1=$(rss_kib "$pid")
+  wait "$idle_pid"
+  record "$name" idle_kib "$(awk -v a="$rss0" -v b="$rss1" -v n="$idle_n" 'BEGIN { printf "%.2f", (b - a) / n }')"
+}
+
+# All three proxies run for the whole benchmark (idle ones cost nothing), each warmed up
+# once. They take turns within each repetition, so that a slow minute on a shared
+# machine lands on all of them rather than on one proxy's repetitions.
 proxies=(direct airlock nginx haproxy)
+declare -A pids addrs
 for i in "${!proxies[@]}"; do
   name=${proxies[$i]}
   port=$((18410 + i))
   start_proxy "$name" "$port"
-  [ "$name" = direct ] && addr=$upstream || addr=127.0.0.1:$port
-  url=ws://$addr/ws
-  "$bench" pingpong --url "$url" --duration 1s > /dev/null # warm-up
-  for rep in $(seq "$reps"); do
-    for size in 1024 16384; do
-      [ "$pid" = 0 ] || t0=$(cpu_all "$pid")
-      out=$("$bench" pingpong --url "$url" --size "$size" --duration "${secs}s")
-      rt=$(field round_trips "$out")
-      record "$name" "msgs_$size" "$(awk -v r="$(field per_second "$out")" 'BEGIN { print 2 * r }')"
-      record "$name" "p50_$size" "$(field p50_us "$out")"
-      record "$name" "p99_$size" "$(field p99_us "$out")"
-      [ "$pid" = 0 ] || record "$name" "cpu_$size" "$(cpu_us_per $(( $(cpu_all "$pid") - t0 )) $((2 * rt)))"
-    done
-    [ "$pid" = 0 ] || t0=$(cpu_all "$pid")
-    out=$("$bench" paced --url "$url" --rate 10000 --size 256 --duration "${secs}s")
-    for q in p50 p99 p999; do record "$name" "paced_$q" "$(field "${q}_us" "$out")"; done
-    record "$name" paced_lost "$(field lost "$out")"
-    [ "$pid" = 0 ] || record "$name" paced_cpu "$(cpu_us_per $(( $(cpu_all "$pid") - t0 )) $((2 * $(field received "$out"))))"
-    # Handshakes look like a Socket.IO client's, so that the plugin chains admit them.
-    # For airlock, the host picks 0, 1 or 2 example plugins; for the others it is ignored.
-    for n in 0 1 2; do
-      [ "$n" = 0 ] || [ "$name" = airlock ] || continue
-      [ "$n" = 0 ] && suffix= || suffix=_$n
-      [ "$n" = 0 ] && host=$addr || host=plugins$n.bench
-      [ "$pid" = 0 ] || t0=$(cpu_all "$pid")
-      out=$("$bench" --connect "$addr" handshakes --connections 16 --duration "${secs}s" \
-        --url "ws://$host$sio_path" -H "Origin: https://app.example.com")
-      record "$name" "hs_rate$suffix" "$(field per_second "$out")"
-      record "$name" "hs_p99$suffix" "$(field p99_us "$out")"
-      [ "$pid" = 0 ] || record "$name" "hs_cpu$suffix" "$(cpu_us_per $(( $(cpu_all "$pid") - t0 )) "$(field handshakes "$out")")"
-    done
+  pids[$name]=$pid
+  [ "$name" = direct ] && addrs[$name]=$upstream || addrs[$name]=127.0.0.1:$port
+  "$bench" pingpong --url "ws://${addrs[$name]}/ws" --duration 1s > /dev/null # warm-up
+done
+for rep in $(seq "$reps"); do
+  echo "repetition $rep of $reps" >&2
+  for name in "${proxies[@]}"; do
+    run_workloads "$name" "${pids[$name]}" "${addrs[$name]}"
   done
-  if [ "$pid" != 0 ]; then
-    sleep 1
-    rss0=$(rss_kib "$pid")
-    "$bench" idle --url "$url" --connections "$idle_n" --hold 3s > "$work/idle.out" &
-    idle_pid=$!
-    for _ in $(seq 600); do grep -q '^open' "$work/idle.out" 2>/dev/null && break; sleep 0.1; done
-    rss1=$(rss_kib "$pid")
-    wait "$idle_pid"
-    record "$name" idle_kib "$(awk -v a="$rss0" -v b="$rss1" -v n="$idle_n" 'BEGIN { printf "%.2f", (b - a) / n }')"
-    kill "$pid"; wait "$pid" 2>/dev/null || true
-  fi
+done
+for name in "${proxies[@]}"; do
+  [ "$name" = direct ] && continue
+  measure_idle "$name" "${pids[$name]}" "${addrs[$name]}"
+  kill "${pids[$name]}"; wait "${pids[$name]}" 2>/dev/null || true
 done
 
 # The medians, one metric per line, for `airlock-bench report`.
