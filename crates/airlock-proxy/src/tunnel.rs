@@ -112,8 +112,8 @@ pub async fn relay(
     Relay {
         client: client.stream,
         upstream: upstream.stream,
-        to_upstream: Direction::new(client.already_read),
-        to_client: Direction::new(upstream.already_read),
+        to_upstream: Direction::new(Side::Client, Side::Upstream, client.already_read),
+        to_client: Direction::new(Side::Upstream, Side::Client, upstream.already_read),
         first_eof: None,
         idle_timeout: limits.idle_timeout,
         half_close_timeout: limits.half_close_timeout,
@@ -127,6 +127,9 @@ pub async fn relay(
 }
 
 struct Direction {
+    /// The side bytes come from and the side they go to.
+    from: Side,
+    to: Side,
     /// Bytes read but not yet written, only while the destination is full.
     pending: Bytes,
     /// The source has finished sending; the destination's write half is being shut down.
@@ -137,8 +140,10 @@ struct Direction {
 }
 
 impl Direction {
-    fn new(already_read: Bytes) -> Self {
+    fn new(from: Side, to: Side, already_read: Bytes) -> Self {
         Self {
+            from,
+            to,
             pending: already_read,
             src_done: false,
             eof: false,
@@ -185,11 +190,7 @@ impl Future for Relay {
         let mut moved = false;
         let mut failure = None;
 
-        let directions = [
-            (Side::Client, Side::Upstream),
-            (Side::Upstream, Side::Client),
-        ];
-        for (from, to) in directions {
+        for from in [Side::Client, Side::Upstream] {
             let (src, dst, dir, reverse) = match from {
                 Side::Client => (
                     &mut this.client,
@@ -207,7 +208,7 @@ impl Future for Relay {
             if dir.eof {
                 continue;
             }
-            match pump(src, dst, dir, reverse.eof, from, to, &mut moved, cx) {
+            match pump(src, dst, dir, reverse.eof, &mut moved, cx) {
                 Poll::Pending => {}
                 Poll::Ready(Ok(())) => {
                     this.first_eof.get_or_insert(from);
@@ -263,17 +264,15 @@ impl Future for Relay {
 /// Move bytes from `src` to `dst` until `src` would block (Pending), `src` ends and the
 /// end is passed on (Ready(Ok)) or a stream fails. `reverse_done`: `dst` has already
 /// ended its own bytes, so this end finishes the tunnel.
-#[allow(clippy::too_many_arguments)]
 fn pump(
     src: &mut Stream,
     dst: &mut Stream,
     dir: &mut Direction,
     reverse_done: bool,
-    from: Side,
-    to: Side,
     moved: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), Failure>> {
+    let (from, to) = (dir.from, dir.to);
     loop {
         while dir.pending.has_remaining() {
             let n = ready!(Pin::new(&mut *dst).poll_write(cx, &dir.pending))
