@@ -29,6 +29,23 @@ fn guest(name: &str, config: &str) -> String {
     )
 }
 
+/// A config whose upstream `pool` is `backend`, routes to come.
+fn pool_config(backend: &Backend) -> String {
+    config(&format!(
+        "[upstream.pool]\nservers = [\"{}\"]\n",
+        backend.addr
+    ))
+}
+
+/// A route `name` for `/prefix` through the test guest `name` configured with
+/// `guest_config`; `options` are more keys of its `[plugin.*]` table.
+fn guest_route(name: &str, prefix: &str, guest_config: &str, options: &str) -> String {
+    format!(
+        "\n[[route]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"pool\"\nplugins = [\"{name}\"]\n\n{}{options}",
+        guest(name, guest_config)
+    )
+}
+
 /// A WebSocket handshake with these headers; the status the client got.
 async fn ws_status(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
     let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
@@ -221,10 +238,7 @@ async fn websocket_subprotocol_chosen_by_a_plugin_is_what_the_upstream_and_clien
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_plugins_cost_one_request_never_the_proxy() {
     let backend = Backend::start("a").await;
-    let mut cfg = config(&format!(
-        "[upstream.pool]\nservers = [\"{}\"]\n",
-        backend.addr
-    ));
+    let mut cfg = pool_config(&backend);
     let cases = [
         ("loop", "deadline"),
         ("alloc", "memory limit"),
@@ -236,13 +250,14 @@ async fn misbehaving_plugins_cost_one_request_never_the_proxy() {
         // Only the looping guest should meet its deadline: the others get one long
         // enough that a loaded machine can't turn their failure into a timeout.
         let timeout = if mode == "loop" { "20ms" } else { "5s" };
-        cfg.push_str(&format!(
-            "\n[[route]]\nname = \"{mode}\"\npath_prefix = \"/{mode}\"\nupstream = \"pool\"\nplugins = [\"{mode}\"]\n\
-             \n[[route]]\nname = \"{mode}-open\"\npath_prefix = \"/open/{mode}\"\nupstream = \"pool\"\nplugins = [\"{mode}-open\"]\n\
-             \n{}timeout = \"{timeout}\"\nmax_memory = \"8MiB\"\n\
-             \n{}timeout = \"{timeout}\"\nmax_memory = \"8MiB\"\non_error = \"allow\"\n",
-            guest(mode, &format!("{{ mode = \"{mode}\" }}")),
-            guest(&format!("{mode}-open"), &format!("{{ mode = \"{mode}\" }}")),
+        let script = format!("{{ mode = \"{mode}\" }}");
+        let limits = format!("timeout = \"{timeout}\"\nmax_memory = \"8MiB\"\n");
+        cfg.push_str(&guest_route(mode, &format!("/{mode}"), &script, &limits));
+        cfg.push_str(&guest_route(
+            &format!("{mode}-open"),
+            &format!("/open/{mode}"),
+            &script,
+            &format!("{limits}on_error = \"allow\"\n"),
         ));
     }
     cfg.push_str("\n[[route]]\nname = \"healthy\"\npath_prefix = \"/\"\nupstream = \"pool\"\n");
@@ -294,14 +309,13 @@ async fn misbehaving_plugins_cost_one_request_never_the_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_deadlines_count_cpu_time_not_time_spent_waiting_for_a_core() {
     let backend = Backend::start("a").await;
-    let mut cfg = config(&format!(
-        "[upstream.pool]\nservers = [\"{}\"]\n",
-        backend.addr
-    ));
+    let mut cfg = pool_config(&backend);
     for (name, spin_ms) in [("shared", 100), ("long", 400)] {
-        cfg.push_str(&format!(
-            "\n[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"pool\"\nplugins = [\"{name}\"]\n\n{}timeout = \"75ms\"\n",
-            guest(name, &format!("{{ mode = \"spin\", spin_ms = {spin_ms} }}")),
+        cfg.push_str(&guest_route(
+            name,
+            &format!("/{name}"),
+            &format!("{{ mode = \"spin\", spin_ms = {spin_ms} }}"),
+            "timeout = \"75ms\"\n",
         ));
     }
     let airlock = Airlock::start(&cfg);
