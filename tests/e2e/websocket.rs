@@ -188,26 +188,11 @@ async fn any_upgrade_protocol_works_and_half_close_is_propagated() {
         )
         .await
         .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        tokio::time::timeout(WAIT, stream.read_exact(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        head.push(byte[0]);
-    }
-    assert_eq!(status_of(&String::from_utf8_lossy(&head)), 101);
-    stream.write_all(b"hello, half-closed world").await.unwrap();
-    // Our half-close must reach the backend, which only then answers.
-    stream.shutdown().await.unwrap();
-    // Then the whole answer arrives, ended by a FIN (a reset would be an error here).
-    let mut answer = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
-        .await
-        .expect("the tunnel ends")
-        .expect("the tunnel ends cleanly");
-    assert_eq!(answer, b"received 24 bytes");
+    assert_eq!(status_of(&read_head(&mut stream).await), 101);
+    // Our half-close must reach the backend, which only then answers; then the whole
+    // answer arrives, ended by a FIN (a reset would be an error here).
+    let answer = send_last(&mut stream, b"hello, half-closed world").await;
+    assert_eq!(answer, "received 24 bytes");
     let closed = airlock
         .wait_for_log("tunnel close", |v| v["event"] == "tunnel_close")
         .await;
@@ -341,6 +326,27 @@ async fn read_exactly(stream: &mut TcpStream, n: usize) -> Vec<u8> {
     buf
 }
 
+/// Read a response head byte by byte, leaving what follows it unread.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.extend(read_exactly(stream, 1).await);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Send `bytes`, half-close, and read until the other side ends cleanly with a FIN.
+async fn send_last(stream: &mut TcpStream, bytes: &[u8]) -> String {
+    stream.write_all(bytes).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("the tunnel ends")
+        .expect("the tunnel ends cleanly");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Send `RAW_UPGRADE` and read the response head byte by byte.
 async fn raw_upgrade(addr: std::net::SocketAddr) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -447,4 +453,81 @@ async fn upstream_answers_other_than_101_are_relayed_or_refused_with_502() {
             .await;
         assert_eq!(failed["error.source"], "upstream", "{what}: {failed}");
     }
+}
+
+/// Read one response with a `content-length` body from `stream`: its head and its body.
+async fn read_response(stream: &mut TcpStream) -> (String, String) {
+    let head = read_head(stream).await;
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head:?}"));
+    let body = read_exactly(stream, length).await;
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_head_in_pieces_with_bytes_right_behind_it_loses_nothing() {
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&single_route(&[backend.addr], "", ""));
+    let mut stream = TcpStream::connect(airlock.addr()).await.unwrap();
+    // The head arrives in three pieces, the last with the first tunnel bytes behind it.
+    for piece in [
+        &b"GET /raw HTTP/1.1\r\nHo"[..],
+        b"st: t\r\nUpgrade: raw-echo\r\nConnection: upg",
+        b"rade\r\n\r\nearly bytes|",
+    ] {
+        stream.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let head = read_head(&mut stream).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: raw-echo"),
+        "{head}"
+    );
+    // "early bytes|" and "and more": every byte reached the backend.
+    assert_eq!(
+        send_last(&mut stream, b"and more").await,
+        "received 20 bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upgrade_leaves_the_connection_serving_requests() {
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&single_route(&[backend.addr], "", ""));
+    let mut stream = TcpStream::connect(airlock.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /refuse-upgrade HTTP/1.1\r\nHost: t\r\nUpgrade: raw-echo\r\nConnection: upgrade\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 403, "{head}");
+    assert!(head.contains("x-backend: a"), "{head}");
+    assert_eq!(body, "no upgrades here\n");
+    // The refusal did not end the connection: the next request on it is answered.
+    stream
+        .write_all(b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["uri"], "/after");
+    // A new connection that starts with a pipelined pair: an upgrade the upstream
+    // refuses, and a request right behind it.
+    let mut stream = TcpStream::connect(airlock.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /refuse-upgrade HTTP/1.1\r\nHost: t\r\nUpgrade: raw-echo\r\nConnection: upgrade\r\n\r\nGET /pipelined HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status_of(&read_response(&mut stream).await.0), 403);
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert!(body.contains("/pipelined"), "{body}");
 }

@@ -37,7 +37,7 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
-    pub fn new(req: &http::Request<hyper::body::Incoming>, conn: &ConnCtx) -> Self {
+    pub fn new(req: &http::Request<crate::body::ProxyBody>, conn: &ConnCtx) -> Self {
         let tls = conn.tls.as_ref();
         Self {
             started: Instant::now(),

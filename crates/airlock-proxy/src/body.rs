@@ -1,4 +1,5 @@
-//! The response body type: streamed from an upstream, or a small local answer.
+//! The body type for both directions: a request body streamed from the client, a
+//! response body streamed from an upstream, or a small local answer.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,9 +11,10 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use crate::upstream::ActiveGuard;
 
 pub enum ProxyBody {
-    /// An upstream's body; the guard counts the request against its server until the
-    /// body is finished or dropped.
-    Upstream {
+    /// A body hyper is receiving: the client's request body, or an upstream's response
+    /// body, whose guard counts the request against its server until the body is
+    /// finished or dropped.
+    Streamed {
         body: Incoming,
         _guard: Option<ActiveGuard>,
     },
@@ -28,8 +30,13 @@ impl ProxyBody {
         Self::Local(Full::new(Bytes::new()))
     }
 
+    /// A client's request body, forwarded as it arrives.
+    pub fn client(body: Incoming) -> Self {
+        Self::Streamed { body, _guard: None }
+    }
+
     pub fn upstream(body: Incoming, guard: Option<ActiveGuard>) -> Self {
-        Self::Upstream {
+        Self::Streamed {
             body,
             _guard: guard,
         }
@@ -45,7 +52,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            Self::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Self::Streamed { body, .. } => Pin::new(body).poll_frame(cx),
             Self::Local(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
@@ -54,14 +61,14 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Upstream { body, .. } => body.is_end_stream(),
+            Self::Streamed { body, .. } => body.is_end_stream(),
             Self::Local(full) => full.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Upstream { body, .. } => body.size_hint(),
+            Self::Streamed { body, .. } => body.size_hint(),
             Self::Local(full) => full.size_hint(),
         }
     }

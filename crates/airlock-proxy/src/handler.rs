@@ -7,7 +7,6 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 
 use crate::access_log::RequestLog;
 use crate::body::ProxyBody;
@@ -16,6 +15,7 @@ use crate::error::{ProxyError, chain};
 use crate::forwarded::{self, Hop, TrustedProxies};
 use crate::route::{Route, Router, request_host};
 use crate::tls::server::SessionFacts;
+use crate::upgrade::ClientSide;
 use crate::upstream::Pool;
 use crate::{h2_websocket, headers, http_forward, plugin_phase, upgrade};
 
@@ -57,12 +57,16 @@ impl ConnCtx {
 }
 
 /// Proxy one request and log it. Errors become the status the client sees here.
-pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {
+pub async fn handle(
+    req: Request<ProxyBody>,
+    client: ClientSide<'_>,
+    conn: Arc<ConnCtx>,
+) -> Response<ProxyBody> {
     let mut log = RequestLog::new(&req, &conn);
     let mut response = if let Some(port) = conn.listener.redirect_https {
         redirect_https(&req, port)
     } else {
-        match proxy(req, &conn, &mut log).await {
+        match proxy(req, client, &conn, &mut log).await {
             Ok(response) => response,
             Err(err) => {
                 log.error = Some((err.source_kind().as_str(), chain(&err)));
@@ -84,7 +88,8 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<Prox
 }
 
 async fn proxy(
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
+    client: ClientSide<'_>,
     conn: &Arc<ConnCtx>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -114,7 +119,7 @@ async fn proxy(
             affinity_key,
             h2_websocket_key,
         };
-        upgrade::forward(req, upgrade, conn, log).await?
+        upgrade::forward(req, upgrade, client, conn, log).await?
     } else {
         http_forward::forward(req, &route, &pool, affinity_key, log).await?
     };
@@ -125,7 +130,7 @@ async fn proxy(
 }
 
 /// HTTP/1.1 requires `Host`; take it from an absolute-form URI when the client left it out.
-fn ensure_host_header(req: &mut Request<Incoming>) {
+fn ensure_host_header(req: &mut Request<ProxyBody>) {
     if !req.headers().contains_key(header::HOST)
         && let Some(authority) = req.uri().authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
@@ -135,7 +140,7 @@ fn ensure_host_header(req: &mut Request<Incoming>) {
 }
 
 /// Phase: route. `404` when nothing matches.
-fn find_route(req: &Request<Incoming>, router: &Router) -> Result<Arc<Route>, ProxyError> {
+fn find_route(req: &Request<ProxyBody>, router: &Router) -> Result<Arc<Route>, ProxyError> {
     let host = request_host(req.uri(), req.headers());
     let path = req.uri().path();
     router
@@ -151,7 +156,7 @@ fn find_route(req: &Request<Incoming>, router: &Router) -> Result<Arc<Route>, Pr
 /// the route's rewrite, hop-by-hop headers removed (except the upgrade pair on an upgrade),
 /// forwarding headers set, HTTP/1.1.
 fn prepare_upstream_request(
-    req: &mut Request<Incoming>,
+    req: &mut Request<ProxyBody>,
     route: &Route,
     conn: &ConnCtx,
     upgrade: Option<HeaderValue>,
@@ -189,7 +194,7 @@ fn prepare_upstream_request(
 
 /// `redirect_https`: 308 to the same host and URI on the HTTPS port (RFC 9110 §15.4.9
 /// keeps the method and body, unlike 301).
-fn redirect_https(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
+fn redirect_https(req: &Request<ProxyBody>, port: u16) -> Response<ProxyBody> {
     let host = request_host(req.uri(), req.headers());
     if host.is_empty() {
         return error_response(StatusCode::BAD_REQUEST);

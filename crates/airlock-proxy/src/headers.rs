@@ -5,8 +5,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 const HOP_BY_HOP_COUNT: usize = 6;
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
-/// obsolete ones proxies still see in the wild.
-const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
+/// obsolete ones proxies still see in the wild. A `static`, not a `const`: each use of a
+/// `const` array builds it anew, and dropping its custom names is not free.
+static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -74,6 +75,24 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, protocol);
+}
+
+/// A message head as HTTP/1.1 puts it on the wire: the start line (`parts` joined), then
+/// each header with its name in lower case, as hyper writes them, then an empty line.
+pub fn encode_head(start_line: &[&[u8]], headers: &HeaderMap) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256 + headers.len() * 48);
+    for part in start_line {
+        head.extend_from_slice(part);
+    }
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
 }
 
 #[cfg(test)]

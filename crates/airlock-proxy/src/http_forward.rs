@@ -18,7 +18,7 @@ use crate::route::Route;
 use crate::upstream::{Pool, Server};
 
 pub async fn forward(
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     route: &Route,
     pool: &Pool,
     affinity_key: Option<&str>,
@@ -71,13 +71,13 @@ pub async fn forward(
 
 enum Sent {
     Response(Response<Incoming>),
-    Unsent(Request<Incoming>),
+    Unsent(Request<ProxyBody>),
     Failed(ProxyError),
 }
 
 async fn send(
-    mut sender: SendRequest<Incoming>,
-    req: Request<Incoming>,
+    mut sender: SendRequest<ProxyBody>,
+    req: Request<ProxyBody>,
     server: &Server,
     log: &mut RequestLog,
 ) -> Sent {
@@ -107,7 +107,7 @@ async fn send(
 async fn connect(
     server: &Server,
     timeout: std::time::Duration,
-) -> Result<SendRequest<Incoming>, ProxyError> {
+) -> Result<SendRequest<ProxyBody>, ProxyError> {
     let stream = server.connect(timeout).await?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await

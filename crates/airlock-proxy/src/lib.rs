@@ -14,6 +14,7 @@
 mod access_log;
 mod admin;
 mod body;
+mod direct_upgrade;
 mod drain;
 mod error;
 mod forwarded;

@@ -10,7 +10,6 @@ use airlock_plugins::{ChainOutcome, Handshake, TlsInfo};
 use http::Request;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::access_log::RequestLog;
@@ -54,8 +53,8 @@ impl std::fmt::Display for RequestId {
 
 /// Run the route's chain on `req`. A rejection or a failed plugin becomes an error whose
 /// response the client gets; otherwise the request is changed in place.
-pub fn run(
-    req: &mut Request<Incoming>,
+pub fn run<B>(
+    req: &mut Request<B>,
     route: &Route,
     conn: &ConnCtx,
     log: &mut RequestLog,
@@ -80,8 +79,8 @@ pub fn run(
 }
 
 /// The request as plugins see it. Header values must be UTF-8 (400 otherwise).
-fn handshake(
-    req: &Request<Incoming>,
+fn handshake<B>(
+    req: &Request<B>,
     route: &Route,
     conn: &ConnCtx,
     id: RequestId,
@@ -136,9 +135,9 @@ fn handshake(
     })
 }
 
-fn apply(
+fn apply<B>(
     allowed: Allowed,
-    req: &mut Request<Incoming>,
+    req: &mut Request<B>,
     conn: &ConnCtx,
     log: &mut RequestLog,
 ) -> Result<Decision, ProxyError> {

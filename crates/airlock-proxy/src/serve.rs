@@ -1,10 +1,11 @@
 //! Accept client connections and serve each: the TLS handshake on a TLS listener, then
-//! hyper's HTTP/1.1 server (keep-alive, upgrades, the header size limit (431), the
-//! handshake timeout (408)) or, when ALPN chose `h2`, its HTTP/2 server with extended
-//! CONNECT (RFC 8441) enabled.
+//! HTTP/1.1 (a first request that is an upgrade directly, see `direct_upgrade`; the rest
+//! with hyper's server: keep-alive, bodies, the header size limit (431), the handshake
+//! timeout (408)) or, when ALPN chose `h2`, hyper's HTTP/2 server with extended CONNECT
+//! (RFC 8441) enabled.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -14,9 +15,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
+use crate::body::ProxyBody;
 use crate::handler::{ConnCtx, ListenerCtx, handle};
 use crate::stream::{Prefixed, Stream};
 use crate::tls::server::{ServerTls, SessionFacts};
+use crate::upgrade::ClientSide;
+use http::{Request, Response};
+use hyper::body::Incoming;
 
 static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -98,7 +103,7 @@ impl Accepted {
         if h2 {
             serve_h2(stream, conn).await;
         } else {
-            serve_h1(stream, conn).await;
+            crate::direct_upgrade::serve(stream, conn).await;
         }
     }
 
@@ -163,21 +168,37 @@ impl Accepted {
     }
 }
 
+/// Every request goes to `handle`, except that the first one gets `answered` when that
+/// is set (the answer to a request already proxied, see `direct_upgrade`).
 fn service(
     conn: Arc<ConnCtx>,
+    answered: Option<Response<ProxyBody>>,
 ) -> impl hyper::service::Service<
-    http::Request<hyper::body::Incoming>,
-    Response = http::Response<crate::body::ProxyBody>,
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
     Error = Infallible,
-    Future = impl Future<Output = Result<http::Response<crate::body::ProxyBody>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
 > + Clone {
-    service_fn(move |req| {
+    let answered = answered.map(|a| Arc::new(Mutex::new(Some(a))));
+    service_fn(move |req: Request<Incoming>| {
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(req, conn).await) }
+        let answer = answered.as_ref().and_then(|a| a.lock().ok()?.take());
+        async move {
+            Ok::<_, Infallible>(match answer {
+                Some(answer) => answer,
+                None => handle(req.map(ProxyBody::client), ClientSide::Hyper, conn).await,
+            })
+        }
     })
 }
 
-async fn serve_h1(stream: Stream, conn: Arc<ConnCtx>) {
+/// HTTP/1.1 with hyper's server: keep-alive, bodies, upgrades after other requests, and
+/// the errors for heads it cannot take. `answered`: see [`service`].
+pub(crate) async fn serve_hyper(
+    stream: Stream,
+    conn: Arc<ConnCtx>,
+    answered: Option<Response<ProxyBody>>,
+) {
     let listener = &conn.listener;
     let mut builder = http1::Builder::new();
     builder
@@ -185,7 +206,7 @@ async fn serve_h1(stream: Stream, conn: Arc<ConnCtx>) {
         .header_read_timeout(listener.handshake_timeout)
         .max_header_size(listener.max_header_bytes);
     let mut connection = builder
-        .serve_connection(TokioIo::new(stream), service(conn.clone()))
+        .serve_connection(TokioIo::new(stream), service(conn.clone(), answered))
         .with_upgrades();
 
     let result = tokio::select! {
@@ -201,7 +222,9 @@ async fn serve_h1(stream: Stream, conn: Arc<ConnCtx>) {
     };
     let Err(err) = result else { return };
     if err.is_timeout() {
-        reply_request_timeout(connection.into_parts().map(|p| (p.io, p.read_buf)), &conn).await;
+        if let Some(parts) = connection.into_parts() {
+            reply_request_timeout(parts.io.into_inner(), &parts.read_buf, &conn).await;
+        }
     } else if err.is_parse_too_large() {
         crate::access_log::rejected_head(
             conn.peer,
@@ -223,7 +246,8 @@ async fn serve_h2(stream: Stream, conn: Arc<ConnCtx>) {
         .timer(TokioTimer::new())
         .enable_connect_protocol()
         .max_header_list_size(u32::try_from(conn.listener.max_header_bytes).unwrap_or(u32::MAX));
-    let mut connection = builder.serve_connection(TokioIo::new(stream), service(conn.clone()));
+    let mut connection =
+        builder.serve_connection(TokioIo::new(stream), service(conn.clone(), None));
     let result = tokio::select! {
         result = &mut connection => result,
         _ = conn.drain.stopping.cancelled() => {
@@ -243,12 +267,10 @@ async fn serve_h2(stream: Stream, conn: Arc<ConnCtx>) {
 /// The handshake timeout passed. A client that sent part of a request head gets a 408; one
 /// that sent nothing (an idle keep-alive connection, a browser's pre-connect) is closed
 /// quietly, as HAProxy does.
-async fn reply_request_timeout(parts: Option<(TokioIo<Stream>, bytes::Bytes)>, conn: &ConnCtx) {
-    let Some((io, read_buf)) = parts else { return };
-    if read_buf.is_empty() {
+pub(crate) async fn reply_request_timeout(mut stream: Stream, read_so_far: &[u8], conn: &ConnCtx) {
+    if read_so_far.is_empty() {
         return;
     }
-    let mut stream = io.into_inner();
     let reply = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 20\r\n\r\n408 Request Timeout\n";
     let write = async {
         stream.write_all(reply).await?;

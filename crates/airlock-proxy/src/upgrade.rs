@@ -34,9 +34,20 @@ pub struct Upgrade<'a> {
     pub h2_websocket_key: Option<HeaderValue>,
 }
 
+/// Who serves the client's side of the request, and so who starts the tunnel.
+pub enum ClientSide<'a> {
+    /// hyper: it hands over the connection (HTTP/1.1) or the stream (HTTP/2) once the
+    /// response has been written, to a tunnel task spawned here.
+    Hyper,
+    /// airlock read the request head itself (see `direct_upgrade`): the tunnel is left
+    /// here, for the caller to run once it has written the `101`.
+    Direct(&'a mut Option<Tunnel>),
+}
+
 pub async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
     upgrade: Upgrade<'_>,
+    client: ClientSide<'_>,
     conn: &Arc<ConnCtx>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -46,7 +57,10 @@ pub async fn forward(
         affinity_key,
         h2_websocket_key,
     } = upgrade;
-    let client_upgrade = hyper::upgrade::on(&mut req);
+    let client_upgrade = match client {
+        ClientSide::Hyper => Some(hyper::upgrade::on(&mut req)),
+        ClientSide::Direct(_) => None,
+    };
 
     let started = Instant::now();
     let (server, stream) = pool.connect(route.connect_timeout, affinity_key).await?;
@@ -114,15 +128,26 @@ pub async fn forward(
         }
     }
 
-    let tunnel = run_tunnel(
-        client_upgrade,
-        upstream_end,
+    let tunnel = Tunnel {
+        upstream: upstream_end,
         route,
         server,
         guard,
-        conn.clone(),
-    );
-    conn.drain.spawn(tunnel.in_current_span());
+        conn: conn.clone(),
+    };
+    match (client, client_upgrade) {
+        (ClientSide::Direct(slot), _) => *slot = Some(tunnel),
+        (ClientSide::Hyper, Some(client)) => {
+            let tunnel = async move {
+                match client.await {
+                    Ok(client) => tunnel.run(endpoint(client)).await,
+                    Err(e) => abandoned(&tunnel.route, &e),
+                }
+            };
+            conn.drain.spawn(tunnel.in_current_span());
+        }
+        (ClientSide::Hyper, None) => unreachable!("hyper's side of the upgrade was taken above"),
+    }
     Ok(Response::from_parts(parts, ProxyBody::empty()))
 }
 
@@ -130,7 +155,7 @@ pub async fn forward(
 /// its own task, which streams the answer's body or completes an upgrade.
 async fn hyper_exchange(
     io: impl crate::stream::Io,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, hyper::Error> {
     let (mut sender, connection) = http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(connection.with_upgrades());
@@ -143,45 +168,43 @@ enum UpstreamEnd {
     Pending(OnUpgrade),
 }
 
-/// Wait for both sides to switch protocols, then relay bytes until the tunnel ends.
-async fn run_tunnel(
-    client: OnUpgrade,
+/// An upgrade the upstream accepted, waiting for the client's end.
+pub struct Tunnel {
     upstream: UpstreamEnd,
     route: Arc<Route>,
     server: Server,
     guard: ActiveGuard,
     conn: Arc<ConnCtx>,
-) {
-    let upstream = async {
-        match upstream {
-            UpstreamEnd::Ready(endpoint) => Ok(endpoint),
-            UpstreamEnd::Pending(upgrade) => upgrade.await.map(endpoint),
-        }
-    };
-    let (client, upstream) = match tokio::join!(client, upstream) {
-        (Ok(client), Ok(upstream)) => (endpoint(client), upstream),
-        (client, upstream) => {
-            let error = client
-                .err()
-                .or(upstream.err())
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            tracing::info!(
-                route = &*route.name,
-                error,
-                "upgrade abandoned before the tunnel started"
-            );
-            return;
-        }
-    };
-    let limits = Limits {
-        idle_timeout: route.idle_timeout,
-        max_lifetime: route.max_lifetime,
-        half_close_timeout: route.half_close_timeout,
-    };
-    let outcome = tunnel::relay(client, upstream, limits, conn.drain.force.clone()).await;
-    access_log::tunnel_closed(&route.name, &server.addr, conn.peer, &outcome);
-    drop(guard);
+}
+
+impl Tunnel {
+    /// Relay bytes between `client` and the upstream until the tunnel ends.
+    pub async fn run(self, client: Endpoint) {
+        let upstream = match self.upstream {
+            UpstreamEnd::Ready(endpoint) => endpoint,
+            UpstreamEnd::Pending(upgrade) => match upgrade.await {
+                Ok(upgraded) => endpoint(upgraded),
+                Err(e) => return abandoned(&self.route, &e),
+            },
+        };
+        let route = &self.route;
+        let limits = Limits {
+            idle_timeout: route.idle_timeout,
+            max_lifetime: route.max_lifetime,
+            half_close_timeout: route.half_close_timeout,
+        };
+        let outcome = tunnel::relay(client, upstream, limits, self.conn.drain.force.clone()).await;
+        access_log::tunnel_closed(&route.name, &self.server.addr, self.conn.peer, &outcome);
+        drop(self.guard);
+    }
+}
+
+fn abandoned(route: &Route, error: &dyn std::fmt::Display) {
+    tracing::info!(
+        route = &*route.name,
+        error = %error,
+        "upgrade abandoned before the tunnel started"
+    );
 }
 
 /// The upgraded connection as a stream for the tunnel. An HTTP/1.1 connection gives back

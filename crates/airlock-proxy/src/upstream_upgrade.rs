@@ -16,9 +16,9 @@ use std::task::{Context, Poll, Waker};
 use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
+use crate::body::ProxyBody;
 use crate::stream::{Prefixed, Stream};
 use crate::tunnel::Endpoint;
 
@@ -36,7 +36,7 @@ pub enum Answer {
 }
 
 /// Send the head of `req` (which must have no body) and read the answer's head.
-pub async fn exchange(stream: Stream, req: &Request<Incoming>) -> io::Result<Answer> {
+pub async fn exchange(stream: Stream, req: &Request<ProxyBody>) -> io::Result<Answer> {
     let mut stream = stream;
     stream.write_all(&encode_head(req)).await?;
     let mut buf = BytesMut::with_capacity(4096);
@@ -67,22 +67,12 @@ pub async fn exchange(stream: Stream, req: &Request<Incoming>) -> io::Result<Ans
     }))
 }
 
-/// The request line and headers, as hyper would write them (names lower case).
-fn encode_head(req: &Request<Incoming>) -> Vec<u8> {
+/// The request line and headers, as hyper would write them.
+fn encode_head(req: &Request<ProxyBody>) -> Vec<u8> {
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let mut head = Vec::with_capacity(256 + req.headers().len() * 48);
-    head.extend_from_slice(req.method().as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
-    head
+    let method = req.method().as_str().as_bytes();
+    let start_line: [&[u8]; 4] = [method, b" ", target.as_bytes(), b" HTTP/1.1"];
+    crate::headers::encode_head(&start_line, req.headers())
 }
 
 enum Parsed {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tokio::net::TcpStream;
 
@@ -129,11 +128,11 @@ impl Server {
         Ok(Stream::boxed(tls))
     }
 
-    pub fn idle_connection(&self) -> Option<SendRequest<Incoming>> {
+    pub fn idle_connection(&self) -> Option<SendRequest<crate::body::ProxyBody>> {
         self.state.idle.take()
     }
 
-    pub fn keep_idle(&self, sender: SendRequest<Incoming>) {
+    pub fn keep_idle(&self, sender: SendRequest<crate::body::ProxyBody>) {
         self.state.idle.put(sender)
     }
 
