@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tracing::Instrument as _;
 
 use crate::body::ProxyBody;
 use crate::handler::{ConnCtx, handle};
@@ -30,6 +31,8 @@ use crate::upgrade::ClientSide;
 /// hyper, which refuses it.
 const MAX_HEADERS: usize = 100;
 const READ_CHUNK: usize = 4096;
+/// `X-Forwarded-For`, `-Proto`, `-Host`, `-Port` and `X-Real-IP`.
+const FORWARDING_HEADERS: usize = 5;
 
 /// Serve an HTTP/1.1 connection: its first request here if it is an upgrade, everything
 /// else with hyper.
@@ -82,12 +85,14 @@ pub async fn serve(mut stream: Stream, conn: Arc<ConnCtx>) {
         tracing::info!(error = %e, "upgrade abandoned: the 101 could not be written to the client");
         return;
     }
-    drop(response);
     let client = Endpoint {
         stream,
         already_read: after_head,
     };
-    tunnel.run(client).await;
+    // The tunnel gets a task of its own rather than running here: this task's future is
+    // sized for the whole request path and would stay that big (about 9 KiB) for the
+    // life of every idle tunnel.
+    conn.drain.spawn(tunnel.run(client).in_current_span());
 }
 
 /// `stream`, giving back `head` and `after_head` to the first reads.
@@ -191,7 +196,9 @@ impl Found {
     /// The request, if every part is valid and it really asks for an upgrade
     /// (`Connection` must name `upgrade`).
     fn request(self, raw: &Bytes) -> Option<Request<ProxyBody>> {
-        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        // Room for the forwarding headers added before the request goes upstream, so the
+        // map is not grown (and every entry rehashed) on the way.
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + FORWARDING_HEADERS);
         for (name, value) in self.headers {
             let name = HeaderName::from_bytes(&raw[name]).ok()?;
             let value = HeaderValue::from_maybe_shared(raw.slice(value)).ok()?;
