@@ -177,10 +177,7 @@ fn prepare_upstream_request(
     }
 
     let headers = req.headers_mut();
-    headers::remove_hop_by_hop(headers);
-    if let Some(protocol) = upgrade {
-        headers::set_upgrade(headers, protocol);
-    }
+    headers::remove_hop_by_hop(headers, upgrade);
     let host = headers.get(header::HOST).cloned();
     let hop = Hop {
         peer: conn.peer.ip(),

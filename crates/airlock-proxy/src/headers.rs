@@ -34,8 +34,10 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
     connection_has(headers, "upgrade").then(|| value.clone())
 }
 
-/// Remove every hop-by-hop header, including those the `Connection` header names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+/// Remove every hop-by-hop header, including those the `Connection` header names. With
+/// `upgrade`, put back the pair an upgrade needs: `Connection: upgrade` and `Upgrade`
+/// with that protocol (each replacing what was there, rather than being removed first).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
     // One pass over the names finds which of the standard set are present (usually
     // `Connection` and `Upgrade` only): each removal hashes its name, each comparison
     // here is cheap.
@@ -66,15 +68,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in &named {
         headers.remove(name);
     }
+    let replaced = |name: &HeaderName| {
+        upgrade.is_some() && (name == header::CONNECTION || name == header::UPGRADE)
+    };
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
-        headers.remove(name);
+        if !replaced(name) {
+            headers.remove(name);
+        }
     }
-}
-
-/// After removing hop-by-hop headers, put back the pair an upgrade needs.
-pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, protocol);
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
 }
 
 /// A message head as HTTP/1.1 puts it on the wire: the start line (`parts` joined), then
@@ -141,8 +146,16 @@ mod tests {
             ("sec-websocket-key", "abc"),
             ("cookie", "a=b"),
         ]);
-        remove_hop_by_hop(&mut h);
+        let mut upgrade = h.clone();
+        remove_hop_by_hop(&mut h, None);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["sec-websocket-key", "cookie"]);
+
+        remove_hop_by_hop(&mut upgrade, Some(HeaderValue::from_static("websocket")));
+        assert_eq!(upgrade.len(), 4);
+        assert_eq!(upgrade["connection"], "upgrade");
+        assert_eq!(upgrade["upgrade"], "websocket");
+        assert_eq!(upgrade["sec-websocket-key"], "abc");
+        assert_eq!(upgrade["cookie"], "a=b");
     }
 }

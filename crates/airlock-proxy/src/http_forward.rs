@@ -129,6 +129,6 @@ fn respond(
     guard: crate::upstream::ActiveGuard,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::remove_hop_by_hop(&mut parts.headers, None);
     Response::from_parts(parts, ProxyBody::upstream(body, Some(guard)))
 }

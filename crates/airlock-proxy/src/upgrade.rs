@@ -105,7 +105,7 @@ pub async fn forward(
             if response.status() != StatusCode::SWITCHING_PROTOCOLS {
                 log.header_time = Some(started.elapsed());
                 let (mut parts, body) = response.into_parts();
-                headers::remove_hop_by_hop(&mut parts.headers);
+                headers::remove_hop_by_hop(&mut parts.headers, None);
                 return Ok(Response::from_parts(
                     parts,
                     ProxyBody::upstream(body, Some(guard)),
@@ -117,15 +117,14 @@ pub async fn forward(
     };
     log.header_time = Some(started.elapsed());
 
-    let protocol = parts.headers.get(UPGRADE).cloned();
-    headers::remove_hop_by_hop(&mut parts.headers);
-    match &h2_websocket_key {
-        Some(key) => h2_websocket::into_stream_response(&mut parts, key, &server.addr)?,
-        None => {
-            if let Some(protocol) = protocol {
-                headers::set_upgrade(&mut parts.headers, protocol);
-            }
-        }
+    // An HTTP/1.1 client gets the upgrade pair back; over HTTP/2 there is none.
+    let protocol = match h2_websocket_key {
+        None => parts.headers.get(UPGRADE).cloned(),
+        Some(_) => None,
+    };
+    headers::remove_hop_by_hop(&mut parts.headers, protocol);
+    if let Some(key) = &h2_websocket_key {
+        h2_websocket::into_stream_response(&mut parts, key, &server.addr)?;
     }
 
     let tunnel = Tunnel {
