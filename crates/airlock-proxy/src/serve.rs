@@ -180,13 +180,16 @@ fn service(
     Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
 > + Clone {
     let answered = answered.map(|a| Arc::new(Mutex::new(Some(a))));
-    service_fn(move |req: Request<Incoming>| {
+    service_fn(move |mut req: Request<Incoming>| {
         let conn = conn.clone();
         let answer = answered.as_ref().and_then(|a| a.lock().ok()?.take());
         async move {
             Ok::<_, Infallible>(match answer {
                 Some(answer) => answer,
-                None => handle(req.map(ProxyBody::client), ClientSide::Hyper, conn).await,
+                None => {
+                    let client = ClientSide::Hyper(hyper::upgrade::on(&mut req));
+                    handle(req.map(ProxyBody::client), client, conn).await
+                }
             })
         }
     })

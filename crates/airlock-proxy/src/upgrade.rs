@@ -36,16 +36,16 @@ pub struct Upgrade<'a> {
 
 /// Who serves the client's side of the request, and so who starts the tunnel.
 pub enum ClientSide<'a> {
-    /// hyper: it hands over the connection (HTTP/1.1) or the stream (HTTP/2) once the
-    /// response has been written, to a tunnel task spawned here.
-    Hyper,
+    /// hyper: it hands over the connection (HTTP/1.1) or the stream (HTTP/2) through
+    /// this once the response has been written, to a tunnel task spawned here.
+    Hyper(OnUpgrade),
     /// airlock read the request head itself (see `direct_upgrade`): the tunnel is left
     /// here, for the caller to run once it has written the `101`.
     Direct(&'a mut Option<Tunnel>),
 }
 
 pub async fn forward(
-    mut req: Request<ProxyBody>,
+    req: Request<ProxyBody>,
     upgrade: Upgrade<'_>,
     client: ClientSide<'_>,
     conn: &Arc<ConnCtx>,
@@ -57,11 +57,6 @@ pub async fn forward(
         affinity_key,
         h2_websocket_key,
     } = upgrade;
-    let client_upgrade = match client {
-        ClientSide::Hyper => Some(hyper::upgrade::on(&mut req)),
-        ClientSide::Direct(_) => None,
-    };
-
     let started = Instant::now();
     let (server, stream) = pool.connect(route.connect_timeout, affinity_key).await?;
     log.connect_time = Some(started.elapsed());
@@ -134,9 +129,9 @@ pub async fn forward(
         guard,
         conn: conn.clone(),
     };
-    match (client, client_upgrade) {
-        (ClientSide::Direct(slot), _) => *slot = Some(tunnel),
-        (ClientSide::Hyper, Some(client)) => {
+    match client {
+        ClientSide::Direct(slot) => *slot = Some(tunnel),
+        ClientSide::Hyper(client) => {
             let tunnel = async move {
                 match client.await {
                     Ok(client) => tunnel.run(endpoint(client)).await,
@@ -145,7 +140,6 @@ pub async fn forward(
             };
             conn.drain.spawn(tunnel.in_current_span());
         }
-        (ClientSide::Hyper, None) => unreachable!("hyper's side of the upgrade was taken above"),
     }
     Ok(Response::from_parts(parts, ProxyBody::empty()))
 }
