@@ -82,8 +82,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) 
     }
 }
 
-/// A message head as HTTP/1.1 puts it on the wire: the start line (`parts` joined), then
-/// each header with its name in lower case, as hyper writes them, then an empty line.
+/// A message head as HTTP/1.1 puts it on the wire: the start line (the pieces of
+/// `start_line` joined), then each header with its name in lower case, as hyper writes
+/// them, then an empty line.
 pub fn encode_head(start_line: &[&[u8]], headers: &HeaderMap) -> Vec<u8> {
     let mut head = Vec::with_capacity(256 + headers.len() * 48);
     for part in start_line {
