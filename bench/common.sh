@@ -51,6 +51,34 @@ wait_port() {
   exit 1
 }
 
+# fill TEMPLATE PORT: a config from bench/configs with its placeholders filled in (uses
+# $upstream, the echo upstream's address).
+fill() {
+  sed -e "s|@WORK@|$work|g" -e "s|@PORT@|$2|g" -e "s|@UPSTREAM@|$upstream|g" -e "s|@WASM@|$wasm|g" \
+    "$root/bench/configs/$1"
+}
+
+# start_proxy NAME PORT: start airlock, nginx or HAProxy with its config from
+# bench/configs (its pid in $pid) and wait until it listens; NAME direct sets pid=0.
+start_proxy() {
+  case $1 in
+    direct) pid=0 ;;
+    airlock) fill airlock.toml "$2" > "$work/airlock.toml"; "$bin" --log warn run --config "$work/airlock.toml" & pid=$! ;;
+    nginx) fill nginx.conf "$2" > "$work/nginx.conf"; nginx -c "$work/nginx.conf" & pid=$! ;;
+    haproxy) fill haproxy.cfg "$2" > "$work/haproxy.cfg"; haproxy -db -f "$work/haproxy.cfg" & pid=$! ;;
+  esac
+  [ "$1" = direct ] || wait_port "$2"
+}
+
+# pids_of PID: the process and its children (nginx's workers).
+pids_of() { echo "$1" $(pgrep -P "$1" || true); }
+# cpu_all PID, rss_kib PID: clock ticks used, and resident KiB, by it and its children.
+cpu_all() { local t=0 p; for p in $(pids_of "$1"); do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
+rss_kib() { local t=0 p; for p in $(pids_of "$1"); do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo "$t"; }
+
+# A Socket.IO client's WebSocket path, so that the example plugin chains admit it.
+sio_path='/socket.io/?EIO=4&transport=websocket&sid=lv_VI97HAXpY6yYWAAAC'
+
 # field NAME JSON: a number from airlock-bench's one-line JSON output.
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<< "$2"; }
 

@@ -16,30 +16,10 @@ source bench/common.sh
 need_packages nginx haproxy
 upstream=127.0.0.1:18400
 build_and_start_upstream "$upstream"
-
-# fill TEMPLATE PORT: the config with its placeholders filled in.
 wasm=$root/target/wasm-plugins/wasm32-wasip2/plugin
-fill() {
-  sed -e "s|@WORK@|$work|g" -e "s|@PORT@|$2|g" -e "s|@UPSTREAM@|$upstream|g" -e "s|@WASM@|$wasm|g" \
-    "$root/bench/configs/$1"
-}
 
-# The process and its children (nginx's workers).
-pids_of() { echo "$1" $(pgrep -P "$1" || true); }
-cpu_all() { local t=0 p; for p in $(pids_of "$1"); do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
-rss_kib() { local t=0 p; for p in $(pids_of "$1"); do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo "$t"; }
 median() { sort -g | awk '{v[NR] = $1} END { if (NR == 0) print "–"; else print v[int((NR + 1) / 2)] }'; }
-start_proxy() { # NAME PORT -> $pid (0 for direct)
-  case $1 in
-    direct) pid=0 ;;
-    airlock) fill airlock.toml "$2" > "$work/airlock.toml"; "$bin" --log warn run --config "$work/airlock.toml" & pid=$! ;;
-    nginx) fill nginx.conf "$2" > "$work/nginx.conf"; nginx -c "$work/nginx.conf" & pid=$! ;;
-    haproxy) fill haproxy.cfg "$2" > "$work/haproxy.cfg"; haproxy -db -f "$work/haproxy.cfg" & pid=$! ;;
-  esac
-  [ "$1" = direct ] || wait_port "$2"
-}
 
-sio_path='/socket.io/?EIO=4&transport=websocket&sid=lv_VI97HAXpY6yYWAAAC'
 # record NAME METRIC VALUE
 record() { echo "$3" >> "$work/$1.$2"; }
 

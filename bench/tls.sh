@@ -79,10 +79,6 @@ http {
 CONF
 }
 
-pids_of() { echo "$1" $(pgrep -P "$1" || true); }
-cpu_all() { local t=0 p; for p in $(pids_of "$1"); do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
-rss_kib() { local t=0 p; for p in $(pids_of "$1"); do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo "$t"; }
-
 # handshakes PORT MODE(new|reuse) VERSION -> "per_second cpu_us_per_handshake"
 handshakes() {
   local t0 t1 start end total=0 out timers=()
