@@ -305,7 +305,6 @@ impl Bound {
         for (ctx, listener) in self.listeners {
             tokio::spawn(serve::accept_loop(listener, ctx, drain.clone()));
         }
-        tokio::spawn(keep_a_timer_due(drain.clone()));
         drain.set_ready();
         Running {
             drain,
@@ -331,32 +330,6 @@ async fn watch_certificates(tls: Arc<[Arc<tls::server::ServerTls>]>, drain: Drai
         for listener in tls.iter() {
             // File reads block; they are few and small.
             tokio::task::block_in_place(|| listener.reload_if_changed());
-        }
-    }
-}
-
-/// How far ahead the runtime's timer driver always has a wake-up due; see
-/// [`keep_a_timer_due`].
-const TIMER_FLOOR: Duration = Duration::from_secs(1);
-
-/// Keep a timer due within [`TIMER_FLOOR`], so that setting a longer one is only an
-/// insert into Tokio's timer wheel.
-///
-/// Tokio's timer driver wakes the runtime through an eventfd whenever a timer is set to
-/// fire before the driver's next planned wake-up. With only hour-long idle timers
-/// pending, that was every connection's handshake, connect and half-close timer: 0.9
-/// `write(2)` per WebSocket handshake, and as many extra trips through `epoll_wait`. With
-/// a wake-up always due within a second, timers of a second or more never cause one.
-/// The price is one wake-up a second. Ends once shutdown has closed every connection.
-async fn keep_a_timer_due(drain: Drain) {
-    let mut tick = tokio::time::interval(TIMER_FLOOR);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let drained = drain.tasks.wait();
-    tokio::pin!(drained);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut drained => return,
         }
     }
 }
