@@ -1,9 +1,11 @@
 # Shared by the bench/*.sh scripts, sourced first: the scratch directory ($work, removed
 # with every background job on exit), airlock configs with 0-2 example plugins, starting
-# airlock, and reading CPU time from /proc. The functions use $bin (airlock) and $wasm
-# (the built plugins' directory), set by the script.
+# airlock, nginx and HAProxy, and reading CPU time and memory from /proc. The functions
+# use $bin (airlock; build_and_start_upstream sets it) and, for the bench/configs files,
+# $upstream (the echo upstream's address), set by the script.
 
 root=$(pwd)
+wasm=$root/target/wasm-plugins/wasm32-wasip2/plugin # the example plugins, once built
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 

@@ -16,7 +16,6 @@ source bench/common.sh
 need_packages nginx haproxy
 upstream=127.0.0.1:18400
 build_and_start_upstream "$upstream"
-wasm=$root/target/wasm-plugins/wasm32-wasip2/plugin
 
 median() { sort -g | awk '{v[NR] = $1} END { if (NR == 0) print "–"; else print v[int((NR + 1) / 2)] }'; }
 

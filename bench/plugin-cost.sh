@@ -15,7 +15,6 @@ source bench/common.sh
 
 cargo build --release -p airlock >&2
 bin=$root/target/release/airlock
-wasm=$root/target/wasm-plugins/wasm32-wasip2/plugin
 
 cat > "$work/nginx.conf" <<CONF
 worker_processes 1;

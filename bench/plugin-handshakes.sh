@@ -14,7 +14,6 @@ reps=${2:-3}
 source bench/common.sh
 
 build_and_start_upstream 127.0.0.1:18190
-wasm=$root/target/wasm-plugins/wasm32-wasip2/plugin
 
 path='/socket.io/?EIO=4&transport=websocket&sid=lv_VI97HAXpY6yYWAAAC'
 origin='Origin: https://app.example.com'

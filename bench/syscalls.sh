@@ -16,7 +16,6 @@ need_packages nginx haproxy
 command -v perf > /dev/null || apt-get install -y linux-perf >&2
 upstream=127.0.0.1:18400
 build_and_start_upstream "$upstream"
-wasm=$root/target/wasm-plugins/wasm32-wasip2/plugin
 
 proxies=(airlock nginx haproxy)
 workloads=(handshake relay_1k)
@@ -57,15 +56,13 @@ for workload in "${workloads[@]}"; do
     relay_1k) echo "Per relayed 1 KiB message (16 clients in closed-loop ping-pong):" ;;
   esac
   echo
-  awk -v w="$workload" -v list="${proxies[*]}" '
+  sort -k2,2 "$work/counts" | awk -v w="$workload" -v list="${proxies[*]}" '
     BEGIN { np = split(list, p, " ") }
-    $1 == w { v[$2, $3] = $4; seen[$2] = 1; if ($2 != "context-switches") total[$3] += $4 }
+    $1 == w && !(($2) in seen) { seen[$2] = 1; if ($2 != "context-switches") names[++n] = $2 }
+    $1 == w { v[$2, $3] = $4; if ($2 != "context-switches") total[$3] += $4 }
     END {
       printf "| |"; for (i = 1; i <= np; i++) printf " %s |", p[i]; print ""
       printf "|---|"; for (i = 1; i <= np; i++) printf "---|"; print ""
-      n = 0
-      for (e in seen) if (e != "context-switches") names[++n] = e
-      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (names[j] < names[i]) { t = names[i]; names[i] = names[j]; names[j] = t }
       for (k = 1; k <= n; k++) {
         e = names[k]; big = 0
         for (i = 1; i <= np; i++) if (v[e, p[i]] >= 0.01) big = 1
@@ -74,6 +71,6 @@ for workload in "${workloads[@]}"; do
       }
       printf "| **all system calls** |"; for (i = 1; i <= np; i++) printf " **%.2f** |", total[p[i]]; print ""
       printf "| context switches |"; for (i = 1; i <= np; i++) printf " %.2f |", v["context-switches", p[i]]; print ""
-    }' "$work/counts"
+    }'
   echo
 done
