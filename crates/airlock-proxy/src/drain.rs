@@ -1,5 +1,6 @@
 //! Shutdown coordination: stop accepting, let in-flight work finish, force-close what is
-//! left when the grace period ends.
+//! left when the grace period ends. Every connection and tunnel task starts here, so this
+//! is also where a timer is kept due while any is open (see [`keep_a_timer_due`]).
 
 use std::future::Future;
 use std::sync::Arc;
