@@ -19,13 +19,12 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tracing::Instrument as _;
 
 use crate::body::ProxyBody;
 use crate::handler::{ConnCtx, handle};
 use crate::stream::{Prefixed, Stream};
 use crate::tunnel::Endpoint;
-use crate::upgrade::ClientSide;
+use crate::upgrade::{ClientSide, Tunnel};
 
 /// hyper's default limit on the number of request headers; a head with more goes to
 /// hyper, which refuses it.
@@ -34,9 +33,25 @@ const READ_CHUNK: usize = 4096;
 /// `X-Forwarded-For`, `-Proto`, `-Host`, `-Port` and `X-Real-IP`.
 const FORWARDING_HEADERS: usize = 5;
 
+/// A connection whose first request was upgraded here: the tunnel to run on it.
+pub struct Upgraded {
+    tunnel: Tunnel,
+    client: Endpoint,
+}
+
+impl Upgraded {
+    /// Relay bytes until the tunnel ends. Not an `async fn`: that would keep room for
+    /// `self` beside the tunnel's own future for the life of the tunnel.
+    pub fn run(self) -> impl Future<Output = ()> + Send {
+        self.tunnel.run(self.client)
+    }
+}
+
 /// Serve an HTTP/1.1 connection: its first request here if it is an upgrade, everything
-/// else with hyper.
-pub async fn serve(mut stream: Stream, conn: Arc<ConnCtx>) {
+/// else with hyper. A connection that became a tunnel is returned rather than run, so
+/// the caller can run it in the same task once the (much larger) state of this future
+/// has been freed.
+pub async fn serve(mut stream: Stream, conn: Arc<ConnCtx>) -> Option<Upgraded> {
     let listener = &conn.listener;
     let mut buf = BytesMut::new();
     let read = read_head(&mut stream, &mut buf, listener.max_header_bytes);
@@ -44,38 +59,44 @@ pub async fn serve(mut stream: Stream, conn: Arc<ConnCtx>) {
     let head = tokio::select! {
         head = read => head,
         // Nothing is in flight yet: close, as hyper does with an idle connection.
-        _ = conn.drain.stopping.cancelled() => return,
+        _ = conn.drain.stopping.cancelled() => return None,
     };
     let found = match head {
         Ok(Ok(Head::Upgrade(found))) => found,
         Ok(Ok(Head::Other)) => {
             let stream = Stream::boxed(Prefixed::new(buf.freeze(), stream));
-            return crate::serve::serve_hyper(stream, conn, None).await;
+            crate::serve::serve_hyper(stream, conn, None).await;
+            return None;
         }
-        Ok(Ok(Head::Closed)) => return,
+        Ok(Ok(Head::Closed)) => return None,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "client connection failed before a request head");
-            return;
+            return None;
         }
-        Err(_) => return crate::serve::reply_request_timeout(stream, &buf, &conn).await,
+        Err(_) => {
+            crate::serve::reply_request_timeout(stream, &buf, &conn).await;
+            return None;
+        }
     };
     let raw = buf.split_to(found.len).freeze();
     // What the client sent after the head: usually nothing, at most its first frames.
     let after_head = buf.freeze();
     let Some(request) = found.request(&raw) else {
         let stream = replaying(raw, after_head, stream);
-        return crate::serve::serve_hyper(stream, conn, None).await;
+        crate::serve::serve_hyper(stream, conn, None).await;
+        return None;
     };
 
     let mut tunnel = None;
     let response = tokio::select! {
         response = handle(request, ClientSide::Direct(&mut tunnel), conn.clone()) => response,
-        _ = conn.drain.force.cancelled() => return,
+        _ = conn.drain.force.cancelled() => return None,
     };
     let (Some(tunnel), StatusCode::SWITCHING_PROTOCOLS) = (tunnel, response.status()) else {
         // hyper reads the head again and sends this answer in its place.
         let stream = replaying(raw, after_head, stream);
-        return crate::serve::serve_hyper(stream, conn, Some(response)).await;
+        crate::serve::serve_hyper(stream, conn, Some(response)).await;
+        return None;
     };
     let write = async {
         stream.write_all(&encode_response_head(&response)).await?;
@@ -83,16 +104,13 @@ pub async fn serve(mut stream: Stream, conn: Arc<ConnCtx>) {
     };
     if let Err(e) = write.await {
         tracing::info!(error = %e, "upgrade abandoned: the 101 could not be written to the client");
-        return;
+        return None;
     }
     let client = Endpoint {
         stream,
         already_read: after_head,
     };
-    // The tunnel gets a task of its own rather than running here: this task's future is
-    // sized for the whole request path and would stay that big (about 9 KiB) for the
-    // life of every idle tunnel.
-    conn.drain.spawn(tunnel.run(client).in_current_span());
+    Some(Upgraded { tunnel, client })
 }
 
 /// `stream`, giving back `head` and `after_head` to the first reads.

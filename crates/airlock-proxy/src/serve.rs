@@ -8,6 +8,8 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
+use futures_util::future::OptionFuture;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -16,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use crate::body::ProxyBody;
+use crate::direct_upgrade::{self, Upgraded};
 use crate::handler::{ConnCtx, ListenerCtx, handle};
 use crate::stream::{Prefixed, Stream};
 use crate::tls::server::{ServerTls, SessionFacts};
@@ -64,7 +67,15 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>, drain: cr
             local,
             drain: drain.clone(),
         };
-        drain.spawn(accepted.serve(stream).instrument(span));
+        // The handshake's state (TLS, HTTP/1.1 and HTTP/2 in one state machine, about
+        // 5 KiB) is boxed and freed when the connection becomes a tunnel, which then runs
+        // in this task: one task per WebSocket, not two, and an idle tunnel's task holds
+        // only the tunnel's future. (An `async` block here would also keep room for the
+        // values the tunnel's future was made from.)
+        let connection = Box::pin(accepted.serve(stream))
+            .then(|upgraded| OptionFuture::from(upgraded.map(Upgraded::run)))
+            .map(drop);
+        drain.spawn(connection.instrument(span));
     }
     tracing::debug!(listener = &*ctx.name, "stopped accepting");
 }
@@ -78,20 +89,19 @@ struct Accepted {
 }
 
 impl Accepted {
-    async fn serve(self, tcp: TcpStream) {
+    /// Serve the connection; see [`direct_upgrade::serve`] for what is returned.
+    async fn serve(self, tcp: TcpStream) -> Option<Upgraded> {
         let (stream, tls, h2) = match &self.listener.tls {
-            None if self.listener.h2c => match self.sniff_h2c(tcp).await {
-                Some((stream, h2)) => (stream, None, h2),
-                None => return,
-            },
+            None if self.listener.h2c => {
+                let (stream, h2) = self.sniff_h2c(tcp).await?;
+                (stream, None, h2)
+            }
             None => (Stream::Tcp(tcp), None, false),
-            Some(tls) => match self.tls_handshake(tls, tcp).await {
-                Some((stream, facts)) => {
-                    let h2 = facts.is_h2();
-                    (stream, Some(facts), h2)
-                }
-                None => return,
-            },
+            Some(tls) => {
+                let (stream, facts) = self.tls_handshake(tls, tcp).await?;
+                let h2 = facts.is_h2();
+                (stream, Some(facts), h2)
+            }
         };
         let conn = Arc::new(ConnCtx {
             listener: self.listener,
@@ -102,8 +112,9 @@ impl Accepted {
         });
         if h2 {
             serve_h2(stream, conn).await;
+            None
         } else {
-            crate::direct_upgrade::serve(stream, conn).await;
+            direct_upgrade::serve(stream, conn).await
         }
     }
 
