@@ -270,3 +270,59 @@ servers = ["{}"]
     assert_eq!(at("example.com", "/api/x").await.status, 404);
     assert_eq!(at("anything.test", "/rooms/abc").await.status, 404);
 }
+
+/// A request in absolute form (`GET http://host/path`) reaches the upstream in origin
+/// form, plain or upgrade; one in origin form reaches it unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_requests_reach_the_upstream_in_origin_form() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&single_route(&[backend.addr], "", ""));
+    let mut c = Conn::open(airlock.addr()).await;
+    for target in ["http://app.example.com/polling?x=1", "/polling?x=1"] {
+        let req = http::Request::get(target)
+            .header("host", "app.example.com")
+            .body(Default::default())
+            .unwrap();
+        let r = c.send(req).await;
+        assert_eq!(r.status, 200, "{target}");
+        assert_eq!(r.json()["uri"], "/polling?x=1", "{target}");
+    }
+
+    let mut ws = tokio::net::TcpStream::connect(airlock.addr())
+        .await
+        .unwrap();
+    ws.write_all(
+        b"GET http://app.example.com/socket.io/?EIO=4 HTTP/1.1\r\nHost: app.example.com\r\n\
+          Upgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The backend's first WebSocket message names the path it saw: one unmasked text
+    // frame after the 101's head.
+    let mut seen = Vec::new();
+    let mut greeting = None;
+    for _ in 0..20 {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let frame = &seen[end + 4..];
+            if frame.len() >= 2 && frame.len() >= 2 + usize::from(frame[1]) {
+                assert!(seen.starts_with(b"HTTP/1.1 101"), "{seen:?}");
+                assert_eq!(frame[0], 0x81, "a text frame");
+                greeting = Some(
+                    String::from_utf8_lossy(&frame[2..2 + usize::from(frame[1])]).into_owned(),
+                );
+                break;
+            }
+        }
+        let mut buf = [0; 1024];
+        let n = tokio::time::timeout(crate::support::WAIT, ws.read(&mut buf))
+            .await
+            .expect("the 101 and the greeting in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(greeting.as_deref(), Some("path:/socket.io/?EIO=4"));
+}

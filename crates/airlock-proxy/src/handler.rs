@@ -168,12 +168,16 @@ fn prepare_upstream_request(
     } else {
         route.rewrite_path(req.uri().path())
     };
-    let path_and_query = match req.uri().query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.into_owned(),
-    };
-    if let Ok(pq) = PathAndQuery::try_from(path_and_query) {
-        *req.uri_mut() = pq.into();
+    // Usually the URI is already what the upstream gets: origin-form, path unchanged.
+    let uri = req.uri();
+    if uri.scheme().is_some() || uri.authority().is_some() || path != uri.path() {
+        let path_and_query = match uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.into_owned(),
+        };
+        if let Ok(pq) = PathAndQuery::try_from(path_and_query) {
+            *req.uri_mut() = pq.into();
+        }
     }
 
     let headers = req.headers_mut();
