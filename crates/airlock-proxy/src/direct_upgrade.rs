@@ -24,7 +24,7 @@ use crate::body::ProxyBody;
 use crate::handler::{ConnCtx, handle};
 use crate::stream::{Prefixed, Stream};
 use crate::tunnel::Endpoint;
-use crate::upgrade::{ClientSide, Tunnel};
+use crate::upgrade::ClientSide;
 
 /// hyper's default limit on the number of request headers; a head with more goes to
 /// hyper, which refuses it.
@@ -33,25 +33,14 @@ const READ_CHUNK: usize = 4096;
 /// `X-Forwarded-For`, `-Proto`, `-Host`, `-Port` and `X-Real-IP`.
 const FORWARDING_HEADERS: usize = 5;
 
-/// A connection whose first request was upgraded here: the tunnel to run on it.
-pub struct Upgraded {
-    tunnel: Tunnel,
-    client: Endpoint,
-}
-
-impl Upgraded {
-    /// Relay bytes until the tunnel ends. Not an `async fn`: that would keep room for
-    /// `self` beside the tunnel's own future for the life of the tunnel.
-    pub fn run(self) -> impl Future<Output = ()> + Send {
-        self.tunnel.run(self.client)
-    }
-}
-
 /// Serve an HTTP/1.1 connection: its first request here if it is an upgrade, everything
-/// else with hyper. A connection that became a tunnel is returned rather than run, so
-/// the caller can run it in the same task once the (much larger) state of this future
-/// has been freed.
-pub async fn serve(mut stream: Stream, conn: Arc<ConnCtx>) -> Option<Upgraded> {
+/// else with hyper. A connection that became a tunnel is returned as the tunnel's future
+/// rather than run, so the caller can run it in the same task once the (much larger)
+/// state of this future has been freed.
+pub async fn serve(
+    mut stream: Stream,
+    conn: Arc<ConnCtx>,
+) -> Option<impl Future<Output = ()> + Send + use<>> {
     let listener = &conn.listener;
     let mut buf = BytesMut::new();
     let read = read_head(&mut stream, &mut buf, listener.max_header_bytes);
@@ -110,7 +99,7 @@ pub async fn serve(mut stream: Stream, conn: Arc<ConnCtx>) -> Option<Upgraded> {
         stream,
         already_read: after_head,
     };
-    Some(Upgraded { tunnel, client })
+    Some(tunnel.run(client))
 }
 
 /// `stream`, giving back `head` and `after_head` to the first reads.

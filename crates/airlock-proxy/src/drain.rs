@@ -45,8 +45,8 @@ impl Drain {
     }
 
     /// Run a connection or tunnel task, tracked for shutdown. Boxed: Tokio copies a task's
-    /// future whole each time the task changes state, and these futures (TLS, HTTP/1.1
-    /// and HTTP/2 in one state machine; a tunnel) are kilobytes.
+    /// future whole each time the task changes state, and these futures (a tunnel's, or
+    /// a connection's that holds one) are about a kilobyte.
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         if !self.timer_floor.load(Ordering::Relaxed)
             && !self.timer_floor.swap(true, Ordering::Relaxed)

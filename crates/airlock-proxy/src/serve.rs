@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use crate::body::ProxyBody;
-use crate::direct_upgrade::{self, Upgraded};
+use crate::direct_upgrade;
 use crate::handler::{ConnCtx, ListenerCtx, handle};
 use crate::stream::{Prefixed, Stream};
 use crate::tls::server::{ServerTls, SessionFacts};
@@ -73,7 +73,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>, drain: cr
         // only the tunnel's future. (An `async` block here would also keep room for the
         // values the tunnel's future was made from.)
         let connection = Box::pin(accepted.serve(stream))
-            .then(|upgraded| OptionFuture::from(upgraded.map(Upgraded::run)))
+            .then(OptionFuture::from)
             .map(drop);
         drain.spawn(connection.instrument(span));
     }
@@ -90,7 +90,7 @@ struct Accepted {
 
 impl Accepted {
     /// Serve the connection; see [`direct_upgrade::serve`] for what is returned.
-    async fn serve(self, tcp: TcpStream) -> Option<Upgraded> {
+    async fn serve(self, tcp: TcpStream) -> Option<impl Future<Output = ()> + Send + use<>> {
         let (stream, tls, h2) = match &self.listener.tls {
             None if self.listener.h2c => {
                 let (stream, h2) = self.sniff_h2c(tcp).await?;
