@@ -5,9 +5,10 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::Frame;
-use tokio_tungstenite::connect_async;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::{WebSocketStream, connect_async};
 
-use crate::support::client::{Conn, get, get_with, request};
+use crate::support::client::{Conn, get, get_with, request, status_of, upgrade_head};
 use crate::support::{Airlock, Backend, config, single_route, with_listener_option};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,8 +276,6 @@ servers = ["{}"]
 /// form, plain or upgrade; one in origin form reaches it unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_requests_reach_the_upstream_in_origin_form() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
     let backend = Backend::start("a").await;
     let airlock = Airlock::start(&single_route(&[backend.addr], "", ""));
     let mut c = Conn::open(airlock.addr()).await;
@@ -290,39 +289,20 @@ async fn absolute_form_requests_reach_the_upstream_in_origin_form() {
         assert_eq!(r.json()["uri"], "/polling?x=1", "{target}");
     }
 
-    let mut ws = tokio::net::TcpStream::connect(airlock.addr())
-        .await
-        .unwrap();
-    ws.write_all(
+    let (stream, head) = upgrade_head(
+        airlock.addr(),
         b"GET http://app.example.com/socket.io/?EIO=4 HTTP/1.1\r\nHost: app.example.com\r\n\
           Upgrade: websocket\r\nConnection: Upgrade\r\n\
           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     )
-    .await
-    .unwrap();
-    // The backend's first WebSocket message names the path it saw: one unmasked text
-    // frame after the 101's head.
-    let mut seen = Vec::new();
-    let mut greeting = None;
-    for _ in 0..20 {
-        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-            let frame = &seen[end + 4..];
-            if frame.len() >= 2 && frame.len() >= 2 + usize::from(frame[1]) {
-                assert!(seen.starts_with(b"HTTP/1.1 101"), "{seen:?}");
-                assert_eq!(frame[0], 0x81, "a text frame");
-                greeting = Some(
-                    String::from_utf8_lossy(&frame[2..2 + usize::from(frame[1])]).into_owned(),
-                );
-                break;
-            }
-        }
-        let mut buf = [0; 1024];
-        let n = tokio::time::timeout(crate::support::WAIT, ws.read(&mut buf))
-            .await
-            .expect("the 101 and the greeting in time")
-            .unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
-    assert_eq!(greeting.as_deref(), Some("path:/socket.io/?EIO=4"));
+    .await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    // The backend's first WebSocket message names the path it saw.
+    let mut ws = WebSocketStream::from_raw_socket(stream, Role::Client, None).await;
+    let greeting = tokio::time::timeout(crate::support::WAIT, ws.next())
+        .await
+        .expect("the greeting in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(greeting.to_text().unwrap(), "path:/socket.io/?EIO=4");
 }

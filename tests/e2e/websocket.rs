@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use crate::support::client::close_ws;
-use crate::support::client::{read_all, status_of};
+use crate::support::client::{read_all, status_of, upgrade_head};
 use crate::support::{Airlock, Backend, WAIT, single_route};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -347,21 +347,6 @@ async fn send_last(stream: &mut TcpStream, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-/// Send `RAW_UPGRADE` and read the response head byte by byte.
-async fn raw_upgrade(addr: std::net::SocketAddr) -> (TcpStream, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(RAW_UPGRADE).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        match tokio::time::timeout(WAIT, stream.read_exact(&mut byte)).await {
-            Ok(Ok(_)) => head.push(byte[0]),
-            _ => break,
-        }
-    }
-    (stream, String::from_utf8_lossy(&head).into_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_101_in_pieces_with_bytes_right_behind_it_loses_nothing() {
     let (upstream, mut heads) = scripted_upstream(
@@ -373,7 +358,7 @@ async fn a_101_in_pieces_with_bytes_right_behind_it_loses_nothing() {
     )
     .await;
     let airlock = Airlock::start(&single_route(&[upstream], "", ""));
-    let (mut stream, head) = raw_upgrade(airlock.addr()).await;
+    let (mut stream, head) = upgrade_head(airlock.addr(), RAW_UPGRADE).await;
     assert_eq!(status_of(&head), 101, "{head}");
     let head = head.to_ascii_lowercase();
     assert!(
@@ -410,7 +395,7 @@ async fn a_101_with_more_headers_than_the_fast_path_takes_still_opens_the_tunnel
     ], false)
     .await;
     let airlock = Airlock::start(&single_route(&[upstream], "", ""));
-    let (mut stream, head) = raw_upgrade(airlock.addr()).await;
+    let (mut stream, head) = upgrade_head(airlock.addr(), RAW_UPGRADE).await;
     assert_eq!(status_of(&head), 101, "{head}");
     assert!(head.to_ascii_lowercase().contains("x-h89: v89"), "{head}");
     stream.write_all(b"ping").await.unwrap();
@@ -426,7 +411,7 @@ async fn upstream_answers_other_than_101_are_relayed_or_refused_with_502() {
     ];
     let (upstream, _heads) = scripted_upstream(chunked, false).await;
     let airlock = Airlock::start(&single_route(&[upstream], "", ""));
-    let (mut stream, head) = raw_upgrade(airlock.addr()).await;
+    let (mut stream, head) = upgrade_head(airlock.addr(), RAW_UPGRADE).await;
     assert_eq!(status_of(&head), 403, "{head}");
     assert!(
         head.to_ascii_lowercase().contains("x-why: policy"),
@@ -446,7 +431,7 @@ async fn upstream_answers_other_than_101_are_relayed_or_refused_with_502() {
     ] {
         let (upstream, _heads) = scripted_upstream(reply, true).await;
         let airlock = Airlock::start(&single_route(&[upstream], "", ""));
-        let (_stream, head) = raw_upgrade(airlock.addr()).await;
+        let (_stream, head) = upgrade_head(airlock.addr(), RAW_UPGRADE).await;
         assert_eq!(status_of(&head), 502, "{what}: {head}");
         let failed = airlock
             .wait_for_log("the failure", |v| v["http.response.status_code"] == 502)

@@ -24,6 +24,22 @@ pub async fn read_all(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Send a raw upgrade request and read the response head byte by byte, leaving what
+/// follows it on the stream.
+pub async fn upgrade_head(addr: SocketAddr, request: &[u8]) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(WAIT, stream.read_exact(&mut byte)).await {
+            Ok(Ok(_)) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
 /// The status code in a raw HTTP/1.1 response.
 pub fn status_of(raw: &str) -> u16 {
     raw.split_whitespace()
