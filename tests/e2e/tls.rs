@@ -322,6 +322,20 @@ async fn alpn_h2_serves_plain_requests_and_hsts_is_on_every_response() {
         assert_eq!(seen["headers"]["host"], "a.test", "{seen}");
         assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{seen}");
     }
+    // A WebSocket's `101` carries it in place of the upstream's own.
+    let tls = connect(airlock.addr(), "a.test", certs.ca.client(&["http/1.1"]))
+        .await
+        .unwrap();
+    let (ws, response) = tokio_tungstenite::client_async("wss://a.test/ws", tls)
+        .await
+        .expect("WebSocket handshake");
+    let sts: Vec<_> = response
+        .headers()
+        .get_all("strict-transport-security")
+        .iter()
+        .collect();
+    assert_eq!(sts, ["max-age=63072000; includeSubDomains"]);
+    crate::support::client::close_ws(ws).await;
     // Errors carry it too.
     drop(airlock);
     let airlock = Airlock::start(&certs.config(

@@ -386,6 +386,37 @@ async fn a_101_in_pieces_with_bytes_right_behind_it_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_reaches_the_client_without_its_hop_by_hop_headers() {
+    let (upstream, _heads) = scripted_upstream(
+        vec![
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: raw-echo\r\nConnection: Upgrade, X-Hop\r\n\
+              X-Hop: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n\
+              X-End: Kept As Sent\r\n\r\n"
+                .to_vec(),
+        ],
+        false,
+    )
+    .await;
+    let airlock = Airlock::start(&single_route(&[upstream], "", ""));
+    let (mut stream, head) = upgrade_head(airlock.addr(), RAW_UPGRADE).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    let lines: Vec<String> = head
+        .lines()
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(|l| l.to_ascii_lowercase())
+        .collect();
+    let mut names: Vec<&str> = lines.iter().filter_map(|l| l.split(':').next()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["connection", "upgrade", "x-end"], "{head}");
+    assert!(head.contains(": Kept As Sent\r\n"), "{head}");
+    assert!(lines.contains(&"connection: upgrade".to_string()), "{head}");
+    assert!(lines.contains(&"upgrade: raw-echo".to_string()), "{head}");
+    stream.write_all(b"ping").await.unwrap();
+    assert_eq!(read_exactly(&mut stream, 4).await, b"ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_101_with_more_headers_than_the_fast_path_takes_still_opens_the_tunnel() {
     // 64 is the fast path's limit, 100 hyper's.
     let many: String = (0..90).map(|i| format!("X-H{i}: v{i}\r\n")).collect();

@@ -24,7 +24,7 @@ use crate::body::ProxyBody;
 use crate::handler::{ConnCtx, handle};
 use crate::stream::{Prefixed, Stream};
 use crate::tunnel::Endpoint;
-use crate::upgrade::ClientSide;
+use crate::upgrade::{ClientSide, Switch};
 
 /// hyper's default limit on the number of request headers; a head with more goes to
 /// hyper, which refuses it.
@@ -76,19 +76,23 @@ pub async fn serve(
         return None;
     };
 
-    let mut tunnel = None;
+    let mut switch = None;
     let response = tokio::select! {
-        response = handle(request, ClientSide::Direct(&mut tunnel), conn.clone()) => response,
+        response = handle(request, ClientSide::Direct(&mut switch), conn.clone()) => response,
         _ = conn.drain.force.cancelled() => return None,
     };
-    let (Some(tunnel), StatusCode::SWITCHING_PROTOCOLS) = (tunnel, response.status()) else {
+    let (Some(Switch { tunnel, lines }), StatusCode::SWITCHING_PROTOCOLS) =
+        (switch, response.status())
+    else {
         // hyper reads the head again and sends this answer in its place.
         let stream = replaying(raw, after_head, stream);
         crate::serve::serve_hyper(stream, conn, Some(response)).await;
         return None;
     };
     let write = async {
-        stream.write_all(&encode_response_head(&response)).await?;
+        stream
+            .write_all(&encode_response_head(&lines, &response))
+            .await?;
         stream.flush().await
     };
     if let Err(e) = write.await {
@@ -222,10 +226,11 @@ impl Found {
     }
 }
 
-/// The status line and headers of a `101`, as hyper writes them.
-fn encode_response_head(response: &Response<ProxyBody>) -> Vec<u8> {
+/// The status line and headers of a `101` (the upstream's lines, then the response's
+/// own headers), as hyper writes them.
+fn encode_response_head(lines: &[u8], response: &Response<ProxyBody>) -> Vec<u8> {
     let status_line: [&[u8]; 1] = [b"HTTP/1.1 101 Switching Protocols"];
-    crate::headers::encode_head(&status_line, response.headers())
+    crate::headers::encode_head(&status_line, lines, response.headers())
 }
 
 #[cfg(test)]
@@ -289,8 +294,8 @@ mod tests {
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         assert_eq!(
-            encode_response_head(&response),
-            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+            encode_response_head(b"x-up: 1\r\n", &response),
+            b"HTTP/1.1 101 Switching Protocols\r\nx-up: 1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
         );
     }
 }

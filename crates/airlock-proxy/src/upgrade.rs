@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use http::header::{HeaderValue, UPGRADE};
+use http::header::{self, HeaderValue, UPGRADE};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -21,7 +21,7 @@ use crate::route::Route;
 use crate::stream::Stream;
 use crate::tunnel::{self, Endpoint, Limits};
 use crate::upstream::{ActiveGuard, Pool, Server};
-use crate::upstream_upgrade::{self, Answer};
+use crate::upstream_upgrade::{self, Answer, HeadForm, SwitchHead};
 use crate::{h2_websocket, headers};
 
 /// Where an upgrade goes.
@@ -41,7 +41,15 @@ pub enum ClientSide<'a> {
     Hyper(OnUpgrade),
     /// airlock read the request head itself (see `direct_upgrade`): the tunnel is left
     /// here, for the caller to run once it has written the `101`.
-    Direct(&'a mut Option<Tunnel>),
+    Direct(&'a mut Option<Switch>),
+}
+
+/// An upgrade accepted for a client that airlock answers itself.
+pub struct Switch {
+    pub tunnel: Tunnel,
+    /// Header lines from the upstream's `101`, for the client (hop-by-hop headers
+    /// removed), to go before the response's own headers; `headers::switch_lines`.
+    pub lines: Vec<u8>,
 }
 
 pub async fn forward(
@@ -71,8 +79,20 @@ pub async fn forward(
     // A request without a body (every WebSocket handshake) takes the direct path; hyper
     // sends the rare upgrade request that has one, and reads every answer but a 101.
     let sent = if hyper::body::Body::is_end_stream(req.body()) {
-        match upstream_upgrade::exchange(stream, &req).await {
-            Ok(Answer::Switched(parts, endpoint)) => Ok((parts, UpstreamEnd::Ready(endpoint))),
+        // A client airlock answers itself gets the upstream's header lines as they are,
+        // filtered; `handle` then sets Strict-Transport-Security, so the upstream's goes.
+        let form = match client {
+            ClientSide::Direct(_) => HeadForm::Lines {
+                drop: conn
+                    .listener
+                    .hsts
+                    .as_ref()
+                    .map(|_| &header::STRICT_TRANSPORT_SECURITY),
+            },
+            ClientSide::Hyper(_) => HeadForm::Map,
+        };
+        match upstream_upgrade::exchange(stream, &req, form).await {
+            Ok(Answer::Switched(head, endpoint)) => Ok((head, UpstreamEnd::Ready(endpoint))),
             Ok(Answer::Other(replay)) => Err(hyper_exchange(replay, req).await),
             Err(source) => {
                 let err = ProxyError::UpstreamIo {
@@ -86,7 +106,7 @@ pub async fn forward(
     } else {
         Err(hyper_exchange(stream, req).await)
     };
-    let (mut parts, upstream_end) = match sent {
+    let (head, upstream_end) = match sent {
         Ok(switched) => switched,
         Err(answer) => {
             let mut response = match answer {
@@ -107,20 +127,31 @@ pub async fn forward(
                 ));
             }
             let upgrade = hyper::upgrade::on(&mut response);
-            (response.into_parts().0, UpstreamEnd::Pending(upgrade))
+            let parts = response.into_parts().0;
+            (SwitchHead::Map(parts), UpstreamEnd::Pending(upgrade))
         }
     };
     log.header_time = Some(started.elapsed());
 
-    // An HTTP/1.1 client gets the upgrade pair back; over HTTP/2 there is none.
-    let protocol = match h2_websocket_key {
-        None => parts.headers.get(UPGRADE).cloned(),
-        Some(_) => None,
+    let (parts, lines) = match head {
+        SwitchHead::Map(mut parts) => {
+            // An HTTP/1.1 client gets the upgrade pair back; over HTTP/2 there is none.
+            let protocol = match h2_websocket_key {
+                None => parts.headers.get(UPGRADE).cloned(),
+                Some(_) => None,
+            };
+            headers::remove_hop_by_hop(&mut parts.headers, protocol);
+            if let Some(key) = &h2_websocket_key {
+                h2_websocket::into_stream_response(&mut parts, key, &server.addr)?;
+            }
+            (parts, Vec::new())
+        }
+        SwitchHead::Lines(lines) => {
+            let (mut parts, ()) = Response::new(()).into_parts();
+            parts.status = StatusCode::SWITCHING_PROTOCOLS;
+            (parts, lines)
+        }
     };
-    headers::remove_hop_by_hop(&mut parts.headers, protocol);
-    if let Some(key) = &h2_websocket_key {
-        h2_websocket::into_stream_response(&mut parts, key, &server.addr)?;
-    }
 
     let tunnel = Tunnel {
         upstream: upstream_end,
@@ -130,7 +161,7 @@ pub async fn forward(
         conn: conn.clone(),
     };
     match client {
-        ClientSide::Direct(slot) => *slot = Some(tunnel),
+        ClientSide::Direct(slot) => *slot = Some(Switch { tunnel, lines }),
         ClientSide::Hyper(client) => {
             let tunnel = async move {
                 match client.await {

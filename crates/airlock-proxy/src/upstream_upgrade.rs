@@ -30,13 +30,34 @@ const MAX_HEADERS: usize = 64;
 /// What the upstream answered.
 pub enum Answer {
     /// `101`: the response head, and the upstream end of the tunnel.
-    Switched(http::response::Parts, Endpoint),
+    Switched(SwitchHead, Endpoint),
     /// Anything else. The request has been written; `stream` replays what was read.
     Other(Replay),
 }
 
+/// The form a `101`'s headers are wanted in.
+#[derive(Clone, Copy)]
+pub enum HeadForm<'a> {
+    /// A header map, as hyper's server writes it (HTTP/2 clients, and upgrades that are
+    /// not a connection's first request), untouched.
+    Map,
+    /// Header lines for an HTTP/1.1 client that airlock answers itself, hop-by-hop
+    /// headers and `drop` already removed: see [`crate::headers::switch_lines`].
+    Lines { drop: Option<&'a HeaderName> },
+}
+
+/// The headers of a `101`, in the form asked for.
+pub enum SwitchHead {
+    Map(http::response::Parts),
+    Lines(Vec<u8>),
+}
+
 /// Send the head of `req` (which must have no body) and read the answer's head.
-pub async fn exchange(stream: Stream, req: &Request<ProxyBody>) -> io::Result<Answer> {
+pub async fn exchange(
+    stream: Stream,
+    req: &Request<ProxyBody>,
+    form: HeadForm<'_>,
+) -> io::Result<Answer> {
     let mut stream = stream;
     stream.write_all(&encode_head(req)).await?;
     let mut buf = BytesMut::with_capacity(4096);
@@ -44,11 +65,11 @@ pub async fn exchange(stream: Stream, req: &Request<ProxyBody>) -> io::Result<An
         if stream.read_buf(&mut buf).await? == 0 {
             break;
         }
-        match parse_switch(&buf) {
-            Parsed::Switched(parts, head_len) => {
+        match parse_switch(&buf, form) {
+            Parsed::Switched(head, head_len) => {
                 let already_read = buf.split_off(head_len).freeze();
                 return Ok(Answer::Switched(
-                    parts,
+                    head,
                     Endpoint {
                         stream,
                         already_read,
@@ -72,19 +93,19 @@ fn encode_head(req: &Request<ProxyBody>) -> Vec<u8> {
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let method = req.method().as_str().as_bytes();
     let start_line: [&[u8]; 4] = [method, b" ", target.as_bytes(), b" HTTP/1.1"];
-    crate::headers::encode_head(&start_line, req.headers())
+    crate::headers::encode_head(&start_line, b"", req.headers())
 }
 
 enum Parsed {
     /// A complete, valid `101` head of this many bytes.
-    Switched(http::response::Parts, usize),
+    Switched(SwitchHead, usize),
     /// Not complete yet.
     Partial,
     /// Complete but not a `101`, or not something this path handles.
     Other,
 }
 
-fn parse_switch(buf: &[u8]) -> Parsed {
+fn parse_switch(buf: &[u8], form: HeadForm<'_>) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(buf) {
@@ -94,6 +115,12 @@ fn parse_switch(buf: &[u8]) -> Parsed {
     };
     if response.code != Some(101) || response.version != Some(1) {
         return Parsed::Other;
+    }
+    if let HeadForm::Lines { drop } = form {
+        return match crate::headers::switch_lines(response.headers, drop) {
+            Some(lines) => Parsed::Switched(SwitchHead::Lines(lines), head_len),
+            None => Parsed::Other,
+        };
     }
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = StatusCode::SWITCHING_PROTOCOLS;
@@ -107,7 +134,7 @@ fn parse_switch(buf: &[u8]) -> Parsed {
         };
         parts.headers.append(name, value);
     }
-    Parsed::Switched(parts, head_len)
+    Parsed::Switched(SwitchHead::Map(parts), head_len)
 }
 
 /// The upstream connection after the request head was written: reads give back the bytes
@@ -171,7 +198,7 @@ mod tests {
     #[test]
     fn a_101_head_is_parsed_and_what_follows_is_left() {
         let wire = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02hi";
-        let Parsed::Switched(parts, n) = parse_switch(wire) else {
+        let Parsed::Switched(SwitchHead::Map(parts), n) = parse_switch(wire, HeadForm::Map) else {
             panic!("not parsed as a 101");
         };
         assert_eq!(parts.status, StatusCode::SWITCHING_PROTOCOLS);
@@ -184,9 +211,24 @@ mod tests {
     }
 
     #[test]
+    fn a_101_for_an_http1_client_becomes_its_header_lines() {
+        let wire = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nStrict-Transport-Security: max-age=1\r\n\r\n\x81";
+        let sts = http::header::STRICT_TRANSPORT_SECURITY;
+        let form = HeadForm::Lines { drop: Some(&sts) };
+        let Parsed::Switched(SwitchHead::Lines(lines), n) = parse_switch(wire, form) else {
+            panic!("not parsed as a 101");
+        };
+        assert_eq!(
+            String::from_utf8(lines).unwrap(),
+            "sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+        );
+        assert_eq!(&wire[n..], b"\x81");
+    }
+
+    #[test]
     fn everything_else_is_left_to_hyper() {
         assert!(matches!(
-            parse_switch(b"HTTP/1.1 101 Switching"),
+            parse_switch(b"HTTP/1.1 101 Switching", HeadForm::Map),
             Parsed::Partial
         ));
         for other in [
@@ -195,12 +237,20 @@ mod tests {
             b"HTTP/1.1 101 OK\r\nbad header\r\n\r\n",
             b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
         ] {
-            assert!(matches!(parse_switch(other), Parsed::Other), "{other:?}");
+            for form in [HeadForm::Map, HeadForm::Lines { drop: None }] {
+                assert!(
+                    matches!(parse_switch(other, form), Parsed::Other),
+                    "{other:?}"
+                );
+            }
         }
         let many: String = (0..MAX_HEADERS + 1)
             .map(|i| format!("x-{i}: y\r\n"))
             .collect();
         let head = format!("HTTP/1.1 101 Switching Protocols\r\n{many}\r\n");
-        assert!(matches!(parse_switch(head.as_bytes()), Parsed::Other));
+        assert!(matches!(
+            parse_switch(head.as_bytes(), HeadForm::Map),
+            Parsed::Other
+        ));
     }
 }

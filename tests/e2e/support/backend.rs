@@ -212,6 +212,11 @@ fn websocket(mut req: Request<Incoming>) -> Response<Body> {
     }
     r.headers_mut()
         .insert("x-backend-says", "hello".parse().unwrap());
+    // Its own, which a listener with `hsts` replaces.
+    r.headers_mut().insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        "max-age=1".parse().unwrap(),
+    );
     r
 }
 
