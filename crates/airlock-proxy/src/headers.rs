@@ -19,12 +19,12 @@ static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
 /// Whether `Connection` lists `token` (case-insensitive, comma-separated, any number of
 /// `Connection` lines).
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    // As bytes: a token is ASCII, and `str::trim` would decode every character.
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// The protocol an HTTP/1.1 request asks to upgrade to: `Upgrade` is present and
