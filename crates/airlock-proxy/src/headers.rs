@@ -5,26 +5,42 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 const HOP_BY_HOP_COUNT: usize = 6;
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
-/// obsolete ones proxies still see in the wild. A `static`, not a `const`: each use of a
-/// `const` array builds it anew, and dropping its custom names is not free.
-static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
-    header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// obsolete ones proxies still see in the wild.
+const HOP_BY_HOP_NAMES: [&str; HOP_BY_HOP_COUNT] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "transfer-encoding",
+    "upgrade",
 ];
+
+/// The same names as `HeaderName`s, for the header map. A `static`, not a `const`: each
+/// use of a `const` array builds it anew, and dropping its custom names is not free.
+static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = {
+    const fn name(i: usize) -> HeaderName {
+        HeaderName::from_static(HOP_BY_HOP_NAMES[i])
+    }
+    [name(0), name(1), name(2), name(3), name(4), name(5)]
+};
+
+/// The comma-separated tokens of `Connection` values (any number of lines), trimmed.
+/// As bytes: a token is ASCII, and `str::trim` would decode every character.
+fn connection_tokens<'a>(
+    values: impl IntoIterator<Item = &'a [u8]>,
+) -> impl Iterator<Item = &'a [u8]> {
+    values
+        .into_iter()
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+}
 
 /// Whether `Connection` lists `token` (case-insensitive, comma-separated, any number of
 /// `Connection` lines).
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    // As bytes: a token is ASCII, and `str::trim` would decode every character.
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    let values = headers.get_all(header::CONNECTION).into_iter();
+    connection_tokens(values.map(HeaderValue::as_bytes))
+        .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// The protocol an HTTP/1.1 request asks to upgrade to: `Upgrade` is present and
@@ -50,15 +66,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) 
     // Only the names `Connection` adds to the standard set are collected: usually none
     // (`upgrade`, `keep-alive`, `close`), and then nothing is allocated.
     let mut named: Vec<HeaderName> = Vec::new();
-    let tokens = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim);
-    for token in tokens {
+    let values = headers.get_all(header::CONNECTION).into_iter();
+    for token in connection_tokens(values.map(HeaderValue::as_bytes)) {
         if !is_standard_token(token)
-            && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+            && let Ok(name) = HeaderName::from_bytes(token)
         {
             named.push(name);
         }
@@ -82,21 +93,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) 
 
 /// Whether a `Connection` token is `close` or names a header of the standard hop-by-hop
 /// set (which is removed anyway).
-fn is_standard_token(token: &str) -> bool {
-    token.eq_ignore_ascii_case("close") || is_hop_by_hop(token)
+fn is_standard_token(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"close") || is_hop_by_hop(token)
 }
 
-fn is_hop_by_hop(name: &str) -> bool {
-    // The names as `str`s: `HeaderName::as_str` is a lookup of its own, each time.
-    const NAMES: [&str; HOP_BY_HOP_COUNT] = [
-        "connection",
-        "proxy-connection",
-        "keep-alive",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-    ];
-    NAMES.iter().any(|h| name.eq_ignore_ascii_case(h))
+/// By the `str` names: `HeaderName::as_str` is a lookup of its own, each time.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP_NAMES
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
 /// The header lines of an upstream's `101` as an HTTP/1.1 client gets them, taken from
@@ -111,13 +116,11 @@ pub fn switch_lines(
 ) -> Option<Vec<u8>> {
     let also_drop = also_drop.map(HeaderName::as_str);
     let named = || {
-        headers
+        let values = headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .filter_map(|h| std::str::from_utf8(h.value).ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|token| !is_standard_token(token))
+            .map(|h| h.value);
+        connection_tokens(values).filter(|token| !is_standard_token(token))
     };
     let mut lines = Vec::with_capacity(
         headers
@@ -139,9 +142,9 @@ pub fn switch_lines(
         if protocol.is_none() && h.name.eq_ignore_ascii_case("upgrade") {
             protocol = Some(h.value);
         }
-        if is_hop_by_hop(h.name)
+        if is_hop_by_hop(h.name.as_bytes())
             || also_drop.is_some_and(|d| h.name.eq_ignore_ascii_case(d))
-            || (any_named && named().any(|token| token.eq_ignore_ascii_case(h.name)))
+            || (any_named && named().any(|token| token.eq_ignore_ascii_case(h.name.as_bytes())))
         {
             continue;
         }
@@ -214,10 +217,10 @@ mod tests {
     #[test]
     fn the_hop_by_hop_names_are_the_standard_set() {
         for name in &HOP_BY_HOP {
-            assert!(is_hop_by_hop(name.as_str()), "{name}");
+            assert!(is_hop_by_hop(name.as_str().as_bytes()), "{name}");
         }
-        assert!(is_hop_by_hop("Keep-Alive"));
-        assert!(!is_hop_by_hop("sec-websocket-accept"));
+        assert!(is_hop_by_hop(b"Keep-Alive"));
+        assert!(!is_hop_by_hop(b"sec-websocket-accept"));
     }
 
     #[test]
