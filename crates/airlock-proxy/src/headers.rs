@@ -110,11 +110,7 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
 /// `connection: upgrade` and the upstream's `Upgrade`. This is what [`remove_hop_by_hop`]
 /// with the upstream's protocol, then [`encode_head`], make of the same headers, for about
 /// half the work. `None` if a value is not a valid header value.
-pub fn switch_lines(
-    headers: &[httparse::Header<'_>],
-    also_drop: Option<&HeaderName>,
-) -> Option<Vec<u8>> {
-    let also_drop = also_drop.map(HeaderName::as_str);
+pub fn switch_lines(headers: &[httparse::Header<'_>], also_drop: Option<&str>) -> Option<Vec<u8>> {
     let named = || {
         let values = headers
             .iter()

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue, UPGRADE};
+use http::header::{HeaderValue, UPGRADE};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -83,11 +83,7 @@ pub async fn forward(
         // filtered; `handle` then sets Strict-Transport-Security, so the upstream's goes.
         let form = match client {
             ClientSide::Direct(_) => HeadForm::Lines {
-                drop: conn
-                    .listener
-                    .hsts
-                    .as_ref()
-                    .map(|_| &header::STRICT_TRANSPORT_SECURITY),
+                drop_hsts: conn.listener.hsts.is_some(),
             },
             ClientSide::Hyper(_) => HeadForm::Map,
         };

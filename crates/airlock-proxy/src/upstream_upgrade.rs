@@ -37,13 +37,14 @@ pub enum Answer {
 
 /// The form a `101`'s headers are wanted in.
 #[derive(Clone, Copy)]
-pub enum HeadForm<'a> {
+pub enum HeadForm {
     /// A header map, as hyper's server writes it (HTTP/2 clients, and upgrades that are
     /// not a connection's first request), untouched.
     Map,
     /// Header lines for an HTTP/1.1 client that airlock answers itself, hop-by-hop
-    /// headers and `drop` already removed: see [`crate::headers::switch_lines`].
-    Lines { drop: Option<&'a HeaderName> },
+    /// headers already removed (see [`crate::headers::switch_lines`]), and the upstream's
+    /// `Strict-Transport-Security` too with `drop_hsts` (the listener sets its own).
+    Lines { drop_hsts: bool },
 }
 
 /// The headers of a `101`, in the form asked for.
@@ -56,7 +57,7 @@ pub enum SwitchHead {
 pub async fn exchange(
     stream: Stream,
     req: &Request<ProxyBody>,
-    form: HeadForm<'_>,
+    form: HeadForm,
 ) -> io::Result<Answer> {
     let mut stream = stream;
     stream.write_all(&encode_head(req)).await?;
@@ -105,7 +106,7 @@ enum Parsed {
     Other,
 }
 
-fn parse_switch(buf: &[u8], form: HeadForm<'_>) -> Parsed {
+fn parse_switch(buf: &[u8], form: HeadForm) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(buf) {
@@ -116,7 +117,8 @@ fn parse_switch(buf: &[u8], form: HeadForm<'_>) -> Parsed {
     if response.code != Some(101) || response.version != Some(1) {
         return Parsed::Other;
     }
-    if let HeadForm::Lines { drop } = form {
+    if let HeadForm::Lines { drop_hsts } = form {
+        let drop = drop_hsts.then_some(http::header::STRICT_TRANSPORT_SECURITY.as_str());
         return match crate::headers::switch_lines(response.headers, drop) {
             Some(lines) => Parsed::Switched(SwitchHead::Lines(lines), head_len),
             None => Parsed::Other,
@@ -213,8 +215,7 @@ mod tests {
     #[test]
     fn a_101_for_an_http1_client_becomes_its_header_lines() {
         let wire = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nStrict-Transport-Security: max-age=1\r\n\r\n\x81";
-        let sts = http::header::STRICT_TRANSPORT_SECURITY;
-        let form = HeadForm::Lines { drop: Some(&sts) };
+        let form = HeadForm::Lines { drop_hsts: true };
         let Parsed::Switched(SwitchHead::Lines(lines), n) = parse_switch(wire, form) else {
             panic!("not parsed as a 101");
         };
@@ -237,7 +238,7 @@ mod tests {
             b"HTTP/1.1 101 OK\r\nbad header\r\n\r\n",
             b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
         ] {
-            for form in [HeadForm::Map, HeadForm::Lines { drop: None }] {
+            for form in [HeadForm::Map, HeadForm::Lines { drop_hsts: false }] {
                 assert!(
                     matches!(parse_switch(other, form), Parsed::Other),
                     "{other:?}"
