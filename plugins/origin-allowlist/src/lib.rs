@@ -26,7 +26,7 @@ struct Config {
     allow_missing: bool,
 }
 
-/// A parsed allowlist entry.
+/// A parsed allowlist entry, in lower case.
 #[derive(Debug, PartialEq)]
 struct Pattern {
     scheme: String,
@@ -42,28 +42,42 @@ pub struct Policy {
     allow_missing: bool,
 }
 
-/// An origin split into scheme, lowercase host and port (default port filled in).
-fn parse_origin(origin: &str) -> Option<(String, String, u16)> {
-    let (scheme, rest) = origin.split_once("://")?;
-    let scheme = scheme.to_ascii_lowercase();
-    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+/// An origin split into scheme, host and port (the scheme's default port filled in), as
+/// slices of `origin` in the case it was written: compare them ignoring ASCII case. An
+/// IPv6 host keeps its brackets (`[::1]`).
+///
+/// Nothing is allocated: this runs on every handshake, and in a Wasm guest each
+/// allocation is a call into its allocator.
+fn parse_origin(origin: &str) -> Option<(&str, &str, u16)> {
+    let colon = origin.find(':')?;
+    let (scheme, rest) = (&origin[..colon], origin[colon..].strip_prefix("://")?);
+    if rest.is_empty() || rest.bytes().any(|b| matches!(b, b'/' | b'?' | b'#' | b'@')) {
         return None;
     }
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (h, p.parse().ok()?),
-        _ => (rest, default_port(&scheme)?),
+    // The host ends at the last `:`, unless that `:` is inside an IPv6 literal's brackets.
+    let host_end = match rest.rfind(':') {
+        Some(i) if !rest.starts_with('[') || rest[..i].ends_with(']') => i,
+        _ => rest.len(),
     };
-    if host.is_empty() {
+    let (host, port) = rest.split_at(host_end);
+    let port = match port.strip_prefix(':') {
+        Some(digits) => digits.parse().ok()?,
+        None => default_port(scheme)?,
+    };
+    if host.is_empty() || host.starts_with('[') != host.ends_with(']') {
         return None;
     }
-    Some((scheme, host.to_ascii_lowercase(), port))
+    Some((scheme, host, port))
 }
 
 fn default_port(scheme: &str) -> Option<u16> {
-    match scheme {
-        "https" | "wss" => Some(443),
-        "http" | "ws" => Some(80),
-        _ => None,
+    let is = |name: &str| scheme.eq_ignore_ascii_case(name);
+    if is("https") || is("wss") {
+        Some(443)
+    } else if is("http") || is("ws") {
+        Some(80)
+    } else {
+        None
     }
 }
 
@@ -81,6 +95,7 @@ impl Policy {
                 let (scheme, host, port) = parse_origin(entry).ok_or_else(|| {
                     format!("invalid origin {entry:?} in `allow`; write scheme://host[:port], like \"https://app.example.com\" or \"https://*.example.com\"")
                 })?;
+                let (scheme, host) = (scheme.to_ascii_lowercase(), host.to_ascii_lowercase());
                 match host.strip_prefix('*') {
                     Some(suffix) if suffix.starts_with('.') && suffix.len() > 1 && !suffix[1..].contains('*') => {
                         Ok(Pattern { scheme, host: suffix.to_string(), wildcard: true, port })
@@ -105,12 +120,15 @@ impl Policy {
             return false;
         };
         self.patterns.iter().any(|p| {
-            p.scheme == scheme
+            p.scheme.eq_ignore_ascii_case(scheme)
                 && p.port == port
                 && if p.wildcard {
-                    host.len() > p.host.len() && host.ends_with(&p.host)
+                    // Bytes: the suffix's start need not be a character boundary.
+                    let host = host.as_bytes();
+                    host.len() > p.host.len()
+                        && host[host.len() - p.host.len()..].eq_ignore_ascii_case(p.host.as_bytes())
                 } else {
-                    p.host == host
+                    p.host.eq_ignore_ascii_case(host)
                 }
         })
     }
@@ -175,10 +193,47 @@ mod tests {
     }
 
     #[test]
+    fn origins_are_split_without_changing_case() {
+        assert_eq!(
+            parse_origin("HTTPS://App.Example.COM"),
+            Some(("HTTPS", "App.Example.COM", 443))
+        );
+        assert_eq!(parse_origin("ws://a.com:8080"), Some(("ws", "a.com", 8080)));
+        assert_eq!(parse_origin("https://[::1]"), Some(("https", "[::1]", 443)));
+        assert_eq!(
+            parse_origin("http://[::1]:8080"),
+            Some(("http", "[::1]", 8080))
+        );
+        for bad in [
+            "null",
+            "https://",
+            "https://a.com/",
+            "https://a.com?x",
+            "https://u@a.com",
+            "https://a.com:",
+            "https://a.com:99999",
+            "https://[::1",
+            "ftp://a.com",
+            "a:b://a.com:80",
+        ] {
+            assert_eq!(parse_origin(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ipv6_origins_match() {
+        let p = policy(&["http://[::1]:8080", "https://[::1]"]);
+        assert!(p.admits(Some("http://[::1]:8080")));
+        assert!(p.admits(Some("https://[::1]:443")));
+        assert!(!p.admits(Some("https://[::2]")));
+    }
+
+    #[test]
     fn wildcards_match_subdomains_only() {
         let p = policy(&["https://*.example.com"]);
         assert!(p.admits(Some("https://a.example.com")));
         assert!(p.admits(Some("https://a.b.example.com")));
+        assert!(p.admits(Some("HTTPS://A.Example.COM")));
         assert!(!p.admits(Some("https://example.com")));
         assert!(!p.admits(Some("https://example.com.evil.net")));
         assert!(!p.admits(Some("https://evilexample.com")));
