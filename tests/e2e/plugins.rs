@@ -357,7 +357,7 @@ fn a_call_waits_for_a_busy_instance_up_to_the_timeout() {
         let plugin = slow_plugin(timeout);
         let call = || {
             let started = std::time::Instant::now();
-            let result = plugin.call(&mut handshake()).map(|_| ());
+            let result = plugin.call(&handshake()).map(|_| ());
             (result, started.elapsed())
         };
         std::thread::scope(|s| {
@@ -422,7 +422,7 @@ fn slow_plugin(timeout: Duration) -> airlock_plugins::Plugin {
     Plugin::load(&host, &wasm, settings).unwrap()
 }
 
-fn handshake() -> airlock_plugins::Handshake {
+fn handshake() -> airlock_plugins::Handshake<'static> {
     airlock_plugins::Handshake {
         id: "1".into(),
         method: "GET".into(),

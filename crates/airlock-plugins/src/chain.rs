@@ -1,6 +1,7 @@
 //! A route's plugins, run in order. Each sees the request as changed by the ones before
 //! it; the first rejection ends the chain; a failing plugin follows its `on_error`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::error::CallError;
@@ -14,9 +15,9 @@ pub struct Chain {
 
 /// How a chain ended.
 #[derive(Debug)]
-pub enum ChainOutcome {
+pub enum ChainOutcome<'a> {
     /// Every plugin allowed (or failed with `on_error = "allow"`).
-    Allowed(Box<Allowed>),
+    Allowed(Box<Allowed<'a>>),
     /// A plugin rejected the request.
     Rejected {
         plugin: Arc<str>,
@@ -28,9 +29,9 @@ pub enum ChainOutcome {
 
 /// The request as the chain left it, and what it asked for beyond the request.
 #[derive(Debug)]
-pub struct Allowed {
+pub struct Allowed<'a> {
     /// The request with every plugin's changes applied.
-    pub request: Handshake,
+    pub request: Handshake<'a>,
     pub path_changed: bool,
     pub query_changed: bool,
     pub headers_changed: bool,
@@ -53,10 +54,10 @@ impl Chain {
     }
 
     /// Run every plugin on `request`.
-    pub fn run(&self, request: Handshake) -> ChainOutcome {
+    pub fn run<'a>(&self, request: Handshake<'a>) -> ChainOutcome<'a> {
         let mut allowed = Allowed::new(request);
         for plugin in &self.plugins {
-            let verdict = plugin.call(&mut allowed.request).and_then(check_verdict);
+            let verdict = plugin.call(&allowed.request).and_then(check_verdict);
             match verdict {
                 Ok(Verdict::Allow(mutations)) => {
                     if let Err(error) = allowed.apply(mutations) {
@@ -106,8 +107,8 @@ fn check_verdict(verdict: Verdict) -> Result<Verdict, CallError> {
     Ok(verdict)
 }
 
-impl Allowed {
-    fn new(request: Handshake) -> Self {
+impl<'a> Allowed<'a> {
+    fn new(request: Handshake<'a>) -> Self {
         Self {
             request,
             path_changed: false,
@@ -158,11 +159,11 @@ impl Allowed {
         }
 
         if let Some(path) = m.path {
-            self.request.path = path;
+            self.request.path = path.into();
             self.path_changed = true;
         }
         if let Some(query) = m.query {
-            self.request.query = (!query.is_empty()).then_some(query);
+            self.request.query = (!query.is_empty()).then_some(query.into());
             self.query_changed = true;
         }
         let offer_changed = m
@@ -179,7 +180,7 @@ impl Allowed {
         for (name, value) in m.set_headers {
             let name = name.to_ascii_lowercase();
             headers.retain(|(n, _)| *n != name);
-            headers.push((name, value));
+            headers.push((name.into(), value.into()));
             self.headers_changed = true;
         }
         if offer_changed {
@@ -188,11 +189,14 @@ impl Allowed {
                     .headers
                     .iter()
                     .filter(|(n, _)| n == "sec-websocket-protocol")
-                    .map(|(_, v)| v.as_str()),
-            );
+                    .map(|(_, v)| &**v),
+            )
+            .into_iter()
+            .map(|s| Cow::Owned(s.to_string()))
+            .collect();
         }
         if let Some(sub) = m.subprotocol {
-            self.request.subprotocols = vec![sub.clone()];
+            self.request.subprotocols = vec![sub.clone().into()];
             self.subprotocol = Some(sub);
         }
         if m.upstream.is_some() {
@@ -208,12 +212,11 @@ impl Allowed {
 }
 
 /// The subprotocols offered in `Sec-WebSocket-Protocol` header values, in order.
-pub fn offered_subprotocols<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
+pub fn offered_subprotocols<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     values
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(str::to_string)
         .collect()
 }
 
@@ -228,7 +231,7 @@ fn valid_header_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn request() -> Handshake {
+    fn request() -> Handshake<'static> {
         Handshake {
             id: "1".into(),
             method: "GET".into(),
@@ -298,8 +301,8 @@ mod tests {
         assert_eq!(a.request.query, None);
         assert_eq!(
             a.request.headers,
-            vec![
-                ("origin".to_string(), "https://app.example.com".to_string()),
+            [
+                ("origin".into(), "https://app.example.com".into()),
                 ("x-user".into(), "bob".into())
             ]
         );

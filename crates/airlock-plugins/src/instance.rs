@@ -10,6 +10,7 @@ use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::airlock::plugin::host::{self, Level};
+use crate::bindings::airlock::plugin::types::Handshake as WitHandshake;
 use crate::bindings::{HandshakePlugin, HandshakePluginPre};
 use crate::engine::{PluginHost, Running, Ticker};
 use crate::error::{CallError, PluginError};
@@ -195,47 +196,40 @@ impl InstancePool {
         }
     }
 
-    /// Call `on-handshake` with `request.headers` narrowed to the wanted ones; the
-    /// headers are as they were when this returns.
-    pub fn call(&self, request: &mut Handshake) -> Result<Verdict, CallError> {
-        self.with_wanted_headers(request, |request| self.call_warm(request))
+    /// Call `on-handshake` with `request.headers` narrowed to the wanted ones.
+    pub fn call(&self, request: &Handshake<'_>) -> Result<Verdict, CallError> {
+        self.with_wanted_headers(request, |record| self.call_warm(&request.id, record))
     }
 
-    pub fn call_fresh(&self, request: &mut Handshake) -> Result<Verdict, CallError> {
-        self.with_wanted_headers(request, |request| {
+    pub fn call_fresh(&self, request: &Handshake<'_>) -> Result<Verdict, CallError> {
+        self.with_wanted_headers(request, |record| {
             let mut instance = self
                 .create()
                 .map_err(|e| CallError::Instantiate(e.to_string()))?;
             let _running = self.arm(&mut instance.store);
             instance
                 .plugin
-                .call_on_handshake(&mut instance.store, request)
+                .call_on_handshake(&mut instance.store, record)
                 .map_err(|e| self.classify(e))
         })
     }
 
     fn with_wanted_headers<R>(
         &self,
-        request: &mut Handshake,
-        call: impl FnOnce(&Handshake) -> R,
+        request: &Handshake<'_>,
+        call: impl FnOnce(WitHandshake<'_>) -> R,
     ) -> R {
-        let Some(wanted) = &self.wanted else {
-            return call(request);
-        };
-        let all = std::mem::take(&mut request.headers);
-        request.headers = all
-            .iter()
-            .filter(|(name, _)| wanted.iter().any(|w| name.eq_ignore_ascii_case(w)))
-            .cloned()
-            .collect();
-        let result = call(request);
-        request.headers = all;
-        result
+        let wanted = self.wanted.as_deref();
+        let keep =
+            |name: &str| wanted.is_none_or(|w| w.iter().any(|w| name.eq_ignore_ascii_case(w)));
+        request.with_record(keep, call)
     }
 
-    fn call_warm(&self, request: &Handshake) -> Result<Verdict, CallError> {
+    fn call_warm(&self, id: &str, record: WitHandshake<'_>) -> Result<Verdict, CallError> {
         let mut instance = self.check_out()?;
-        instance.store.data_mut().request_id.clone_from(&request.id);
+        let request_id = &mut instance.store.data_mut().request_id;
+        request_id.clear();
+        request_id.push_str(id);
         let running = self.arm(&mut instance.store);
         // A host function can panic on the guest's behalf (wasmtime-wasi's blocking stream
         // calls do when a guest writes to stdout/stderr on a Tokio worker). Catch it here
@@ -243,7 +237,7 @@ impl InstancePool {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             instance
                 .plugin
-                .call_on_handshake(&mut instance.store, request)
+                .call_on_handshake(&mut instance.store, record)
         }));
         drop(running);
         match result {

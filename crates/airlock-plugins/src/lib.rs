@@ -17,6 +17,7 @@ mod cache;
 pub mod chain;
 mod engine;
 mod error;
+mod handshake;
 mod instance;
 
 use std::collections::HashMap;
@@ -24,11 +25,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use bindings::airlock::plugin::types::{Handshake, Mutations, Rejection, TlsInfo, Verdict};
+pub use bindings::airlock::plugin::types::{Mutations, Rejection, Verdict};
 pub use cache::DiskCache;
 pub use chain::{Chain, ChainOutcome};
 pub use engine::PluginHost;
 pub use error::{CallError, PluginError};
+pub use handshake::{Handshake, TlsInfo};
 use instance::InstancePool;
 
 /// What to do with a handshake when a plugin call fails.
@@ -103,15 +105,15 @@ impl Plugin {
     }
 
     /// Call `on-handshake` on a warm instance. The plugin sees only the headers it
-    /// asked for (`wanted-headers`); `request` is as it was when this returns.
-    pub fn call(&self, request: &mut Handshake) -> Result<Verdict, CallError> {
+    /// asked for (`wanted-headers`).
+    pub fn call(&self, request: &Handshake<'_>) -> Result<Verdict, CallError> {
         self.pool.call(request)
     }
 
     /// Create and configure a new instance, call `on-handshake` on it once, and drop it:
     /// what a call costs when the pool has to grow or replace a discarded instance.
     /// For benchmarks; the proxy always goes through [`Plugin::call`].
-    pub fn call_fresh(&self, request: &mut Handshake) -> Result<Verdict, CallError> {
+    pub fn call_fresh(&self, request: &Handshake<'_>) -> Result<Verdict, CallError> {
         self.pool.call_fresh(request)
     }
 }

@@ -1,6 +1,7 @@
 //! Phase: the route's plugin chain. Builds the handshake record plugins see, runs the
 //! chain, and applies its decision to the request before it is forwarded.
 
+use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,35 +67,41 @@ pub fn run<B>(
     let handshake = handshake(req, route, conn, log.request_id)?;
     let outcome = route.chain.run(handshake);
     log.plugin_time = Some(started.elapsed());
-    match outcome {
+    let changes = match outcome {
         ChainOutcome::Rejected { plugin, rejection } => {
-            Err(ProxyError::PluginRejected { plugin, rejection })
+            return Err(ProxyError::PluginRejected { plugin, rejection });
         }
-        ChainOutcome::Failed { plugin, error } => Err(ProxyError::PluginFailed {
-            plugin,
-            source: error,
-        }),
-        ChainOutcome::Allowed(allowed) => apply(*allowed, req, conn, log),
-    }
+        ChainOutcome::Failed { plugin, error } => {
+            return Err(ProxyError::PluginFailed {
+                plugin,
+                source: error,
+            });
+        }
+        // What the chain changed, owned, so that the request it borrowed from can change.
+        ChainOutcome::Allowed(allowed) => Changes::new(*allowed, conn, log)?,
+    };
+    Ok(changes.apply(req))
 }
 
-/// The request as plugins see it. Header values must be UTF-8 (400 otherwise).
-fn handshake<B>(
-    req: &Request<B>,
-    route: &Route,
-    conn: &ConnCtx,
+/// The request as plugins see it, borrowing its strings from `req`. Header values must
+/// be UTF-8 (400 otherwise).
+fn handshake<'r, B>(
+    req: &'r Request<B>,
+    route: &'r Route,
+    conn: &'r ConnCtx,
     id: RequestId,
-) -> Result<Handshake, ProxyError> {
+) -> Result<Handshake<'r>, ProxyError> {
     let mut headers = Vec::with_capacity(req.headers().len());
     for (name, value) in req.headers() {
         let value =
             std::str::from_utf8(value.as_bytes()).map_err(|_| ProxyError::BadHeaderEncoding {
                 name: name.to_string(),
             })?;
-        headers.push((name.as_str().to_string(), value.to_string()));
+        headers.push((name.as_str().into(), value.into()));
     }
     let upgrade = crate::headers::upgrade_request(req.headers())
-        .and_then(|v| v.to_str().ok().map(str::to_ascii_lowercase));
+        .and_then(|v| v.to_str().ok().map(str::to_ascii_lowercase))
+        .map(Cow::Owned);
     let subprotocols = airlock_plugins::chain::offered_subprotocols(
         req.headers()
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -106,91 +113,120 @@ fn handshake<B>(
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
         .unwrap_or_default();
     let client = forwarded::client_ip(req.headers(), conn.peer.ip(), &conn.listener.trusted);
     Ok(Handshake {
-        id: id.to_string(),
-        method: req.method().to_string(),
+        id: id.to_string().into(),
+        method: req.method().as_str().into(),
         scheme: conn.scheme().into(),
-        authority,
-        path: req.uri().path().to_string(),
-        query: req.uri().query().map(str::to_string),
+        authority: authority.into(),
+        path: req.uri().path().into(),
+        query: req.uri().query().map(Cow::Borrowed),
         headers,
-        client_addr: client.to_string(),
+        client_addr: client.to_string().into(),
         tls: conn.tls.as_ref().map(|t| TlsInfo {
-            sni: t.sni.clone(),
-            alpn: t.alpn.clone(),
+            sni: t.sni.as_deref().map(Cow::Borrowed),
+            alpn: t.alpn.as_deref().map(Cow::Borrowed),
             version: t.version.into(),
-            client_cert_subject: t.client_cert.as_ref().map(|c| c.subject.clone()),
+            client_cert_subject: t.client_cert.as_ref().map(|c| c.subject.as_str().into()),
             client_cert_sans: t
                 .client_cert
-                .as_ref()
-                .map(|c| c.sans.clone())
-                .unwrap_or_default(),
+                .iter()
+                .flat_map(|c| &c.sans)
+                .map(|s| s.as_str().into())
+                .collect(),
         }),
-        route: route.name.to_string(),
+        route: (*route.name).into(),
         upgrade,
-        subprotocols,
+        subprotocols: subprotocols.into_iter().map(Cow::Borrowed).collect(),
     })
 }
 
-fn apply<B>(
-    allowed: Allowed,
-    req: &mut Request<B>,
-    conn: &ConnCtx,
-    log: &mut RequestLog,
-) -> Result<Decision, ProxyError> {
-    for (plugin, error) in &allowed.failed_open {
-        tracing::warn!(plugin = &**plugin, request = %log.request_id, error = %error, "plugin failed; request allowed by on_error = \"allow\"");
-    }
-    let invalid = |what: String| ProxyError::PluginOutput { detail: what };
-    let request = &allowed.request;
-    if allowed.path_changed || allowed.query_changed {
-        let pq = match &request.query {
-            Some(q) => format!("{}?{q}", request.path),
-            None => request.path.clone(),
-        };
-        let pq = PathAndQuery::from_str(&pq)
-            .map_err(|_| invalid(format!("the path and query {pq:?} are not a valid URI")))?;
-        *req.uri_mut() = pq.into();
-    }
-    if allowed.headers_changed {
-        let mut map = HeaderMap::with_capacity(request.headers.len());
-        for (name, value) in &request.headers {
-            let (name, value) = header_pair(name, value)?;
-            map.append(name, value);
+/// The chain's decision, taken out of the request record it changed.
+struct Changes {
+    uri: Option<PathAndQuery>,
+    headers: Option<HeaderMap>,
+    subprotocol: Option<HeaderValue>,
+    decision: Decision,
+}
+
+impl Changes {
+    fn new(allowed: Allowed<'_>, conn: &ConnCtx, log: &mut RequestLog) -> Result<Self, ProxyError> {
+        for (plugin, error) in &allowed.failed_open {
+            tracing::warn!(plugin = &**plugin, request = %log.request_id, error = %error, "plugin failed; request allowed by on_error = \"allow\"");
         }
-        *req.headers_mut() = map;
+        let invalid = |what: String| ProxyError::PluginOutput { detail: what };
+        let request = &allowed.request;
+        let uri =
+            if allowed.path_changed || allowed.query_changed {
+                let pq = match &request.query {
+                    Some(q) => format!("{}?{q}", request.path),
+                    None => request.path.to_string(),
+                };
+                Some(PathAndQuery::from_str(&pq).map_err(|_| {
+                    invalid(format!("the path and query {pq:?} are not a valid URI"))
+                })?)
+            } else {
+                None
+            };
+        let headers = if allowed.headers_changed {
+            let mut map = HeaderMap::with_capacity(request.headers.len());
+            for (name, value) in &request.headers {
+                let (name, value) = header_pair(name, value)?;
+                map.append(name, value);
+            }
+            Some(map)
+        } else {
+            None
+        };
+        let subprotocol = match &allowed.subprotocol {
+            Some(sub) => Some(
+                HeaderValue::from_str(sub).map_err(|_| invalid(format!("subprotocol {sub:?}")))?,
+            ),
+            None => None,
+        };
+        let pool = match &allowed.upstream {
+            Some(name) => Some(
+                conn.listener
+                    .pools
+                    .get(name.as_str())
+                    .cloned()
+                    .ok_or_else(|| ProxyError::UnknownUpstream { name: name.clone() })?,
+            ),
+            None => None,
+        };
+        let response_headers = allowed
+            .response_headers
+            .iter()
+            .map(|(name, value)| header_pair(name, value))
+            .collect::<Result<Vec<_>, _>>()?;
+        log.attributes = allowed.attributes;
+        Ok(Self {
+            uri,
+            headers,
+            subprotocol,
+            decision: Decision {
+                pool,
+                path_rewritten: allowed.path_changed,
+                response_headers,
+                affinity_key: allowed.affinity_key,
+            },
+        })
     }
-    if let Some(sub) = &allowed.subprotocol {
-        let value =
-            HeaderValue::from_str(sub).map_err(|_| invalid(format!("subprotocol {sub:?}")))?;
-        req.headers_mut()
-            .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+
+    fn apply<B>(self, req: &mut Request<B>) -> Decision {
+        if let Some(pq) = self.uri {
+            *req.uri_mut() = pq.into();
+        }
+        if let Some(headers) = self.headers {
+            *req.headers_mut() = headers;
+        }
+        if let Some(value) = self.subprotocol {
+            req.headers_mut()
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+        }
+        self.decision
     }
-    let pool = match &allowed.upstream {
-        Some(name) => Some(
-            conn.listener
-                .pools
-                .get(name.as_str())
-                .cloned()
-                .ok_or_else(|| ProxyError::UnknownUpstream { name: name.clone() })?,
-        ),
-        None => None,
-    };
-    let response_headers = allowed
-        .response_headers
-        .iter()
-        .map(|(name, value)| header_pair(name, value))
-        .collect::<Result<Vec<_>, _>>()?;
-    log.attributes = allowed.attributes;
-    Ok(Decision {
-        pool,
-        path_rewritten: allowed.path_changed,
-        response_headers,
-        affinity_key: allowed.affinity_key,
-    })
 }
 
 /// A header from a plugin as typed values. The chain already refused names and values

@@ -47,7 +47,7 @@ fn token() -> String {
 
 /// A Socket.IO WebSocket handshake as Chromium sends it, with a bearer token; every
 /// example plugin admits it.
-fn browser_handshake() -> Handshake {
+fn browser_handshake() -> Handshake<'static> {
     let headers = [
         ("host", "chat.example.com"),
         ("connection", "Upgrade"),
@@ -79,7 +79,7 @@ fn browser_handshake() -> Handshake {
         query: Some("EIO=4&transport=websocket&sid=lv_VI97HAXpY6yYWAAAC".into()),
         headers: headers
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string().into(), v.to_string().into()))
             .collect(),
         client_addr: "203.0.113.7".into(),
         tls: None,
@@ -216,23 +216,23 @@ fn main() {
     });
     let plugins: Vec<_> = examples.iter().map(|e| (e.label, load(&host, e))).collect();
     for (label, plugin) in &plugins {
-        expect_allow(label, plugin.call(&mut request.clone()).expect("call"));
+        expect_allow(label, plugin.call(&request).expect("call"));
     }
 
     let mut rows = Vec::new();
     for (label, plugin) in &plugins {
-        let mut request = request.clone();
+        let request = request.clone();
         rows.push(Row::new(format!("{label}, warm"), calls, move || {
-            std::hint::black_box(plugin.call(&mut request).expect("call"));
+            std::hint::black_box(plugin.call(&request).expect("call"));
         }));
     }
     for (label, plugin) in &plugins[..4] {
-        let mut request = request.clone();
+        let request = request.clone();
         rows.push(Row::new(
             format!("{label}, fresh instance"),
             FRESH_CALLS,
             move || {
-                std::hint::black_box(plugin.call_fresh(&mut request).expect("call"));
+                std::hint::black_box(plugin.call_fresh(&request).expect("call"));
             },
         ));
     }

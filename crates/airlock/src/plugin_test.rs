@@ -1,6 +1,7 @@
 //! `airlock plugin test`: run one plugin, or a route's chain, on a request given on the
 //! command line, and print what it decided as JSON with the time it took.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -88,7 +89,7 @@ fn route_chain(args: &PluginTestArgs) -> anyhow::Result<(Chain, String)> {
     Ok((chain, route.clone()))
 }
 
-fn handshake(args: &PluginTestArgs, route: &str) -> anyhow::Result<Handshake> {
+fn handshake(args: &PluginTestArgs, route: &str) -> anyhow::Result<Handshake<'static>> {
     let uri: http::Uri = args
         .url
         .parse()
@@ -118,29 +119,36 @@ fn handshake(args: &PluginTestArgs, route: &str) -> anyhow::Result<Handshake> {
     let subprotocols = find("sec-websocket-protocol")
         .map(|v| {
             v.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
+                .map(|s| s.trim().to_string().into())
+                .filter(|s: &Cow<str>| !s.is_empty())
                 .collect()
         })
         .unwrap_or_default();
     Ok(Handshake {
         id: "plugin-test".into(),
-        method: args.method.to_ascii_uppercase(),
-        scheme: uri.scheme_str().unwrap_or("http").to_string(),
-        authority,
-        path: uri.path().to_string(),
-        query: uri.query().map(str::to_string),
-        upgrade: find("upgrade").map(|u| u.to_ascii_lowercase()),
-        headers,
-        client_addr: args.client.clone(),
+        method: args.method.to_ascii_uppercase().into(),
+        scheme: uri.scheme_str().unwrap_or("http").to_string().into(),
+        authority: authority.into(),
+        path: uri.path().to_string().into(),
+        query: uri.query().map(|q| q.to_string().into()),
+        upgrade: find("upgrade").map(|u| u.to_ascii_lowercase().into()),
+        headers: headers
+            .into_iter()
+            .map(|(n, v)| (n.into(), v.into()))
+            .collect(),
+        client_addr: args.client.clone().into(),
         tls: None,
-        route: route.to_string(),
+        route: route.to_string().into(),
         subprotocols,
     })
 }
 
-fn pairs(list: &[(String, String)]) -> Value {
-    Value::Array(list.iter().map(|(k, v)| json!([k, v])).collect())
+fn pairs<K: AsRef<str>, V: AsRef<str>>(list: &[(K, V)]) -> Value {
+    Value::Array(
+        list.iter()
+            .map(|(k, v)| json!([k.as_ref(), v.as_ref()]))
+            .collect(),
+    )
 }
 
 fn outcome_json(outcome: ChainOutcome) -> Value {
