@@ -46,6 +46,25 @@ impl RequestId {
     }
 }
 
+impl RequestId {
+    /// The id in lower-case hex, as `Display` writes it, without the formatting machinery
+    /// (it runs for every request a plugin sees).
+    pub fn to_hex(self) -> String {
+        let mut digits = [0u8; 16];
+        let mut rest = self.0;
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b"0123456789abcdef"[(rest & 0xf) as usize];
+            rest >>= 4;
+            if rest == 0 {
+                break;
+            }
+        }
+        digits[start..].iter().map(|&d| char::from(d)).collect()
+    }
+}
+
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:x}", self.0)
@@ -116,14 +135,14 @@ fn handshake<'r, B>(
         .unwrap_or_default();
     let client = forwarded::client_ip(req.headers(), conn.peer.ip(), &conn.listener.trusted);
     Ok(Handshake {
-        id: id.to_string().into(),
+        id: id.to_hex().into(),
         method: req.method().as_str().into(),
         scheme: conn.scheme().into(),
         authority: authority.into(),
         path: req.uri().path().into(),
         query: req.uri().query().map(Cow::Borrowed),
         headers,
-        client_addr: client.to_string().into(),
+        client_addr: forwarded::ip_text(client).into(),
         tls: conn.tls.as_ref().map(|t| TlsInfo {
             sni: t.sni.as_deref().map(Cow::Borrowed),
             alpn: t.alpn.as_deref().map(Cow::Borrowed),
@@ -239,4 +258,17 @@ fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), Pro
         HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?,
         HeaderValue::from_str(value).map_err(|_| invalid())?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_in_hex_match_display() {
+        for n in [0, 1, 15, 16, 0xabc, u64::MAX] {
+            let id = RequestId(n);
+            assert_eq!(id.to_hex(), id.to_string());
+        }
+    }
 }
