@@ -103,11 +103,14 @@ async fn proxy(
     log.route = Some(route.name.clone());
     ensure_host_header(&mut req);
 
-    let decision = plugin_phase::run(&mut req, &route, conn, log)?;
+    let mut upgrade = headers::upgrade_request(req.headers());
+    let decision = plugin_phase::run(&mut req, upgrade.as_ref(), &route, conn, log)?;
+    if decision.headers_replaced {
+        upgrade = headers::upgrade_request(req.headers());
+    }
     let pool = decision.pool.unwrap_or_else(|| route.pool.clone());
     log.upstream = Some(pool.name.clone());
 
-    let upgrade = headers::upgrade_request(req.headers());
     log.upgrade = upgrade.is_some();
     prepare_upstream_request(&mut req, &route, conn, upgrade, decision.path_rewritten);
 

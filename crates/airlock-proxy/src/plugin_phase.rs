@@ -32,6 +32,9 @@ pub struct Decision {
     /// Which server to keep this request with, for balancers that use it. Not logged: it
     /// is often a session id.
     pub affinity_key: Option<String>,
+    /// Whether a plugin replaced the request's headers (then whether and to what it asks
+    /// to upgrade must be read from them again).
+    pub headers_replaced: bool,
 }
 
 /// A process-unique id for a request, shown to plugins and in the access log (as hex).
@@ -73,10 +76,12 @@ impl std::fmt::Display for RequestId {
     }
 }
 
-/// Run the route's chain on `req`. A rejection or a failed plugin becomes an error whose
-/// response the client gets; otherwise the request is changed in place.
+/// Run the route's chain on `req`, whose `upgrade` protocol the caller has read. A
+/// rejection or a failed plugin becomes an error whose response the client gets;
+/// otherwise the request is changed in place.
 pub fn run<B>(
     req: &mut Request<B>,
+    upgrade: Option<&HeaderValue>,
     route: &Route,
     conn: &ConnCtx,
     log: &mut RequestLog,
@@ -85,7 +90,7 @@ pub fn run<B>(
         return Ok(Decision::default());
     }
     let started = Instant::now();
-    let handshake = handshake(req, route, conn, log.request_id)?;
+    let handshake = handshake(req, upgrade, route, conn, log.request_id)?;
     let outcome = route.chain.run(handshake);
     log.plugin_time = Some(started.elapsed());
     let changes = match outcome {
@@ -108,6 +113,7 @@ pub fn run<B>(
 /// be UTF-8 (400 otherwise).
 fn handshake<'r, B>(
     req: &'r Request<B>,
+    upgrade: Option<&HeaderValue>,
     route: &'r Route,
     conn: &'r ConnCtx,
     id: RequestId,
@@ -120,9 +126,9 @@ fn handshake<'r, B>(
             })?;
         headers.push((name.as_str().into(), value.into()));
     }
-    let upgrade = crate::headers::upgrade_request(req.headers())
-        .and_then(|v| v.to_str().ok().map(str::to_ascii_lowercase))
-        .map(Cow::Owned);
+    let upgrade = upgrade
+        .and_then(|v| v.to_str().ok())
+        .map(|v| Cow::Owned(v.to_ascii_lowercase()));
     let subprotocols = airlock_plugins::chain::offered_subprotocols(
         req.headers()
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -231,6 +237,7 @@ impl Changes {
                 path_rewritten: allowed.path_changed,
                 response_headers,
                 affinity_key: allowed.affinity_key,
+                headers_replaced: allowed.headers_changed,
             },
         })
     }
