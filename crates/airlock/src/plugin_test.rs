@@ -119,8 +119,9 @@ fn handshake(args: &PluginTestArgs, route: &str) -> anyhow::Result<Handshake<'st
     let subprotocols = find("sec-websocket-protocol")
         .map(|v| {
             v.split(',')
-                .map(|s| s.trim().to_string().into())
-                .filter(|s: &Cow<str>| !s.is_empty())
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Cow::Owned(s.to_string()))
                 .collect()
         })
         .unwrap_or_default();
