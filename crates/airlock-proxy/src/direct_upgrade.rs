@@ -70,7 +70,7 @@ pub async fn serve(
     let raw = buf.split_to(found.len).freeze();
     // What the client sent after the head: usually nothing, at most its first frames.
     let after_head = buf.freeze();
-    let Some(request) = found.request(&raw) else {
+    let Some((request, upgrade)) = found.request(&raw) else {
         let stream = replaying(raw, after_head, stream);
         crate::serve::serve_hyper(stream, conn, None).await;
         return None;
@@ -78,7 +78,7 @@ pub async fn serve(
 
     let mut switch = None;
     let response = tokio::select! {
-        response = handle(request, ClientSide::Direct(&mut switch), conn.clone()) => response,
+        response = handle(request, ClientSide::Direct { switch: &mut switch, upgrade }, conn.clone()) => response,
         _ = conn.drain.force.cancelled() => return None,
     };
     let (Some(Switch { tunnel, lines }), StatusCode::SWITCHING_PROTOCOLS) =
@@ -204,9 +204,9 @@ fn locate(buf: &[u8]) -> Located {
 }
 
 impl Found {
-    /// The request, if every part is valid and it really asks for an upgrade
-    /// (`Connection` must name `upgrade`).
-    fn request(self, raw: &Bytes) -> Option<Request<ProxyBody>> {
+    /// The request and the protocol it asks for, if every part is valid and it really
+    /// asks for an upgrade (`Connection` must name `upgrade`).
+    fn request(self, raw: &Bytes) -> Option<(Request<ProxyBody>, HeaderValue)> {
         // Room for the forwarding headers added before the request goes upstream, so the
         // map is not grown (and every entry rehashed) on the way.
         let mut headers = HeaderMap::with_capacity(self.headers.len() + FORWARDING_HEADERS);
@@ -215,14 +215,14 @@ impl Found {
             let value = HeaderValue::from_maybe_shared(raw.slice(value)).ok()?;
             headers.append(name, value);
         }
-        crate::headers::upgrade_request(&headers)?;
+        let upgrade = crate::headers::upgrade_request(&headers)?;
         let uri = Uri::from_maybe_shared(raw.slice(self.target)).ok()?;
         let mut request = Request::new(ProxyBody::empty());
         *request.method_mut() = self.method;
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
-        Some(request)
+        Some((request, upgrade))
     }
 }
 
@@ -244,7 +244,7 @@ mod tests {
         };
         let len = found.len;
         let raw = Bytes::copy_from_slice(&wire[..len]);
-        found.request(&raw).map(|r| (r, len))
+        found.request(&raw).map(|(r, _)| (r, len))
     }
 
     #[test]

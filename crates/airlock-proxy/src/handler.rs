@@ -103,7 +103,11 @@ async fn proxy(
     log.route = Some(route.name.clone());
     ensure_host_header(&mut req);
 
-    let mut upgrade = headers::upgrade_request(req.headers());
+    // What the request asks to upgrade to: known already when airlock read the head itself.
+    let mut upgrade = match &client {
+        ClientSide::Direct { upgrade, .. } => Some(upgrade.clone()),
+        ClientSide::Hyper(_) => headers::upgrade_request(req.headers()),
+    };
     let decision = plugin_phase::run(&mut req, upgrade.as_ref(), &route, conn, log)?;
     if decision.headers_replaced {
         upgrade = headers::upgrade_request(req.headers());

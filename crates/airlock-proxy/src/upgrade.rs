@@ -40,8 +40,12 @@ pub enum ClientSide<'a> {
     /// this once the response has been written, to a tunnel task spawned here.
     Hyper(OnUpgrade),
     /// airlock read the request head itself (see `direct_upgrade`): the tunnel is left
-    /// here, for the caller to run once it has written the `101`.
-    Direct(&'a mut Option<Switch>),
+    /// in `switch`, for the caller to run once it has written the `101`. `upgrade` is the
+    /// protocol the request asks for, as the head was found to be an upgrade by.
+    Direct {
+        switch: &'a mut Option<Switch>,
+        upgrade: HeaderValue,
+    },
 }
 
 /// An upgrade accepted for a client that airlock answers itself.
@@ -82,7 +86,7 @@ pub async fn forward(
         // A client airlock answers itself gets the upstream's header lines as they are,
         // filtered; `handle` then sets Strict-Transport-Security, so the upstream's goes.
         let form = match client {
-            ClientSide::Direct(_) => HeadForm::Lines {
+            ClientSide::Direct { .. } => HeadForm::Lines {
                 drop_hsts: conn.listener.hsts.is_some(),
             },
             ClientSide::Hyper(_) => HeadForm::Map,
@@ -157,7 +161,7 @@ pub async fn forward(
         conn: conn.clone(),
     };
     match client {
-        ClientSide::Direct(slot) => *slot = Some(Switch { tunnel, lines }),
+        ClientSide::Direct { switch, .. } => *switch = Some(Switch { tunnel, lines }),
         ClientSide::Hyper(client) => {
             let tunnel = async move {
                 match client.await {
