@@ -7,7 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The plugin crates to build (workspace members under `plugins/`).
-const PLUGINS: [&str; 4] = ["origin-allowlist", "socketio", "token-auth", "test-guest"];
+const PLUGINS: [&str; 5] = [
+    "origin-allowlist",
+    "socketio",
+    "token-auth",
+    "test-guest",
+    "compat-v0-1",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());

@@ -151,18 +151,37 @@ async fn the_chain_runs_in_order_and_mutations_reach_the_upstream_and_the_client
     assert!(line["plugins_us"].as_f64().unwrap() > 0.0);
 }
 
+/// A `[plugin.NAME]` table for the guest built for `airlock:plugin@0.1.0`.
+fn compat_v0_1(name: &str, config: &str) -> String {
+    format!(
+        "[plugin.{name}]\nwasm = \"{}\"\nconfig = {config}\n",
+        plugin_wasm("compat_v0_1.wasm")
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_sees_only_the_headers_it_wants_and_the_upstream_still_gets_all() {
+async fn plugins_built_for_0_1_run_in_one_chain_with_0_2_plugins() {
     let backend = Backend::start("a").await;
     let tables = [
-        guest(
+        // 0.1: sees only the header it wants; its change reaches the 0.2 plugin after it.
+        compat_v0_1(
             "narrow",
             r#"{ wanted_headers = ["X-Keep"], echo_request_header = "x-narrow-saw", set_headers = [["x-added", "1"]] }"#,
         ),
-        guest("wide", r#"{ echo_request_header = "x-wide-saw" }"#),
+        // 0.2: reads every header through the request resource.
+        guest(
+            "wide",
+            r#"{ echo_request_header = "x-wide-saw", set_headers = [["x-from-v2", "1"]] }"#,
+        ),
+        // 0.1 again: sees the 0.2 plugin's change (or rejects with 412).
+        compat_v0_1("after", r#"{ reject_unless_header = "x-from-v2" }"#),
     ]
     .join("\n");
-    let airlock = Airlock::start(&with_plugins(&backend, &["narrow", "wide"], &tables));
+    let airlock = Airlock::start(&with_plugins(
+        &backend,
+        &["narrow", "wide", "after"],
+        &tables,
+    ));
     let r = get_with(airlock.addr(), "/", &[("x-keep", "k"), ("x-other", "o")]).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let saw = |name| -> Vec<String> {
@@ -181,6 +200,7 @@ async fn a_plugin_sees_only_the_headers_it_wants_and_the_upstream_still_gets_all
     assert_eq!(upstream["headers"]["x-other"], "o");
     assert_eq!(upstream["headers"]["x-keep"], "k");
     assert_eq!(upstream["headers"]["x-added"], "1");
+    assert_eq!(upstream["headers"]["x-from-v2"], "1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,17 @@
 //! Write airlock handshake plugins in ordinary Rust.
 //!
 //! A plugin implements [`Plugin`] and exports it with [`export!`]; build it with
-//! `cargo build --release --target wasm32-wasip2`. Its logic can be unit-tested natively
-//! with plain `cargo test`: the types are ordinary Rust structs and the helpers here
-//! need no Wasm runtime (only the host functions [`log`] and [`now_unix_ms`] do).
+//! `cargo build --release --target wasm32-wasip2`. It is built for
+//! `airlock:plugin@0.2.0`: it reads the request through [`Request`], and each value it
+//! reads is copied into its memory then, so it pays only for what it reads.
+//!
+//! Its logic can be unit-tested natively with plain `cargo test`: a [`Handshake`] spells a
+//! request out field by field, and `Request::from(&handshake)` reads from it. Nothing
+//! else here needs a Wasm runtime (only the host functions [`log`] and [`now_unix_ms`]
+//! do).
 //!
 //! ```ignore
-//! use airlock_plugin_sdk::{export, header, reject, allow, Handshake, Plugin, Verdict};
+//! use airlock_plugin_sdk::{export, reject, allow, Plugin, Request, Verdict};
 //!
 //! struct RequireOrigin;
 //!
@@ -14,8 +19,8 @@
 //!     fn configure(_config: String) -> Result<(), String> {
 //!         Ok(())
 //!     }
-//!     fn on_handshake(request: Handshake) -> Verdict {
-//!         match header(&request, "origin") {
+//!     fn on_handshake(request: Request) -> Verdict {
+//!         match request.header("origin") {
 //!             Some(_) => allow(),
 //!             None => reject(403, "an Origin header is required"),
 //!         }
@@ -30,6 +35,8 @@
 // `deny`, not `forbid`: the generated bindings (and only they) are allowed unsafe code,
 // which wit-bindgen needs for the canonical ABI.
 #![deny(unsafe_code)]
+
+use std::borrow::Cow;
 
 /// The bindings generated from `wit/airlock-plugin.wit`.
 #[allow(unsafe_code, clippy::all, missing_docs)]
@@ -49,16 +56,8 @@ pub trait Plugin {
     /// as JSON. An `Err` refuses the configuration: airlock reports it and does not start.
     fn configure(config: String) -> Result<(), String>;
 
-    /// The request headers this plugin reads, by lowercase name; `None` (the default)
-    /// for all. Called once, after the first `configure`. Naming the few headers a
-    /// plugin looks at makes each call cheaper, since every header passed is copied into
-    /// the plugin's memory; the plugin's changes still apply to all headers.
-    fn wanted_headers() -> Option<Vec<String>> {
-        None
-    }
-
     /// Decide about one handshake.
-    fn on_handshake(request: Handshake) -> Verdict;
+    fn on_handshake(request: Request<'_>) -> Verdict;
 }
 
 /// Export a [`Plugin`] implementation as the component's entry points.
@@ -76,12 +75,8 @@ macro_rules! export {
                 <$plugin as $crate::Plugin>::configure(config)
             }
 
-            fn wanted_headers() -> Option<Vec<String>> {
-                <$plugin as $crate::Plugin>::wanted_headers()
-            }
-
-            fn on_handshake(request: $crate::Handshake) -> $crate::Verdict {
-                <$plugin as $crate::Plugin>::on_handshake(request)
+            fn on_handshake(request: &$crate::bindings::airlock::plugin::types::Request) -> $crate::Verdict {
+                <$plugin as $crate::Plugin>::on_handshake($crate::Request::from_host(request))
             }
         }
 
@@ -100,29 +95,212 @@ pub fn route_panics_to_log() {
     }));
 }
 pub use bindings::airlock::plugin::host::{Level, log, now_unix_ms};
-pub use bindings::airlock::plugin::types::{Handshake, Mutations, Rejection, TlsInfo, Verdict};
+pub use bindings::airlock::plugin::types::{Mutations, Rejection, TlsInfo, Verdict};
 
-/// The first value of header `name` (any case).
-pub fn header<'a>(request: &'a Handshake, name: &str) -> Option<&'a str> {
-    request
-        .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+use bindings::airlock::plugin::types::Request as HostRequest;
+
+/// The request a plugin decides about, as changed by the plugins before it in the chain.
+///
+/// In airlock, each method asks the host and copies the answer into the plugin's memory:
+/// call it once and keep the value rather than calling it again. In native tests it reads
+/// a [`Handshake`] (`Request::from(&handshake)`).
+#[derive(Clone, Copy)]
+pub struct Request<'a>(Source<'a>);
+
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Host(&'a HostRequest),
+    Record(&'a Handshake),
 }
 
-/// Every value of header `name` (any case), in order.
-pub fn headers<'a>(request: &'a Handshake, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    request
-        .headers
+impl<'a> From<&'a Handshake> for Request<'a> {
+    fn from(handshake: &'a Handshake) -> Self {
+        Self(Source::Record(handshake))
+    }
+}
+
+impl<'a> Request<'a> {
+    /// The request airlock passed to `on-handshake`; [`export!`] calls this.
+    #[doc(hidden)]
+    pub fn from_host(request: &'a HostRequest) -> Self {
+        Self(Source::Host(request))
+    }
+
+    /// One value: from the host, or borrowed from the test record.
+    fn text(
+        &self,
+        host: impl FnOnce(&HostRequest) -> String,
+        record: impl FnOnce(&'a Handshake) -> &'a str,
+    ) -> Cow<'a, str> {
+        match self.0 {
+            Source::Host(r) => host(r).into(),
+            Source::Record(h) => record(h).into(),
+        }
+    }
+
+    /// One optional value, likewise.
+    fn maybe(
+        &self,
+        host: impl FnOnce(&HostRequest) -> Option<String>,
+        record: impl FnOnce(&'a Handshake) -> Option<&'a str>,
+    ) -> Option<Cow<'a, str>> {
+        match self.0 {
+            Source::Host(r) => host(r).map(Cow::Owned),
+            Source::Record(h) => record(h).map(Cow::Borrowed),
+        }
+    }
+
+    /// A unique id for this request, also in airlock's logs and traces.
+    pub fn id(&self) -> Cow<'a, str> {
+        self.text(HostRequest::id, |h| &h.id)
+    }
+
+    /// The request method, like `GET`.
+    pub fn method(&self) -> Cow<'a, str> {
+        self.text(HostRequest::method, |h| &h.method)
+    }
+
+    /// `http` or `https`, as the client connected.
+    pub fn scheme(&self) -> Cow<'a, str> {
+        self.text(HostRequest::scheme, |h| &h.scheme)
+    }
+
+    /// The host the client asked for, with port if it sent one.
+    pub fn authority(&self) -> Cow<'a, str> {
+        self.text(HostRequest::authority, |h| &h.authority)
+    }
+
+    /// The path, percent-encoded as received, without the query.
+    pub fn path(&self) -> Cow<'a, str> {
+        self.text(HostRequest::path, |h| &h.path)
+    }
+
+    /// The query string without the `?`, if there is one.
+    pub fn query(&self) -> Option<Cow<'a, str>> {
+        self.maybe(HostRequest::query, |h| h.query.as_deref())
+    }
+
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<Cow<'a, str>> {
+        self.maybe(|r| r.header(name), |h| record_values(h, name).next())
+    }
+
+    /// Every value of header `name` (any case), in order.
+    pub fn header_all(&self, name: &str) -> Vec<Cow<'a, str>> {
+        match self.0 {
+            Source::Host(r) => r.header_all(name).into_iter().map(Cow::Owned).collect(),
+            Source::Record(h) => record_values(h, name).map(Cow::Borrowed).collect(),
+        }
+    }
+
+    /// All request headers as (lowercase name, value), in order. Prefer [`Self::header`]:
+    /// this copies every header into the plugin's memory.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        match self.0 {
+            Source::Host(r) => r.headers(),
+            Source::Record(h) => h.headers.clone(),
+        }
+    }
+
+    /// The client's IP address (see `client-addr` in the WIT for proxies in front).
+    pub fn client_addr(&self) -> Cow<'a, str> {
+        self.text(HostRequest::client_addr, |h| &h.client_addr)
+    }
+
+    /// The TLS session, or `None` on a plain-text listener.
+    pub fn tls(&self) -> Option<TlsInfo> {
+        match self.0 {
+            Source::Host(r) => r.tls(),
+            Source::Record(h) => h.tls.clone(),
+        }
+    }
+
+    /// The name of the route that matched.
+    pub fn route(&self) -> Cow<'a, str> {
+        self.text(HostRequest::route, |h| &h.route)
+    }
+
+    /// The protocol the client asks to upgrade to, lowercase, or `None` for plain HTTP.
+    pub fn upgrade(&self) -> Option<Cow<'a, str>> {
+        self.maybe(HostRequest::upgrade, |h| h.upgrade.as_deref())
+    }
+
+    /// The WebSocket subprotocols the client offered, in order.
+    pub fn subprotocols(&self) -> Vec<Cow<'a, str>> {
+        match self.0 {
+            Source::Host(r) => r.subprotocols().into_iter().map(Cow::Owned).collect(),
+            Source::Record(h) => h.subprotocols.iter().map(|s| Cow::Borrowed(&**s)).collect(),
+        }
+    }
+
+    /// The first value of query parameter `name`, percent-decoded (`+` is a space).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        query_param(&self.query()?, name)
+    }
+
+    /// The value of cookie `name` from the request's `Cookie` headers.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        cookie(&self.header_all("cookie"), name).map(str::to_string)
+    }
+
+    /// The request's cookies without cookie `name`, as one `Cookie` header value; `None`
+    /// when no other cookie remains (remove the header then).
+    pub fn cookies_without(&self, name: &str) -> Option<String> {
+        cookies_without(&self.header_all("cookie"), name)
+    }
+}
+
+/// The value of cookie `name` in `Cookie` header values (`request.header_all("cookie")`).
+pub fn cookie<'v>(values: &'v [impl AsRef<str>], name: &str) -> Option<&'v str> {
+    values
+        .iter()
+        .flat_map(|h| h.as_ref().split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// `Cookie` header values without cookie `name`, as one value; `None` when no other
+/// cookie remains (remove the header then).
+pub fn cookies_without(values: &[impl AsRef<str>], name: &str) -> Option<String> {
+    let kept: Vec<&str> = values
+        .iter()
+        .flat_map(|h| h.as_ref().split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && c.split('=').next() != Some(name))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+/// A request spelled out field by field, for native unit tests of plugin logic; see
+/// [`test_request`]. The fields mean what the `request` methods of the same names return.
+#[derive(Debug, Clone, Default)]
+pub struct Handshake {
+    pub id: String,
+    pub method: String,
+    pub scheme: String,
+    pub authority: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// (lowercase name, value), in order.
+    pub headers: Vec<(String, String)>,
+    pub client_addr: String,
+    pub tls: Option<TlsInfo>,
+    pub route: String,
+    pub upgrade: Option<String>,
+    pub subprotocols: Vec<String>,
+}
+
+fn record_values<'a>(h: &'a Handshake, name: &str) -> impl Iterator<Item = &'a str> {
+    h.headers
         .iter()
         .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.as_str())
 }
 
-/// The first value of query parameter `name`, percent-decoded (`+` is a space).
-pub fn query_param(request: &Handshake, name: &str) -> Option<String> {
-    raw_pairs(request.query.as_deref()?)
+/// The first value of parameter `name` in `query`, percent-decoded (`+` is a space).
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    raw_pairs(query)
         .find(|(k, _)| percent_decode(k) == name)
         .map(|(_, v)| percent_decode(v).into_owned())
 }
@@ -171,7 +349,7 @@ fn raw_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// `s` with `%XX` escapes and `+` decoded; borrowed when there is nothing to decode.
-fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
+fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.bytes().any(|b| b == b'%' || b == b'+') {
         return s.into();
     }
@@ -197,26 +375,6 @@ fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
 
 fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
-}
-
-/// The value of cookie `name` from the request's `Cookie` headers.
-pub fn cookie<'a>(request: &'a Handshake, name: &str) -> Option<&'a str> {
-    headers(request, "cookie")
-        .flat_map(|h| h.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"'))
-}
-
-/// The request's cookies without cookie `name`, as one `Cookie` header value; `None` when
-/// no other cookie remains (remove the header then).
-pub fn cookies_without(request: &Handshake, name: &str) -> Option<String> {
-    let kept: Vec<&str> = headers(request, "cookie")
-        .flat_map(|h| h.split(';'))
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && c.split('=').next() != Some(name))
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
 }
 
 /// Mutations that change nothing; start here and set what you need.
@@ -363,24 +521,32 @@ mod tests {
 
     #[test]
     fn headers_are_case_insensitive_and_repeatable() {
-        let r = test_request("/", &[("Origin", "https://a"), ("X-A", "1"), ("x-a", "2")]);
-        assert_eq!(header(&r, "origin"), Some("https://a"));
-        assert_eq!(headers(&r, "X-a").collect::<Vec<_>>(), ["1", "2"]);
-        assert_eq!(header(&r, "missing"), None);
+        let h = test_request("/", &[("Origin", "https://a"), ("X-A", "1"), ("x-a", "2")]);
+        let r = Request::from(&h);
+        assert_eq!(r.header("origin").as_deref(), Some("https://a"));
+        assert_eq!(r.header_all("X-a"), ["1", "2"]);
+        assert_eq!(r.header("missing"), None);
+        assert_eq!(r.headers().len(), 3);
     }
 
     #[test]
     fn query_parameters_are_decoded() {
-        let r = test_request("/ws?EIO=4&transport=websocket&name=a%20b+c&bad=%zz", &[]);
-        assert_eq!(query_param(&r, "EIO").as_deref(), Some("4"));
-        assert_eq!(query_param(&r, "name").as_deref(), Some("a b c"));
-        assert_eq!(query_param(&r, "bad").as_deref(), Some("%zz"));
-        assert_eq!(query_param(&r, "sid"), None);
-        let r = test_request("/ws?&&flag&k=&=v&k=second&é=ü&", &[]);
-        assert_eq!(query_param(&r, "flag").as_deref(), Some(""));
-        assert_eq!(query_param(&r, "k").as_deref(), Some(""));
-        assert_eq!(query_param(&r, "").as_deref(), Some("v"));
-        assert_eq!(query_param(&r, "é").as_deref(), Some("ü"));
+        let h = test_request("/ws?EIO=4&transport=websocket&name=a%20b+c&bad=%zz", &[]);
+        let r = Request::from(&h);
+        assert_eq!(r.query_param("EIO").as_deref(), Some("4"));
+        assert_eq!(r.query_param("name").as_deref(), Some("a b c"));
+        assert_eq!(r.query_param("bad").as_deref(), Some("%zz"));
+        assert_eq!(r.query_param("sid"), None);
+        let h = test_request("/ws?&&flag&k=&=v&k=second&é=ü&", &[]);
+        let r = Request::from(&h);
+        assert_eq!(r.query_param("flag").as_deref(), Some(""));
+        assert_eq!(r.query_param("k").as_deref(), Some(""));
+        assert_eq!(r.query_param("").as_deref(), Some("v"));
+        assert_eq!(r.query_param("é").as_deref(), Some("ü"));
+        assert_eq!(
+            Request::from(&test_request("/ws", &[])).query_param("k"),
+            None
+        );
         assert_eq!(
             query_pairs("a=1&&b&c=3=4").collect::<Vec<_>>(),
             [("a", "1"), ("b", ""), ("c", "3=4")].map(|(k, v)| (k.into(), v.into()))
@@ -393,16 +559,37 @@ mod tests {
 
     #[test]
     fn cookies_are_found_across_headers() {
-        let r = test_request(
+        let h = test_request(
             "/",
             &[("cookie", "a=1; session=\"xyz\""), ("cookie", "b=2")],
         );
-        assert_eq!(cookie(&r, "session"), Some("xyz"));
-        assert_eq!(cookie(&r, "b"), Some("2"));
-        assert_eq!(cookie(&r, "c"), None);
-        assert_eq!(cookies_without(&r, "session").as_deref(), Some("a=1; b=2"));
+        let r = Request::from(&h);
+        assert_eq!(r.cookie("session").as_deref(), Some("xyz"));
+        assert_eq!(r.cookie("b").as_deref(), Some("2"));
+        assert_eq!(r.cookie("c"), None);
+        assert_eq!(r.cookies_without("session").as_deref(), Some("a=1; b=2"));
         let only = test_request("/", &[("cookie", "session=x")]);
-        assert_eq!(cookies_without(&only, "session"), None);
+        assert_eq!(Request::from(&only).cookies_without("session"), None);
+    }
+
+    #[test]
+    fn a_test_request_reads_back_what_it_was_built_from() {
+        let h = test_request(
+            "/chat?room=1",
+            &[
+                ("Upgrade", "WebSocket"),
+                ("Sec-WebSocket-Protocol", "a, ,b"),
+            ],
+        );
+        let r = Request::from(&h);
+        assert_eq!(
+            (&*r.method(), &*r.path(), r.query().as_deref(), &*r.route()),
+            ("GET", "/chat", Some("room=1"), "test")
+        );
+        assert_eq!(r.upgrade().as_deref(), Some("websocket"));
+        assert_eq!(r.subprotocols(), ["a", "b"]);
+        assert_eq!((&*r.client_addr(), &*r.scheme()), ("127.0.0.1", "http"));
+        assert!(r.tls().is_none());
     }
 
     #[test]

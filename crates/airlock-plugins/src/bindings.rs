@@ -1,11 +1,26 @@
-//! Host bindings generated from `wit/airlock-plugin.wit`.
+//! Host bindings generated from the plugin interface, one module per version airlock
+//! loads.
 //!
-//! The handshake record a call passes borrows its strings (`ownership: Borrowing`): the
-//! canonical ABI copies every string into the guest's memory anyway, so building owned
-//! copies on the host first would only add allocations.
+//! Parameters borrow (`ownership: Borrowing`): the canonical ABI copies every string into
+//! the guest's memory anyway, so building owned copies on the host first would only add
+//! allocations.
 
-wasmtime::component::bindgen!({
-    world: "handshake-plugin",
-    path: "../../wit",
-    ownership: Borrowing { duplicate_if_necessary: true },
-});
+/// `airlock:plugin@0.1.0` (`wit/v0.1.0/`): the request is passed as a record.
+pub(crate) mod v0_1 {
+    wasmtime::component::bindgen!({
+        world: "handshake-plugin",
+        path: "../../wit/v0.1.0",
+        ownership: Borrowing { duplicate_if_necessary: true },
+    });
+}
+
+/// `airlock:plugin@0.2.0` (`wit/`): the request is a resource the plugin reads from.
+pub(crate) mod v0_2 {
+    wasmtime::component::bindgen!({
+        world: "handshake-plugin",
+        path: "../../wit",
+        ownership: Borrowing { duplicate_if_necessary: true },
+        // A `request` method called outside the call that received the handle traps.
+        imports: { "airlock:plugin/types": trappable },
+    });
+}

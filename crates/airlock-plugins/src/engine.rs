@@ -8,7 +8,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::bindings::HandshakePlugin;
+use crate::bindings::{v0_1, v0_2};
 use crate::cache::DiskCache;
 use crate::error::PluginError;
 use crate::instance::StoreData;
@@ -70,7 +70,11 @@ impl PluginHost {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
-        HandshakePlugin::add_to_linker::<_, HasSelf<StoreData>>(&mut linker, |data| data)
+        // Both interface versions: their imports have different names, so a plugin built
+        // for either links.
+        v0_1::HandshakePlugin::add_to_linker::<_, HasSelf<StoreData>>(&mut linker, |data| data)
+            .map_err(engine_error)?;
+        v0_2::HandshakePlugin::add_to_linker::<_, HasSelf<StoreData>>(&mut linker, |data| data)
             .map_err(engine_error)?;
 
         let weak = engine.weak();

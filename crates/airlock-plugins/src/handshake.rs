@@ -7,9 +7,9 @@
 
 use std::borrow::Cow;
 
-use crate::bindings::airlock::plugin::types as wit;
+use crate::bindings::v0_1::airlock::plugin::types as wit;
 
-/// One request at handshake time; see `handshake` in `wit/airlock-plugin.wit`.
+/// One request at handshake time; see `handshake` in `wit/v0.1.0/airlock-plugin.wit` and the `request` resource in `wit/airlock-plugin.wit`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Handshake<'a> {
     pub id: Cow<'a, str>,

@@ -5,15 +5,15 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::component::{InstancePre, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::airlock::plugin::host::{self, Level};
-use crate::bindings::airlock::plugin::types::Handshake as WitHandshake;
-use crate::bindings::{HandshakePlugin, HandshakePluginPre};
+use crate::bindings::v0_1::airlock::plugin::host::{self, Level};
+use crate::bindings::{v0_1, v0_2};
 use crate::engine::{PluginHost, Running, Ticker};
 use crate::error::{CallError, PluginError};
+use crate::request::{self, CurrentRequest};
 use crate::{Handshake, PluginSettings, Verdict};
 
 /// What each instance's store holds: an empty WASI context (no files, sockets,
@@ -27,6 +27,8 @@ pub struct StoreData {
     /// The calling thread's CPU time when the running call met its first epoch tick;
     /// `None` before that. See [`on_tick`].
     cpu_at_first_tick: Option<Duration>,
+    /// The request a 0.2 plugin's running call reads.
+    pub(crate) current: CurrentRequest,
 }
 
 impl WasiView for StoreData {
@@ -38,7 +40,7 @@ impl WasiView for StoreData {
     }
 }
 
-impl crate::bindings::airlock::plugin::types::Host for StoreData {}
+impl v0_1::airlock::plugin::types::Host for StoreData {}
 
 impl host::Host for StoreData {
     fn log(&mut self, level: Level, message: String) {
@@ -59,13 +61,103 @@ impl host::Host for StoreData {
     }
 }
 
+impl v0_2::airlock::plugin::host::Host for StoreData {
+    fn log(&mut self, level: v0_2::airlock::plugin::host::Level, message: String) {
+        host::Host::log(self, request::level(level), message);
+    }
+
+    fn now_unix_ms(&mut self) -> u64 {
+        host::Host::now_unix_ms(self)
+    }
+}
+
+/// A plugin linked for the interface version it was built for.
+enum Pre {
+    V0_1(v0_1::HandshakePluginPre<StoreData>),
+    V0_2(v0_2::HandshakePluginPre<StoreData>),
+}
+
+impl Pre {
+    /// The newest version whose exports the component has.
+    fn new(pre: InstancePre<StoreData>) -> wasmtime::Result<Self> {
+        match v0_2::HandshakePluginPre::new(pre.clone()) {
+            Ok(v2) => Ok(Self::V0_2(v2)),
+            Err(v2_error) => v0_1::HandshakePluginPre::new(pre)
+                .map(Self::V0_1)
+                .map_err(|v1_error| {
+                    wasmtime::format_err!(
+                        "it is a plugin neither for airlock:plugin@0.2.0 ({v2_error:#}) nor for 0.1.0 ({v1_error:#})"
+                    )
+                }),
+        }
+    }
+
+    fn engine(&self) -> &Engine {
+        match self {
+            Self::V0_1(pre) => pre.engine(),
+            Self::V0_2(pre) => pre.engine(),
+        }
+    }
+
+    fn instantiate(&self, store: &mut Store<StoreData>) -> wasmtime::Result<Exports> {
+        Ok(match self {
+            Self::V0_1(pre) => Exports::V0_1(pre.instantiate(store)?),
+            Self::V0_2(pre) => Exports::V0_2(pre.instantiate(store)?),
+        })
+    }
+}
+
+/// An instance's exports, by interface version.
+enum Exports {
+    V0_1(v0_1::HandshakePlugin),
+    V0_2(v0_2::HandshakePlugin),
+}
+
 struct Instance {
     store: Store<StoreData>,
-    plugin: HandshakePlugin,
+    plugin: Exports,
+}
+
+impl Instance {
+    fn configure(&mut self, config: &str) -> wasmtime::Result<Result<(), String>> {
+        match &self.plugin {
+            Exports::V0_1(p) => p.call_configure(&mut self.store, config),
+            Exports::V0_2(p) => p.call_configure(&mut self.store, config),
+        }
+    }
+
+    /// The headers a 0.1 plugin reads (lowercase), or `None` for all; a 0.2 plugin reads
+    /// headers by name and is never sent any it did not ask for.
+    fn wanted_headers(&mut self) -> wasmtime::Result<Option<Box<[String]>>> {
+        Ok(match &self.plugin {
+            Exports::V0_1(p) => p
+                .call_wanted_headers(&mut self.store)?
+                .map(|names| names.iter().map(|n| n.to_ascii_lowercase()).collect()),
+            Exports::V0_2(_) => None,
+        })
+    }
+
+    /// Call `on-handshake`; a 0.1 plugin's record carries only the headers `keep` accepts.
+    fn on_handshake(
+        &mut self,
+        request: &Handshake<'_>,
+        keep: impl Fn(&str) -> bool,
+    ) -> wasmtime::Result<Verdict> {
+        match &self.plugin {
+            Exports::V0_1(p) => {
+                request.with_record(keep, |record| p.call_on_handshake(&mut self.store, record))
+            }
+            Exports::V0_2(p) => {
+                CurrentRequest::during(&mut self.store, request, |store, handle| {
+                    p.call_on_handshake(store, handle).map(request::verdict)
+                })
+            }
+        }
+    }
 }
 
 pub(crate) struct InstancePool {
-    pre: HandshakePluginPre<StoreData>,
+    pre: Pre,
     settings: PluginSettings,
     name: Arc<str>,
     /// The headers the plugin reads (lowercase), from its `wanted-headers`; `None`: all.
@@ -113,7 +205,7 @@ impl InstancePool {
             .linker
             .instantiate_pre(&component)
             .map_err(compile_error)?;
-        let pre = HandshakePluginPre::new(pre).map_err(compile_error)?;
+        let pre = Pre::new(pre).map_err(compile_error)?;
         let mut pool = Self {
             pre,
             settings: settings.clone(),
@@ -131,14 +223,13 @@ impl InstancePool {
         let mut first = pool.create()?;
         let running = pool.arm(&mut first.store);
         let wanted = first
-            .plugin
-            .call_wanted_headers(&mut first.store)
+            .wanted_headers()
             .map_err(|e| PluginError::ConfigureFailed {
                 plugin: settings.name.clone(),
                 source: pool.classify(e),
             })?;
         drop(running);
-        pool.wanted = wanted.map(|names| names.iter().map(|n| n.to_ascii_lowercase()).collect());
+        pool.wanted = wanted;
         {
             let mut state = pool.state.lock().unwrap_or_else(|e| e.into_inner());
             state.live = 1;
@@ -172,6 +263,7 @@ impl InstancePool {
             plugin: self.name.clone(),
             request_id: String::new(),
             cpu_at_first_tick: None,
+            current: CurrentRequest::default(),
         };
         let mut store = Store::new(self.pre.engine(), data);
         store.limiter(|d| &mut d.limits);
@@ -186,8 +278,9 @@ impl InstancePool {
         };
         let plugin = self.pre.instantiate(&mut store).map_err(instance_error)?;
         restart_clock(&mut store);
-        match plugin.call_configure(&mut store, &self.settings.config_json) {
-            Ok(Ok(())) => Ok(Instance { store, plugin }),
+        let mut instance = Instance { store, plugin };
+        match instance.configure(&self.settings.config_json) {
+            Ok(Ok(())) => Ok(instance),
             Ok(Err(message)) => Err(PluginError::Configure {
                 plugin: self.settings.name.clone(),
                 message,
@@ -196,48 +289,19 @@ impl InstancePool {
         }
     }
 
-    /// Call `on-handshake` with `request.headers` narrowed to the wanted ones.
+    /// Call `on-handshake` on a warm instance (a 0.1 plugin's record narrowed to the
+    /// headers it wants).
     pub fn call(&self, request: &Handshake<'_>) -> Result<Verdict, CallError> {
-        self.with_wanted_headers(request, |record| self.call_warm(&request.id, record))
-    }
-
-    pub fn call_fresh(&self, request: &Handshake<'_>) -> Result<Verdict, CallError> {
-        self.with_wanted_headers(request, |record| {
-            let mut instance = self
-                .create()
-                .map_err(|e| CallError::Instantiate(e.to_string()))?;
-            let _running = self.arm(&mut instance.store);
-            instance
-                .plugin
-                .call_on_handshake(&mut instance.store, record)
-                .map_err(|e| self.classify(e))
-        })
-    }
-
-    fn with_wanted_headers<R>(
-        &self,
-        request: &Handshake<'_>,
-        call: impl FnOnce(WitHandshake<'_>) -> R,
-    ) -> R {
-        let wanted = self.wanted.as_deref();
-        let keep =
-            |name: &str| wanted.is_none_or(|w| w.iter().any(|w| name.eq_ignore_ascii_case(w)));
-        request.with_record(keep, call)
-    }
-
-    fn call_warm(&self, id: &str, record: WitHandshake<'_>) -> Result<Verdict, CallError> {
         let mut instance = self.check_out()?;
         let request_id = &mut instance.store.data_mut().request_id;
         request_id.clear();
-        request_id.push_str(id);
+        request_id.push_str(&request.id);
         let running = self.arm(&mut instance.store);
         // A host function can panic on the guest's behalf (wasmtime-wasi's blocking stream
         // calls do when a guest writes to stdout/stderr on a Tokio worker). Catch it here
         // so it costs this call, not the connection, and never reuse the instance.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            instance
-                .plugin
-                .call_on_handshake(&mut instance.store, record)
+            instance.on_handshake(request, self.keep_header())
         }));
         drop(running);
         match result {
@@ -256,6 +320,22 @@ impl InstancePool {
                 ))
             }
         }
+    }
+
+    pub fn call_fresh(&self, request: &Handshake<'_>) -> Result<Verdict, CallError> {
+        let mut instance = self
+            .create()
+            .map_err(|e| CallError::Instantiate(e.to_string()))?;
+        let _running = self.arm(&mut instance.store);
+        instance
+            .on_handshake(request, self.keep_header())
+            .map_err(|e| self.classify(e))
+    }
+
+    /// Whether a 0.1 plugin's record carries header `name`: its `wanted-headers`.
+    fn keep_header(&self) -> impl Fn(&str) -> bool {
+        let wanted = self.wanted.as_deref();
+        move |name: &str| wanted.is_none_or(|w| w.iter().any(|w| name.eq_ignore_ascii_case(w)))
     }
 
     fn classify(&self, e: wasmtime::Error) -> CallError {
@@ -380,6 +460,29 @@ fn thread_cpu_time() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_component_that_is_no_plugin_is_refused_naming_both_interface_versions() {
+        // The smallest valid component: a header, no imports, no exports.
+        let empty = b"\0asm\x0d\0\x01\0";
+        let host = PluginHost::new(1, 1 << 20, None).unwrap();
+        let settings = PluginSettings {
+            name: "empty".into(),
+            timeout: Duration::from_millis(5),
+            max_memory: 1 << 20,
+            instances: 1,
+            on_error: crate::OnError::Deny,
+            config_json: "{}".into(),
+        };
+        let Err(error) = InstancePool::from_bytes(&host, empty, &settings) else {
+            panic!("an empty component loaded as a plugin");
+        };
+        let text = error.to_string();
+        assert!(matches!(error, PluginError::Compile { .. }), "{text}");
+        for part in ["plugin `empty`", "airlock:plugin@0.2.0", "nor for 0.1.0"] {
+            assert!(text.contains(part), "{part:?} missing from {text}");
+        }
+    }
 
     /// Use `ms` milliseconds of this thread's CPU time.
     fn burn(ms: u64) {

@@ -19,13 +19,14 @@ mod engine;
 mod error;
 mod handshake;
 mod instance;
+mod request;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use bindings::airlock::plugin::types::{Mutations, Rejection, Verdict};
+pub use bindings::v0_1::airlock::plugin::types::{Mutations, Rejection, Verdict};
 pub use cache::DiskCache;
 pub use chain::{Chain, ChainOutcome};
 pub use engine::PluginHost;

@@ -208,10 +208,16 @@ fn main() {
     let host = PluginHost::new(16, 16 << 20, None).expect("engine");
     let request = browser_handshake();
     let mut examples = examples();
-    // The no-op again, asking for no headers: the fixed cost of a call.
+    // A plugin built for interface 0.1, which is sent the request as a record: with
+    // every header, and with none (the fixed cost of a 0.1 call).
     examples.push(Example {
-        label: "no-op, no headers wanted",
-        file: "test_guest.wasm",
+        label: "0.1 record, all headers (compat-v0-1)",
+        file: "compat_v0_1.wasm",
+        config: "{}".into(),
+    });
+    examples.push(Example {
+        label: "0.1 record, no headers wanted (compat-v0-1)",
+        file: "compat_v0_1.wasm",
         config: r#"{"wanted_headers":[]}"#.into(),
     });
     let plugins: Vec<_> = examples.iter().map(|e| (e.label, load(&host, e))).collect();

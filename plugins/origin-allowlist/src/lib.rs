@@ -13,7 +13,7 @@
 use std::sync::OnceLock;
 
 use airlock_plugin_sdk::{
-    Handshake, MutationsExt as _, Plugin, Verdict, allow_with, export, header, no_changes, reject,
+    MutationsExt as _, Plugin, Request, Verdict, allow_with, export, no_changes, reject,
 };
 use serde::Deserialize;
 
@@ -133,8 +133,9 @@ impl Policy {
         })
     }
 
-    pub fn decide(&self, request: &Handshake) -> Verdict {
-        let origin = header(request, "origin");
+    pub fn decide(&self, request: Request<'_>) -> Verdict {
+        let origin = request.header("origin");
+        let origin = origin.as_deref();
         if self.admits(origin) {
             allow_with(no_changes().attribute("origin", origin.unwrap_or("")))
         } else {
@@ -158,13 +159,9 @@ impl Plugin for OriginAllowlist {
             .map_err(|_| "configured twice".to_string())
     }
 
-    fn wanted_headers() -> Option<Vec<String>> {
-        Some(vec!["origin".into()])
-    }
-
-    fn on_handshake(request: Handshake) -> Verdict {
+    fn on_handshake(request: Request<'_>) -> Verdict {
         match POLICY.get() {
-            Some(policy) => policy.decide(&request),
+            Some(policy) => policy.decide(request),
             None => reject(503, "origin-allowlist is not configured\n"),
         }
     }

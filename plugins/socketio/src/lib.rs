@@ -15,7 +15,7 @@
 use std::sync::OnceLock;
 
 use airlock_plugin_sdk::{
-    Handshake, MutationsExt as _, Plugin, Verdict, allow_with, export, no_changes, query_param,
+    MutationsExt as _, Plugin, Request, Verdict, allow_with, export, no_changes, query_param,
     reject_with,
 };
 use serde::Deserialize;
@@ -94,34 +94,39 @@ impl Policy {
     }
 
     /// `Ok(affinity key)` for an acceptable request, `Err(code)` otherwise.
-    pub fn check(&self, r: &Handshake) -> Result<Option<String>, Code> {
+    ///
+    /// Each request field is read once: in airlock, every read copies it into this
+    /// plugin's memory.
+    pub fn check<'a>(&self, r: impl Into<Request<'a>>) -> Result<Option<String>, Code> {
+        let r = r.into();
         // "/socket.io/" and "/socket.io" both address the endpoint.
-        let under_path =
-            r.path.starts_with(&self.path) || r.path == self.path.trim_end_matches('/');
+        let path = r.path();
+        let under_path = path.starts_with(&self.path) || path == self.path.trim_end_matches('/');
         if !under_path {
             return Err(Code::BadRequest);
         }
-        let version = query_param(r, "EIO").and_then(|v| v.parse::<u32>().ok());
+        let query = r.query().unwrap_or_default();
+        let version = query_param(&query, "EIO").and_then(|v| v.parse::<u32>().ok());
         if !version.is_some_and(|v| self.versions.contains(&v)) {
             return Err(Code::UnsupportedProtocolVersion);
         }
-        let sid = query_param(r, "sid");
+        let sid = query_param(&query, "sid");
         if let Some(sid) = &sid
             && !valid_sid(sid)
         {
             return Err(Code::UnknownSid);
         }
-        match query_param(r, "transport").as_deref() {
+        match query_param(&query, "transport").as_deref() {
             Some("websocket") => {
-                if r.upgrade.as_deref() != Some("websocket") || r.method != "GET" {
+                if r.upgrade().as_deref() != Some("websocket") || r.method() != "GET" {
                     return Err(Code::BadRequest);
                 }
             }
             Some("polling") => {
-                if r.upgrade.is_some() {
+                if r.upgrade().is_some() {
                     return Err(Code::BadRequest);
                 }
-                match r.method.as_str() {
+                match &*r.method() {
                     "GET" => {}
                     // Sending data needs a session.
                     "POST" if sid.is_some() => {}
@@ -133,7 +138,7 @@ impl Policy {
         Ok(sid)
     }
 
-    pub fn decide(&self, r: &Handshake) -> Verdict {
+    pub fn decide<'a>(&self, r: impl Into<Request<'a>>) -> Verdict {
         match self.check(r) {
             Ok(Some(sid)) => allow_with(no_changes().affinity_key(sid)),
             Ok(None) => allow_with(no_changes()),
@@ -157,16 +162,11 @@ impl Plugin for SocketIo {
             .map_err(|_| "configured twice".to_string())
     }
 
-    /// Everything it checks is in the method, path, query and upgrade.
-    fn wanted_headers() -> Option<Vec<String>> {
-        Some(Vec::new())
-    }
-
-    fn on_handshake(request: Handshake) -> Verdict {
+    fn on_handshake(request: Request<'_>) -> Verdict {
         POLICY
             .get()
             .expect("configure runs before any handshake")
-            .decide(&request)
+            .decide(request)
     }
 }
 
@@ -175,7 +175,7 @@ export!(SocketIo);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airlock_plugin_sdk::test_request;
+    use airlock_plugin_sdk::{Handshake, test_request};
 
     fn policy() -> Policy {
         Policy::from_json("{}").unwrap()

@@ -11,13 +11,11 @@
 //!   (lists of pairs or names), `path`, `query`, `upstream`, `subprotocol`.
 //! - `echo_request_header = "x-seen"`: add a response header with the JSON of what the
 //!   plugin saw (path, query, client address, upgrade, subprotocols, header names).
-//! - `wanted_headers = ["origin"]`: the headers to ask airlock for (default: all).
 
 use std::sync::OnceLock;
 
 use airlock_plugin_sdk::{
-    Handshake, Mutations, MutationsExt as _, Plugin, Verdict, allow_with, export, header,
-    no_changes, reject,
+    Mutations, MutationsExt as _, Plugin, Request, Verdict, allow_with, export, no_changes, reject,
 };
 use serde::Deserialize;
 
@@ -50,8 +48,6 @@ struct Script {
     subprotocol: Option<String>,
     #[serde(default)]
     echo_request_header: Option<String>,
-    #[serde(default)]
-    wanted_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,11 +72,7 @@ impl Plugin for TestGuest {
             .map_err(|_| "configured twice".to_string())
     }
 
-    fn wanted_headers() -> Option<Vec<String>> {
-        SCRIPT.get().expect("configured").wanted_headers.clone()
-    }
-
-    fn on_handshake(request: Handshake) -> Verdict {
+    fn on_handshake(request: Request<'_>) -> Verdict {
         let script = SCRIPT.get().expect("configured");
         match script.mode.as_deref() {
             Some("loop") => {
@@ -109,18 +101,18 @@ impl Plugin for TestGuest {
             _ => {}
         }
         if let Some((name, value)) = &script.require_header
-            && header(&request, name) != Some(value.as_str())
+            && request.header(name).as_deref() != Some(value.as_str())
         {
             return reject(412, format!("expected header {name}: {value}\n"));
         }
         if let Some(r) = &script.reject {
             return reject(r.status, r.body.clone());
         }
-        allow_with(mutations(script, &request))
+        allow_with(mutations(script, request))
     }
 }
 
-fn mutations(script: &Script, request: &Handshake) -> Mutations {
+fn mutations(script: &Script, request: Request<'_>) -> Mutations {
     let mut m = no_changes();
     for (k, v) in &script.set_headers {
         m = m.set_header(k, v.clone());
@@ -136,17 +128,18 @@ fn mutations(script: &Script, request: &Handshake) -> Mutations {
     }
     if let Some(name) = &script.echo_request_header {
         let seen = serde_json::json!({
-            "path": request.path,
-            "query": request.query,
-            "client_addr": request.client_addr,
-            "upgrade": request.upgrade,
-            "subprotocols": request.subprotocols,
-            "route": request.route,
-            "method": request.method,
-            "authority": request.authority,
-            "header_names": request.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-            "scheme": request.scheme,
-            "tls": request.tls.as_ref().map(|t| serde_json::json!({
+            "id": request.id(),
+            "path": request.path(),
+            "query": request.query(),
+            "client_addr": request.client_addr(),
+            "upgrade": request.upgrade(),
+            "subprotocols": request.subprotocols(),
+            "route": request.route(),
+            "method": request.method(),
+            "authority": request.authority(),
+            "header_names": request.headers().into_iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            "scheme": request.scheme(),
+            "tls": request.tls().map(|t| serde_json::json!({
                 "sni": t.sni,
                 "alpn": t.alpn,
                 "version": t.version,

@@ -13,11 +13,12 @@
 //! (`new WebSocket(url, ["access_token", token])`). Wherever it came from, the token is
 //! removed from what the upstream sees, and the plugin never logs it.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use airlock_plugin_sdk::{
-    Handshake, Mutations, MutationsExt as _, Plugin, Verdict, allow_with, cookie, cookies_without,
-    export, header, no_changes, now_unix_ms, query_param, query_without, reject_with,
+    Mutations, MutationsExt as _, Plugin, Request, Verdict, allow_with, cookie, cookies_without,
+    export, no_changes, now_unix_ms, query_param, query_without, reject_with,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -322,47 +323,53 @@ impl Policy {
         })
     }
 
-    /// The headers the enabled sources read. The subject header is not among them: it
-    /// is removed or replaced without being read.
-    pub fn wanted_headers(&self) -> Vec<String> {
-        let mut names = Vec::new();
-        if self.sources.contains(&Source::Header) {
-            names.push("authorization".into());
+    /// What the enabled sources carry in `r`, each read from airlock once. The subject
+    /// header is not read: it is removed or replaced.
+    fn read<'a>(&self, r: Request<'a>) -> Carriers<'a> {
+        let mut c = Carriers::default();
+        for source in &self.sources {
+            match source {
+                Source::Header => c.authorization = r.header("authorization"),
+                Source::Query => c.query = r.query(),
+                Source::Cookie => c.cookies = r.header_all("cookie"),
+                Source::Protocol => c.subprotocols = r.subprotocols(),
+            }
         }
-        if self.sources.contains(&Source::Cookie) {
-            names.push("cookie".into());
-        }
-        names
+        c
     }
 
     /// The verdict for `r` at `now` (seconds since the Unix epoch).
-    pub fn decide(&self, r: &Handshake, now: u64) -> Verdict {
+    pub fn decide<'a>(&self, r: impl Into<Request<'a>>, now: u64) -> Verdict {
+        let carriers = self.read(r.into());
         let subject = self
-            .find(r)
+            .find(&carriers)
             .ok_or(Failure::Missing)
             .and_then(|(_, token)| self.verify(&token, now));
         match subject {
-            Ok(subject) => allow_with(self.forwarded(r, subject)),
+            Ok(subject) => allow_with(self.forwarded(&carriers, subject)),
             Err(failure) => self.refuse(failure),
         }
     }
 
     /// The first token found, in the order of `sources`.
-    pub fn find(&self, r: &Handshake) -> Option<(Source, String)> {
+    fn find(&self, c: &Carriers<'_>) -> Option<(Source, String)> {
         self.sources.iter().find_map(|&source| {
             let token = match source {
-                Source::Header => bearer(r).map(str::to_string),
-                Source::Query => query_param(r, &self.query_param),
-                Source::Cookie => cookie(r, &self.cookie).map(str::to_string),
-                Source::Protocol => self.offered_after_marker(r).map(str::to_string),
+                Source::Header => c.bearer().map(str::to_string),
+                Source::Query => c
+                    .query
+                    .as_deref()
+                    .and_then(|q| query_param(q, &self.query_param)),
+                Source::Cookie => cookie(&c.cookies, &self.cookie).map(str::to_string),
+                Source::Protocol => self.offered_after_marker(c).map(str::to_string),
             };
             token.filter(|t| !t.is_empty()).map(|t| (source, t))
         })
     }
 
-    fn offered_after_marker<'a>(&self, r: &'a Handshake) -> Option<&'a str> {
-        let at = r.subprotocols.iter().position(|p| *p == self.protocol)?;
-        r.subprotocols.get(at + 1).map(String::as_str)
+    fn offered_after_marker<'c>(&self, c: &'c Carriers<'_>) -> Option<&'c str> {
+        let at = c.subprotocols.iter().position(|p| *p == self.protocol)?;
+        c.subprotocols.get(at + 1).map(|p| &**p)
     }
 
     /// Check `token`; `Ok` carries its subject (`sub`), if it has one.
@@ -426,25 +433,25 @@ impl Policy {
 
     /// The changes for an admitted request: every token carrier removed, the subject
     /// header set (or a client-supplied one removed).
-    fn forwarded(&self, r: &Handshake, subject: Option<String>) -> Mutations {
+    fn forwarded(&self, c: &Carriers<'_>, subject: Option<String>) -> Mutations {
         let mut m = no_changes();
         for source in &self.sources {
             m = match source {
-                Source::Header if bearer(r).is_some() => m.remove_header("authorization"),
-                Source::Query => match r.query.as_deref() {
-                    Some(q) if query_param(r, &self.query_param).is_some() => {
+                Source::Header if c.bearer().is_some() => m.remove_header("authorization"),
+                Source::Query => match c.query.as_deref() {
+                    Some(q) if query_param(q, &self.query_param).is_some() => {
                         m.query(query_without(q, &self.query_param))
                     }
                     _ => m,
                 },
-                Source::Cookie if cookie(r, &self.cookie).is_some() => {
-                    match cookies_without(r, &self.cookie) {
+                Source::Cookie if cookie(&c.cookies, &self.cookie).is_some() => {
+                    match cookies_without(&c.cookies, &self.cookie) {
                         Some(rest) => m.set_header("cookie", rest),
                         None => m.remove_header("cookie"),
                     }
                 }
-                Source::Protocol if r.subprotocols.contains(&self.protocol) => {
-                    self.strip_protocol(r, m)
+                Source::Protocol if c.subprotocols.iter().any(|p| *p == self.protocol) => {
+                    self.strip_protocol(&c.subprotocols, m)
                 }
                 _ => m,
             };
@@ -464,14 +471,13 @@ impl Policy {
     /// Offer the upstream the other subprotocols only. When none remain, the upstream
     /// chooses none, so answer the client with the marker: browsers fail a handshake
     /// whose `101` selects no protocol after they offered some.
-    fn strip_protocol(&self, r: &Handshake, m: Mutations) -> Mutations {
-        let at = r.subprotocols.iter().position(|p| *p == self.protocol);
-        let rest: Vec<&str> = r
-            .subprotocols
+    fn strip_protocol(&self, offered: &[Cow<'_, str>], m: Mutations) -> Mutations {
+        let at = offered.iter().position(|p| *p == self.protocol);
+        let rest: Vec<&str> = offered
             .iter()
             .enumerate()
             .filter(|(i, _)| at.is_none_or(|at| *i != at && *i != at + 1))
-            .map(|(_, p)| p.as_str())
+            .map(|(_, p)| &**p)
             .collect();
         if rest.is_empty() {
             m.remove_header("sec-websocket-protocol")
@@ -498,10 +504,22 @@ impl Policy {
     }
 }
 
-/// The token of an `Authorization: Bearer` header.
-fn bearer(r: &Handshake) -> Option<&str> {
-    let (scheme, token) = header(r, "authorization")?.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+/// The parts of a request that can carry a token, as far as the enabled sources read
+/// them (the rest stay empty).
+#[derive(Default)]
+struct Carriers<'a> {
+    authorization: Option<Cow<'a, str>>,
+    query: Option<Cow<'a, str>>,
+    cookies: Vec<Cow<'a, str>>,
+    subprotocols: Vec<Cow<'a, str>>,
+}
+
+impl Carriers<'_> {
+    /// The token of an `Authorization: Bearer` header.
+    fn bearer(&self) -> Option<&str> {
+        let (scheme, token) = self.authorization.as_deref()?.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }
 }
 
 fn decode<T: DeserializeOwned>(part: &str) -> Result<T, Failure> {
@@ -531,14 +549,9 @@ impl Plugin for TokenAuth {
         Ok(())
     }
 
-    fn wanted_headers() -> Option<Vec<String>> {
+    fn on_handshake(request: Request<'_>) -> Verdict {
         let policy = POLICY.get().expect("airlock calls configure first");
-        Some(policy.wanted_headers())
-    }
-
-    fn on_handshake(request: Handshake) -> Verdict {
-        let policy = POLICY.get().expect("airlock calls configure first");
-        policy.decide(&request, now_unix_ms() / 1000)
+        policy.decide(request, now_unix_ms() / 1000)
     }
 }
 
