@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -13,12 +13,17 @@ use crate::cache::DiskCache;
 use crate::error::PluginError;
 use crate::instance::StoreData;
 
-/// How often the epoch advances; deadlines are counted in these ticks.
+/// How often the epoch advances while a call has run past its `timeout` in wall-clock
+/// time: how soon after using its `timeout` of CPU time a call is stopped.
 pub(crate) const TICK: Duration = Duration::from_millis(1);
 
-/// After this many ticks with no plugin call running or started, the ticker sleeps until
-/// the next call.
-const IDLE_TICKS: u32 = 100;
+/// After this long with no plugin call running or started, the ticker sleeps until the
+/// next call; it never naps longer than this either, so that it notices.
+const IDLE: Duration = Duration::from_millis(100);
+
+/// Threads whose calls the ticker watches one by one (see [`Ticker`]). A call on a
+/// thread beyond these is ticked every `TICK` while it runs, as if already late.
+const SLOTS: usize = 64;
 
 /// One engine for the process, shared by every plugin.
 #[derive(Clone)]
@@ -108,39 +113,80 @@ impl PluginHost {
     }
 }
 
-/// The thread behind call deadlines: it advances the epoch every tick while plugin code
-/// may be running, and sleeps once none has run for `IDLE_TICKS`, so an idle proxy is
-/// not woken a thousand times a second. Every entry into guest code holds a [`Running`]
-/// guard, which wakes the thread if it sleeps; a call that runs past its deadline is
-/// therefore always interrupted, however long the proxy was idle before it.
+/// The thread behind call deadlines. It advances the engine's epoch, which makes each
+/// running call check how much CPU time it has used ([`crate::instance`]'s `on_tick`),
+/// only once a call has run for its `timeout` in wall-clock time, and then every `TICK`
+/// until that call ends: a call cannot have used its `timeout` of CPU time any sooner.
+///
+/// So the thread does not wake a thousand times a second under load, which on a busy
+/// machine preempts a thread doing useful work each time. Between calls it naps until
+/// the earliest deadline of the calls running, or for the shortest `timeout` of any
+/// plugin when none runs (a call starting during the nap cannot be due before it ends),
+/// and after `IDLE` without calls it sleeps until the next one. Every entry into guest
+/// code holds a [`Running`] guard, which publishes the call's deadline in its thread's
+/// slot and wakes the thread if it sleeps.
 pub(crate) struct Ticker {
-    /// Guest calls running now.
-    running: AtomicUsize,
-    /// Guest calls started so far: calls shorter than a tick are seen by this.
+    /// What deadlines are counted from.
+    origin: Instant,
+    /// Per calling thread (see [`thread_slot`]): the wall-clock deadline of the call it
+    /// runs, in nanoseconds since `origin`; 0 when it runs none.
+    deadlines: [AtomicU64; SLOTS],
+    /// Calls running on threads without a slot.
+    unslotted: AtomicUsize,
+    /// Guest calls started so far: calls shorter than a nap are seen by this.
     started: AtomicU64,
-    /// Whether the thread sleeps; set and cleared under `lock`.
+    /// The shortest `timeout` of any plugin, in nanoseconds: the longest nap.
+    shortest_timeout: AtomicU64,
+    /// Whether the thread sleeps until a call; set and cleared under `lock`.
     asleep: AtomicBool,
+    /// Set (under `lock`) when a nap must end early: a shorter `timeout` arrived.
+    rescan: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
 }
 
 /// Held while guest code runs; see [`Ticker`].
-pub(crate) struct Running<'a>(&'a Ticker);
+pub(crate) struct Running<'a> {
+    ticker: &'a Ticker,
+    slot: Option<usize>,
+}
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.running.fetch_sub(1, SeqCst);
+        match self.slot {
+            Some(slot) => self.ticker.deadlines[slot].store(0, SeqCst),
+            None => {
+                self.ticker.unslotted.fetch_sub(1, SeqCst);
+            }
+        }
     }
 }
 
+/// What the ticker found in one look at the running calls.
+struct Scan {
+    /// A call has run past its deadline (or runs on a thread without a slot).
+    late: bool,
+    /// The earliest deadline of the calls not yet late.
+    next: Option<u64>,
+}
+
 impl Ticker {
-    /// Start the thread; it calls `tick` every tick, and ends once nobody else holds the
-    /// ticker (no call can come then).
+    /// Start the thread; it calls `tick` to advance the epoch, and ends once nobody else
+    /// holds the ticker (no call can come then).
     fn spawn(tick: impl Fn() + Send + 'static) -> Arc<Self> {
+        Self::spawn_napping(IDLE, tick)
+    }
+
+    /// [`Self::spawn`], napping at most `longest_nap` at a time.
+    fn spawn_napping(longest_nap: Duration, tick: impl Fn() + Send + 'static) -> Arc<Self> {
         let ticker = Arc::new(Self {
-            running: AtomicUsize::new(0),
+            origin: Instant::now(),
+            deadlines: std::array::from_fn(|_| AtomicU64::new(0)),
+            unslotted: AtomicUsize::new(0),
             started: AtomicU64::new(0),
+            shortest_timeout: AtomicU64::new(u64::MAX),
             asleep: AtomicBool::new(false),
+            rescan: AtomicBool::new(false),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -148,34 +194,82 @@ impl Ticker {
         std::thread::Builder::new()
             .name("airlock-wasm-epoch".into())
             .spawn(move || {
-                let mut idle_ticks = 0;
                 let mut last_started = 0;
+                let mut idle_since = 0;
                 loop {
-                    tick();
-                    std::thread::sleep(TICK);
                     let Some(ticker) = weak.upgrade() else { return };
-                    let started = ticker.started.load(SeqCst);
-                    if started != last_started || ticker.running.load(SeqCst) > 0 {
-                        (idle_ticks, last_started) = (0, started);
-                    } else {
-                        idle_ticks += 1;
+                    let now = ticker.now();
+                    let scan = ticker.scan(now);
+                    if scan.late {
+                        tick();
                     }
-                    if idle_ticks >= IDLE_TICKS {
+                    let started = ticker.started.load(SeqCst);
+                    if scan.late || scan.next.is_some() || started != last_started {
+                        (idle_since, last_started) = (now, started);
+                    } else if now - idle_since >= nanos(IDLE) {
                         if !ticker.sleep_until_called(last_started) {
                             return;
                         }
-                        idle_ticks = 0;
+                        idle_since = ticker.now();
+                        continue;
                     }
+                    let until = if scan.late {
+                        now + nanos(TICK)
+                    } else {
+                        let longest = ticker.shortest_timeout.load(SeqCst);
+                        let longest = longest.min(nanos(longest_nap));
+                        scan.next.unwrap_or(u64::MAX).min(now + longest)
+                    };
+                    ticker.nap(Duration::from_nanos(until.saturating_sub(now)));
                 }
             })
             .expect("spawn the epoch thread");
         ticker
     }
 
-    /// Mark guest code as running (and wake the thread) until the guard is dropped.
-    pub(crate) fn running(&self) -> Running<'_> {
-        self.running.fetch_add(1, SeqCst);
+    /// Nanoseconds since `origin`.
+    fn now(&self) -> u64 {
+        nanos(self.origin.elapsed())
+    }
+
+    fn scan(&self, now: u64) -> Scan {
+        let mut scan = Scan {
+            late: self.unslotted.load(SeqCst) > 0,
+            next: None,
+        };
+        for deadline in &self.deadlines {
+            match deadline.load(SeqCst) {
+                0 => {}
+                d if d <= now => scan.late = true,
+                d => scan.next = Some(scan.next.map_or(d, |n| n.min(d))),
+            }
+        }
+        scan
+    }
+
+    /// Watch calls with this `timeout` from now on: naps become no longer than it.
+    pub(crate) fn watch(&self, timeout: Duration) {
+        let previous = self.shortest_timeout.fetch_min(nanos(timeout), SeqCst);
+        if nanos(timeout) < previous {
+            let _lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.rescan.store(true, SeqCst);
+            self.wake.notify_all();
+        }
+    }
+
+    /// Mark guest code as running, due `timeout` from now (and wake the thread if it
+    /// sleeps), until the guard is dropped.
+    pub(crate) fn running(&self, timeout: Duration) -> Running<'_> {
         self.started.fetch_add(1, SeqCst);
+        let deadline = self.now().saturating_add(nanos(timeout)).max(1);
+        let slot = thread_slot().filter(|&slot| {
+            self.deadlines[slot]
+                .compare_exchange(0, deadline, SeqCst, SeqCst)
+                .is_ok()
+        });
+        if slot.is_none() {
+            self.unslotted.fetch_add(1, SeqCst);
+        }
         // Both sides write, then read the other's flag, all sequentially consistent: if the
         // thread went to sleep without seeing this call, this call sees it asleep.
         if self.asleep.load(SeqCst) {
@@ -183,7 +277,19 @@ impl Ticker {
             self.asleep.store(false, SeqCst);
             self.wake.notify_one();
         }
-        Running(self)
+        Running { ticker: self, slot }
+    }
+
+    /// Wait `duration`, or less if a shorter `timeout` arrives.
+    fn nap(&self, duration: Duration) {
+        let lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.rescan.swap(false, SeqCst) {
+            drop(
+                self.wake
+                    .wait_timeout(lock, duration)
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+        }
     }
 
     /// Sleep until a call starts (at once if one started after `last_started`). Wakes
@@ -215,6 +321,37 @@ impl Ticker {
     }
 }
 
+/// `duration` in nanoseconds, saturating (a `timeout` of centuries is still a number).
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// This thread's index into every ticker's `deadlines`, or `None` once `SLOTS` threads
+/// hold one. A thread returns its index when it ends.
+fn thread_slot() -> Option<usize> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    static FREED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+    struct Slot(Option<usize>);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            if let Some(slot) = self.0 {
+                FREED.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
+            }
+        }
+    }
+    thread_local! {
+        static SLOT: Slot = Slot({
+            let freed = FREED.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            freed.or_else(|| {
+                let next = NEXT.fetch_add(1, SeqCst);
+                (next < SLOTS).then_some(next)
+            })
+        });
+    }
+    SLOT.try_with(|slot| slot.0).ok().flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,22 +378,68 @@ mod tests {
     }
 
     #[test]
-    fn the_ticker_sleeps_while_idle_and_ticks_while_guest_code_runs() {
+    fn the_ticker_sleeps_while_idle_and_ticks_a_call_from_its_deadline_on() {
         let (ticks, ticker) = asleep_counting_ticker();
         let asleep_at = ticks.load(SeqCst);
         std::thread::sleep(TICK * 20);
         assert_eq!(ticks.load(SeqCst), asleep_at, "an asleep ticker ticked");
 
-        // A long call: the ticker wakes and keeps ticking however long the call runs,
-        // past the idle limit, so its deadline can be enforced.
-        let call = ticker.running();
+        // A long call: the ticker wakes, leaves it alone until its deadline, then keeps
+        // ticking however long it runs, past the idle limit, so it can be stopped.
+        let timeout = Duration::from_millis(60);
+        let call = ticker.running(timeout);
         assert!(!ticker.is_asleep());
-        let running_since = ticks.load(SeqCst);
-        std::thread::sleep(TICK * (IDLE_TICKS + 50));
+        std::thread::sleep(timeout / 2);
+        assert_eq!(ticks.load(SeqCst), asleep_at, "ticked before the deadline");
+        std::thread::sleep(timeout / 2 + IDLE + TICK * 50);
         assert!(!ticker.is_asleep(), "slept during a call");
-        let during = ticks.load(SeqCst) - running_since;
-        assert!(during >= 10, "only {during} ticks during a long call");
+        let late = ticks.load(SeqCst) - asleep_at;
+        assert!(late >= 10, "only {late} ticks during a late call");
         drop(call);
+        wait_for("the ticker sleeps again", || ticker.is_asleep());
+    }
+
+    #[test]
+    fn calls_that_end_before_their_deadline_are_never_ticked() {
+        let (ticks, ticker) = asleep_counting_ticker();
+        let asleep_at = ticks.load(SeqCst);
+        for _ in 0..50 {
+            let call = ticker.running(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(2));
+            drop(call);
+        }
+        assert_eq!(ticks.load(SeqCst), asleep_at);
+    }
+
+    #[test]
+    fn a_shorter_timeout_ends_a_nap_early() {
+        let ticks = Arc::new(AtomicU64::new(0));
+        let counter = ticks.clone();
+        // Naps of up to an hour: with no timeout watched yet, the first is that long.
+        let ticker = Ticker::spawn_napping(Duration::from_secs(3600), move || {
+            counter.fetch_add(1, SeqCst);
+        });
+        std::thread::sleep(TICK * 10);
+        ticker.watch(Duration::from_millis(5));
+        let call = ticker.running(Duration::from_millis(5));
+        // Due in 5 ms; ticked then only if `watch` cut the hour's nap short.
+        wait_for("the late call is ticked", || ticks.load(SeqCst) > 0);
+        drop(call);
+    }
+
+    #[test]
+    fn calls_beyond_the_thread_slots_are_ticked_every_tick() {
+        let (ticks, ticker) = asleep_counting_ticker();
+        let asleep_at = ticks.load(SeqCst);
+        // A nested call on one thread finds its slot taken, as a thread without one would.
+        let outer = ticker.running(Duration::from_secs(3600));
+        let inner = ticker.running(Duration::from_secs(3600));
+        assert!(outer.slot.is_some() && inner.slot.is_none());
+        wait_for("the unslotted call is ticked", || {
+            ticks.load(SeqCst) >= asleep_at + 5
+        });
+        drop(inner);
+        drop(outer);
         wait_for("the ticker sleeps again", || ticker.is_asleep());
     }
 

@@ -24,9 +24,8 @@ pub struct StoreData {
     limits: StoreLimits,
     plugin: Arc<str>,
     request_id: String,
-    /// The calling thread's CPU time when the running call met its first epoch tick;
-    /// `None` before that. See [`on_tick`].
-    cpu_at_first_tick: Option<Duration>,
+    /// The calling thread's CPU time when the running call started. See [`on_tick`].
+    cpu_at_start: Duration,
     /// The request a 0.2 plugin's running call reads.
     pub(crate) current: CurrentRequest,
 }
@@ -219,6 +218,7 @@ impl InstancePool {
             freed: Condvar::new(),
             ticker: host.ticker.clone(),
         };
+        pool.ticker.watch(settings.timeout);
         // Create one instance now: a refused configuration is a load error.
         let mut first = pool.create()?;
         let running = pool.arm(&mut first.store);
@@ -241,7 +241,7 @@ impl InstancePool {
     /// Ready `store` for a call into the guest: its deadline starts now, and the epoch
     /// advances until the returned guard is dropped.
     fn arm(&self, store: &mut Store<StoreData>) -> Running<'_> {
-        let running = self.ticker.running();
+        let running = self.ticker.running(self.settings.timeout);
         restart_clock(store);
         running
     }
@@ -262,15 +262,13 @@ impl InstancePool {
             limits,
             plugin: self.name.clone(),
             request_id: String::new(),
-            cpu_at_first_tick: None,
+            cpu_at_start: Duration::ZERO,
             current: CurrentRequest::default(),
         };
         let mut store = Store::new(self.pre.engine(), data);
         store.limiter(|d| &mut d.limits);
         let timeout = self.settings.timeout;
-        store.epoch_deadline_callback(move |mut store| {
-            Ok(on_tick(&mut store.data_mut().cpu_at_first_tick, timeout))
-        });
+        store.epoch_deadline_callback(move |store| Ok(on_tick(store.data().cpu_at_start, timeout)));
         let _running = self.arm(&mut store);
         let instance_error = |e: wasmtime::Error| PluginError::ConfigureFailed {
             plugin: self.settings.name.clone(),
@@ -417,7 +415,7 @@ impl InstancePool {
 /// Start counting a call's time: the store's epoch callback, [`on_tick`], runs at the
 /// next tick.
 fn restart_clock(store: &mut Store<StoreData>) {
-    store.data_mut().cpu_at_first_tick = None;
+    store.data_mut().cpu_at_start = thread_cpu_time();
     store.set_epoch_deadline(1);
 }
 
@@ -425,18 +423,14 @@ fn restart_clock(store: &mut Store<StoreData>) {
 ///
 /// A call's `timeout` counts the calling thread's CPU time, not wall-clock time: on a
 /// busy machine a thread can wait for a core for milliseconds in the middle of a call,
-/// and that wait is not the plugin's doing. The clock starts at the first tick the call
-/// meets (reading a thread's CPU time is a system call; most calls end before a tick and
-/// never pay it), so a call may use up to one tick more than `timeout` before it stops.
-fn on_tick(cpu_at_first_tick: &mut Option<Duration>, timeout: Duration) -> UpdateDeadline {
-    let now = thread_cpu_time();
-    match *cpu_at_first_tick {
-        None => {
-            *cpu_at_first_tick = Some(now);
-            UpdateDeadline::Continue(1)
-        }
-        Some(first) if now.saturating_sub(first) >= timeout => UpdateDeadline::Interrupt,
-        Some(_) => UpdateDeadline::Continue(1),
+/// and that wait is not the plugin's doing. The ticker ([`crate::engine::Ticker`]) ticks
+/// only once a call has run for its `timeout` in wall-clock time, and then every tick,
+/// so a call is stopped within about a tick of using its `timeout`.
+fn on_tick(cpu_at_start: Duration, timeout: Duration) -> UpdateDeadline {
+    if thread_cpu_time().saturating_sub(cpu_at_start) >= timeout {
+        UpdateDeadline::Interrupt
+    } else {
+        UpdateDeadline::Continue(1)
     }
 }
 
@@ -493,34 +487,25 @@ mod tests {
     }
 
     #[test]
-    fn a_call_is_stopped_once_it_has_used_its_timeout_of_cpu_time_after_its_first_tick() {
+    fn a_call_is_stopped_once_it_has_used_its_timeout_of_cpu_time() {
         let timeout = Duration::from_millis(20);
-        let mut first = None;
-        assert!(matches!(
-            on_tick(&mut first, timeout),
-            UpdateDeadline::Continue(1)
-        ));
-        assert!(first.is_some());
+        let start = thread_cpu_time();
         burn(5);
         assert!(matches!(
-            on_tick(&mut first, timeout),
+            on_tick(start, timeout),
             UpdateDeadline::Continue(1)
         ));
         burn(16);
-        assert!(matches!(
-            on_tick(&mut first, timeout),
-            UpdateDeadline::Interrupt
-        ));
+        assert!(matches!(on_tick(start, timeout), UpdateDeadline::Interrupt));
     }
 
     #[test]
     fn time_spent_off_the_cpu_is_not_charged() {
         let timeout = Duration::from_millis(20);
-        let mut first = None;
-        on_tick(&mut first, timeout);
+        let start = thread_cpu_time();
         std::thread::sleep(Duration::from_millis(50));
         assert!(matches!(
-            on_tick(&mut first, timeout),
+            on_tick(start, timeout),
             UpdateDeadline::Continue(1)
         ));
     }
