@@ -238,8 +238,8 @@ impl InstancePool {
         Ok(pool)
     }
 
-    /// Ready `store` for a call into the guest: its deadline starts now, and the epoch
-    /// advances until the returned guard is dropped.
+    /// Ready `store` for a call into the guest: its clock starts now, and the ticker
+    /// watches the call until the returned guard is dropped.
     fn arm(&self, store: &mut Store<StoreData>) -> Running<'_> {
         let running = self.ticker.running(self.settings.timeout);
         restart_clock(store);

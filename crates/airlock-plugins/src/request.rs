@@ -1,7 +1,8 @@
 //! The `request` resource of `airlock:plugin@0.2.0`: a 0.2 plugin reads the handshake
 //! through it, field by field, while its `on-handshake` call runs. Only what it reads is
 //! copied into its memory, where a 0.1 plugin gets the whole record, one allocation in
-//! the guest per string.
+//! the guest per string. Also here: 0.2's verdicts and log levels in 0.1's types, which
+//! the rest of airlock uses for both versions.
 
 use std::ptr::NonNull;
 
