@@ -130,7 +130,7 @@ pub(crate) struct Ticker {
     origin: Instant,
     /// Per calling thread (see [`thread_slot`]): the wall-clock deadline of the call it
     /// runs, in nanoseconds since `origin`; 0 when it runs none.
-    deadlines: [AtomicU64; SLOTS],
+    deadlines: [Deadline; SLOTS],
     /// Calls running on threads without a slot.
     unslotted: AtomicUsize,
     /// Guest calls started so far: calls shorter than a nap are seen by this.
@@ -145,6 +145,12 @@ pub(crate) struct Ticker {
     wake: Condvar,
 }
 
+/// One thread's slot in [`Ticker::deadlines`], alone on its cache line: every call
+/// writes its thread's slot twice, and the workers' slots must not share a line.
+#[repr(align(64))]
+#[derive(Default)]
+struct Deadline(AtomicU64);
+
 /// Held while guest code runs; see [`Ticker`].
 pub(crate) struct Running<'a> {
     ticker: &'a Ticker,
@@ -154,7 +160,7 @@ pub(crate) struct Running<'a> {
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         match self.slot {
-            Some(slot) => self.ticker.deadlines[slot].store(0, SeqCst),
+            Some(slot) => self.ticker.deadlines[slot].0.store(0, SeqCst),
             None => {
                 self.ticker.unslotted.fetch_sub(1, SeqCst);
             }
@@ -181,7 +187,7 @@ impl Ticker {
     fn spawn_napping(longest_nap: Duration, tick: impl Fn() + Send + 'static) -> Arc<Self> {
         let ticker = Arc::new(Self {
             origin: Instant::now(),
-            deadlines: std::array::from_fn(|_| AtomicU64::new(0)),
+            deadlines: std::array::from_fn(|_| Deadline::default()),
             unslotted: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             shortest_timeout: AtomicU64::new(u64::MAX),
@@ -238,7 +244,7 @@ impl Ticker {
             next: None,
         };
         for deadline in &self.deadlines {
-            match deadline.load(SeqCst) {
+            match deadline.0.load(SeqCst) {
                 0 => {}
                 d if d <= now => scan.late = true,
                 d => scan.next = Some(scan.next.map_or(d, |n| n.min(d))),
@@ -264,6 +270,7 @@ impl Ticker {
         let deadline = self.now().saturating_add(nanos(timeout)).max(1);
         let slot = thread_slot().filter(|&slot| {
             self.deadlines[slot]
+                .0
                 .compare_exchange(0, deadline, SeqCst, SeqCst)
                 .is_ok()
         });
