@@ -300,9 +300,28 @@ fn record_values<'a>(h: &'a Handshake, name: &str) -> impl Iterator<Item = &'a s
 
 /// The first value of parameter `name` in `query`, percent-decoded (`+` is a space).
 pub fn query_param(query: &str, name: &str) -> Option<String> {
-    raw_pairs(query)
-        .find(|(k, _)| percent_decode(k) == name)
-        .map(|(_, v)| percent_decode(v).into_owned())
+    let [value] = query_params(query, [name]);
+    value
+}
+
+/// The first value of each of `names` in `query`, percent-decoded, found in one pass:
+/// cheaper than a [`query_param`] for each when a plugin reads several.
+pub fn query_params<const N: usize>(query: &str, names: [&str; N]) -> [Option<String>; N] {
+    let mut values = [const { None }; N];
+    let mut missing = N;
+    for (key, value) in raw_pairs(query) {
+        if missing == 0 {
+            break;
+        }
+        let key = percent_decode(key);
+        for (name, slot) in names.iter().zip(&mut values) {
+            if slot.is_none() && key == *name {
+                *slot = Some(percent_decode(value).into_owned());
+                missing -= 1;
+            }
+        }
+    }
+    values
 }
 
 /// Every `key=value` pair of a query string, percent-decoded, in order.

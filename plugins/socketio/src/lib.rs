@@ -15,7 +15,7 @@
 use std::sync::OnceLock;
 
 use airlock_plugin_sdk::{
-    MutationsExt as _, Plugin, Request, Verdict, allow_with, export, no_changes, query_param,
+    MutationsExt as _, Plugin, Request, Verdict, allow_with, export, no_changes, query_params,
     reject_with,
 };
 use serde::Deserialize;
@@ -106,17 +106,17 @@ impl Policy {
             return Err(Code::BadRequest);
         }
         let query = r.query().unwrap_or_default();
-        let version = query_param(&query, "EIO").and_then(|v| v.parse::<u32>().ok());
+        let [version, sid, transport] = query_params(&query, ["EIO", "sid", "transport"]);
+        let version = version.and_then(|v| v.parse::<u32>().ok());
         if !version.is_some_and(|v| self.versions.contains(&v)) {
             return Err(Code::UnsupportedProtocolVersion);
         }
-        let sid = query_param(&query, "sid");
         if let Some(sid) = &sid
             && !valid_sid(sid)
         {
             return Err(Code::UnknownSid);
         }
-        match query_param(&query, "transport").as_deref() {
+        match transport.as_deref() {
             Some("websocket") => {
                 if r.upgrade().as_deref() != Some("websocket") || r.method() != "GET" {
                     return Err(Code::BadRequest);
