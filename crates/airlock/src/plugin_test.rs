@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use airlock_plugins::chain::Allowed;
+use airlock_plugins::chain::{Allowed, offered_subprotocols};
 use airlock_plugins::{Chain, ChainOutcome, Handshake, Plugin, PluginHost, PluginSettings};
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
@@ -116,15 +116,11 @@ fn handshake(args: &PluginTestArgs, route: &str) -> anyhow::Result<Handshake<'st
         headers.insert(0, ("host".into(), authority.clone()));
     }
     let find = |name: &str| find(&headers, name);
-    let subprotocols = find("sec-websocket-protocol")
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| Cow::Owned(s.to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let offer = find("sec-websocket-protocol");
+    let subprotocols = offered_subprotocols(offer.as_deref().into_iter())
+        .into_iter()
+        .map(|s| Cow::Owned(s.to_string()))
+        .collect();
     Ok(Handshake {
         id: "plugin-test".into(),
         method: args.method.to_ascii_uppercase().into(),
