@@ -150,6 +150,18 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// A list of values, likewise.
+    fn list(
+        &self,
+        host: impl FnOnce(&HostRequest) -> Vec<String>,
+        record: impl FnOnce(&'a Handshake) -> Vec<&'a str>,
+    ) -> Vec<Cow<'a, str>> {
+        match self.0 {
+            Source::Host(r) => host(r).into_iter().map(Cow::Owned).collect(),
+            Source::Record(h) => record(h).into_iter().map(Cow::Borrowed).collect(),
+        }
+    }
+
     /// A unique id for this request, also in airlock's logs and traces.
     pub fn id(&self) -> Cow<'a, str> {
         self.text(HostRequest::id, |h| &h.id)
@@ -187,10 +199,7 @@ impl<'a> Request<'a> {
 
     /// Every value of header `name` (any case), in order.
     pub fn header_all(&self, name: &str) -> Vec<Cow<'a, str>> {
-        match self.0 {
-            Source::Host(r) => r.header_all(name).into_iter().map(Cow::Owned).collect(),
-            Source::Record(h) => record_values(h, name).map(Cow::Borrowed).collect(),
-        }
+        self.list(|r| r.header_all(name), |h| record_values(h, name).collect())
     }
 
     /// All request headers as (lowercase name, value), in order. Prefer [`Self::header`]:
@@ -227,10 +236,9 @@ impl<'a> Request<'a> {
 
     /// The WebSocket subprotocols the client offered, in order.
     pub fn subprotocols(&self) -> Vec<Cow<'a, str>> {
-        match self.0 {
-            Source::Host(r) => r.subprotocols().into_iter().map(Cow::Owned).collect(),
-            Source::Record(h) => h.subprotocols.iter().map(|s| Cow::Borrowed(&**s)).collect(),
-        }
+        self.list(HostRequest::subprotocols, |h| {
+            h.subprotocols.iter().map(String::as_str).collect()
+        })
     }
 
     /// The first value of query parameter `name`, percent-decoded (`+` is a space).
