@@ -77,9 +77,21 @@ pub async fn serve(
     };
 
     let mut switch = None;
-    let response = tokio::select! {
-        response = handle(request, ClientSide::Direct { switch: &mut switch, upgrade }, conn.clone()) => response,
-        _ = conn.drain.force.cancelled() => return None,
+    // Pinned where it is made: `select!` would move the request's future (kilobytes)
+    // into its own state, and copy it again on the way.
+    let response = {
+        let handling = std::pin::pin!(handle(
+            request,
+            ClientSide::Direct {
+                switch: &mut switch,
+                upgrade,
+            },
+            conn.clone(),
+        ));
+        tokio::select! {
+            response = handling => response,
+            _ = conn.drain.force.cancelled() => return None,
+        }
     };
     let (Some(Switch { tunnel, lines }), StatusCode::SWITCHING_PROTOCOLS) =
         (switch, response.status())
