@@ -95,7 +95,7 @@ for name in "${proxies[@]}"; do
 done
 
 # The medians, one metric per line, for `airlock-bench report`.
-metrics=(cpu_1024 cpu_16384 msgs_1024 msgs_16384 p50_1024 p99_1024 p99_16384 paced_cpu paced_p50
+metrics=(cpu_1024 cpu_16384 msgs_1024 msgs_16384 p50_1024 p99_1024 p50_16384 p99_16384 paced_cpu paced_p50
   paced_p99 paced_p999 paced_lost hs_cpu hs_cpu_1 hs_cpu_2 hs_rate hs_p99 idle_kib)
 for metric in "${metrics[@]}"; do
   printf '%s' "$metric"

@@ -25,6 +25,7 @@ const ROWS: &[(&str, &str)] = &[
     ("msgs_16384", "relayed 16 KiB messages/s"),
     ("p50_1024", "1 KiB round trip p50 µs"),
     ("p99_1024", "1 KiB round trip p99 µs"),
+    ("p50_16384", "16 KiB round trip p50 µs"),
     ("p99_16384", "16 KiB round trip p99 µs"),
     (
         "paced_cpu",
