@@ -97,7 +97,8 @@ need_packages() {
   local tool
   for tool in "$@"; do
     if ! command -v "$tool" > /dev/null && ! [ -x "/usr/sbin/$tool" ]; then
-      apt-get install -y "$tool" >&2
+      # A fresh machine may have no package lists yet: fetch them and try again.
+      apt-get install -y "$tool" >&2 || { apt-get update >&2 && apt-get install -y "$tool" >&2; }
     fi
   done
 }
