@@ -311,8 +311,9 @@ async fn misbehaving_plugins_cost_one_request_never_the_proxy() {
             })
             .await;
     }
-    // A guest's panic message reaches the log through the SDK's panic hook.
-    airlock
+    // A guest's panic message reaches the log through the SDK's panic hook, naming the
+    // request whose call panicked.
+    let panicked = airlock
         .wait_for_log("panic message", |v| {
             v["plugin"] == "panic"
                 && v["message"]
@@ -320,6 +321,16 @@ async fn misbehaving_plugins_cost_one_request_never_the_proxy() {
                     .is_some_and(|m| m.contains("panics on purpose"))
         })
         .await;
+    let request = panicked["request"].as_str().unwrap_or_default();
+    let denied = airlock.logs_where(|v| {
+        v["plugin"] == "panic"
+            && v["http.response.status_code"] == 503
+            && v["request.id"] == request
+    });
+    assert!(
+        !denied.is_empty(),
+        "no 503 for request {request:?}: {panicked}"
+    );
 }
 
 /// A plugin's `timeout` counts the CPU time its call uses, not time its thread spent

@@ -23,10 +23,10 @@ pub struct StoreData {
     table: ResourceTable,
     limits: StoreLimits,
     plugin: Arc<str>,
-    request_id: String,
     /// The calling thread's CPU time when the running call started. See [`on_tick`].
     cpu_at_start: Duration,
-    /// The request a 0.2 plugin's running call reads.
+    /// The request the running call decides (a 0.2 plugin reads it; the host's `log`
+    /// names its id).
     pub(crate) current: CurrentRequest,
 }
 
@@ -43,7 +43,7 @@ impl v0_1::airlock::plugin::types::Host for StoreData {}
 
 impl host::Host for StoreData {
     fn log(&mut self, level: Level, message: String) {
-        let (plugin, request) = (&*self.plugin, self.request_id.as_str());
+        let (plugin, request) = (&*self.plugin, self.current.id());
         match level {
             Level::Trace => tracing::trace!(plugin, request, "{message}"),
             Level::Debug => tracing::debug!(plugin, request, "{message}"),
@@ -142,16 +142,13 @@ impl Instance {
         request: &Handshake<'_>,
         keep: impl Fn(&str) -> bool,
     ) -> wasmtime::Result<Verdict> {
-        match &self.plugin {
+        let plugin = &self.plugin;
+        CurrentRequest::during(&mut self.store, request, |store, handle| match plugin {
             Exports::V0_1(p) => {
-                request.with_record(keep, |record| p.call_on_handshake(&mut self.store, record))
+                request.with_record(keep, |record| p.call_on_handshake(store, record))
             }
-            Exports::V0_2(p) => {
-                CurrentRequest::during(&mut self.store, request, |store, handle| {
-                    p.call_on_handshake(store, handle).map(request::verdict)
-                })
-            }
-        }
+            Exports::V0_2(p) => p.call_on_handshake(store, handle).map(request::verdict),
+        })
     }
 }
 
@@ -261,7 +258,6 @@ impl InstancePool {
             table: ResourceTable::new(),
             limits,
             plugin: self.name.clone(),
-            request_id: String::new(),
             cpu_at_start: Duration::ZERO,
             current: CurrentRequest::default(),
         };
@@ -291,9 +287,6 @@ impl InstancePool {
     /// headers it wants).
     pub fn call(&self, request: &Handshake<'_>) -> Result<Verdict, CallError> {
         let mut instance = self.check_out()?;
-        let request_id = &mut instance.store.data_mut().request_id;
-        request_id.clear();
-        request_id.push_str(&request.id);
         let running = self.arm(&mut instance.store);
         // A host function can panic on the guest's behalf (wasmtime-wasi's blocking stream
         // calls do when a guest writes to stdout/stderr on a Tokio worker). Catch it here

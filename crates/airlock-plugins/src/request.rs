@@ -14,7 +14,7 @@ use crate::instance::StoreData;
 
 use v0_2::airlock::plugin::types::{self as wit, Request};
 
-/// The handshake a running 0.2 `on-handshake` call decides; empty between calls.
+/// The handshake a running `on-handshake` call decides; empty between calls.
 ///
 /// It points at the caller's [`Handshake`], which outlives the call: [`Self::during`]
 /// sets it just before the call and clears it when the call returns. A handle to the
@@ -51,16 +51,25 @@ impl CurrentRequest {
         call(&mut *guard.0, Resource::new_borrow(0))
     }
 
+    fn peek(&self) -> Option<&Handshake<'_>> {
+        // SAFETY: set by `during` from a live reference, and cleared before that reference
+        // ends; see the type's documentation.
+        #[allow(unsafe_code)]
+        self.0.map(|request| unsafe { request.as_ref() })
+    }
+
     fn get(&self) -> wasmtime::Result<&Handshake<'_>> {
-        match self.0 {
-            // SAFETY: set by `during` from a live reference, and cleared before that
-            // reference ends; see the type's documentation.
-            #[allow(unsafe_code)]
-            Some(request) => Ok(unsafe { request.as_ref() }),
-            None => Err(wasmtime::format_err!(
+        self.peek().ok_or_else(|| {
+            wasmtime::format_err!(
                 "the request was used outside the on-handshake call that received it"
-            )),
-        }
+            )
+        })
+    }
+
+    /// The running call's request id, for the host's `log`; empty outside a call
+    /// (`configure`).
+    pub(crate) fn id(&self) -> &str {
+        self.peek().map_or("", |request| &request.id)
     }
 }
 
