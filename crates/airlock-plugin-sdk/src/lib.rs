@@ -126,16 +126,25 @@ impl<'a> Request<'a> {
         Self(Source::Host(request))
     }
 
-    /// One value: from the host, or borrowed from the test record.
+    /// Ask the host, or read the test record.
+    fn pick<T>(
+        &self,
+        host: impl FnOnce(&HostRequest) -> T,
+        record: impl FnOnce(&'a Handshake) -> T,
+    ) -> T {
+        match self.0 {
+            Source::Host(r) => host(r),
+            Source::Record(h) => record(h),
+        }
+    }
+
+    /// One value: the host's copy, or borrowed from the test record.
     fn text(
         &self,
         host: impl FnOnce(&HostRequest) -> String,
         record: impl FnOnce(&'a Handshake) -> &'a str,
     ) -> Cow<'a, str> {
-        match self.0 {
-            Source::Host(r) => host(r).into(),
-            Source::Record(h) => record(h).into(),
-        }
+        self.pick(|r| host(r).into(), |h| record(h).into())
     }
 
     /// One optional value, likewise.
@@ -144,10 +153,10 @@ impl<'a> Request<'a> {
         host: impl FnOnce(&HostRequest) -> Option<String>,
         record: impl FnOnce(&'a Handshake) -> Option<&'a str>,
     ) -> Option<Cow<'a, str>> {
-        match self.0 {
-            Source::Host(r) => host(r).map(Cow::Owned),
-            Source::Record(h) => record(h).map(Cow::Borrowed),
-        }
+        self.pick(
+            |r| host(r).map(Cow::Owned),
+            |h| record(h).map(Cow::Borrowed),
+        )
     }
 
     /// A list of values, likewise.
@@ -156,10 +165,10 @@ impl<'a> Request<'a> {
         host: impl FnOnce(&HostRequest) -> Vec<String>,
         record: impl FnOnce(&'a Handshake) -> Vec<&'a str>,
     ) -> Vec<Cow<'a, str>> {
-        match self.0 {
-            Source::Host(r) => host(r).into_iter().map(Cow::Owned).collect(),
-            Source::Record(h) => record(h).into_iter().map(Cow::Borrowed).collect(),
-        }
+        self.pick(
+            |r| host(r).into_iter().map(Cow::Owned).collect(),
+            |h| record(h).into_iter().map(Cow::Borrowed).collect(),
+        )
     }
 
     /// A unique id for this request, also in airlock's logs and traces.
@@ -205,10 +214,7 @@ impl<'a> Request<'a> {
     /// All request headers as (lowercase name, value), in order. Prefer [`Self::header`]:
     /// this copies every header into the plugin's memory.
     pub fn headers(&self) -> Vec<(String, String)> {
-        match self.0 {
-            Source::Host(r) => r.headers(),
-            Source::Record(h) => h.headers.clone(),
-        }
+        self.pick(HostRequest::headers, |h| h.headers.clone())
     }
 
     /// The client's IP address (see `client-addr` in the WIT for proxies in front).
@@ -218,10 +224,7 @@ impl<'a> Request<'a> {
 
     /// The TLS session, or `None` on a plain-text listener.
     pub fn tls(&self) -> Option<TlsInfo> {
-        match self.0 {
-            Source::Host(r) => r.tls(),
-            Source::Record(h) => h.tls.clone(),
-        }
+        self.pick(HostRequest::tls, |h| h.tls.clone())
     }
 
     /// The name of the route that matched.
