@@ -1,7 +1,7 @@
 //! TLS with rustls and one crypto provider (ring) for the whole process: PEM loading,
-//! certificate inspection, the listener side (`server`) and the upstream side (`client`).
+//! certificate inspection, and the listener side (`server`: certificates by SNI, ALPN,
+//! client certificates, reload). The upstream side is `crate::upstream::tls`.
 
-pub mod client;
 pub mod server;
 
 use std::net::IpAddr;
@@ -22,7 +22,7 @@ pub struct TlsError {
 }
 
 impl TlsError {
-    fn new(path: &Path, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: &Path, message: impl Into<String>) -> Self {
         Self {
             path: path.display().to_string(),
             message: message.into(),

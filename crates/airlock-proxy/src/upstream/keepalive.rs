@@ -10,7 +10,7 @@ use tokio::time::Instant;
 pub struct IdleConnections {
     max_idle: usize,
     timeout: Duration,
-    idle: Mutex<Vec<(SendRequest<crate::body::ProxyBody>, Instant)>>,
+    idle: Mutex<Vec<(SendRequest<crate::http::body::ProxyBody>, Instant)>>,
 }
 
 impl IdleConnections {
@@ -23,7 +23,7 @@ impl IdleConnections {
     }
 
     /// The most recently used live connection, if any. Stale ones are dropped on the way.
-    pub fn take(&self) -> Option<SendRequest<crate::body::ProxyBody>> {
+    pub fn take(&self) -> Option<SendRequest<crate::http::body::ProxyBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((sender, since)) = idle.pop() {
             if sender.is_ready() && since.elapsed() < self.timeout {
@@ -34,7 +34,7 @@ impl IdleConnections {
     }
 
     /// Keep a connection that finished its response, unless the pool is full.
-    pub fn put(&self, sender: SendRequest<crate::body::ProxyBody>) {
+    pub fn put(&self, sender: SendRequest<crate::http::body::ProxyBody>) {
         if self.max_idle == 0 || !sender.is_ready() {
             return;
         }

@@ -7,7 +7,7 @@ mod round_robin;
 pub use least_conn::LeastConn;
 pub use round_robin::RoundRobin;
 
-use super::Server;
+use super::server::Server;
 
 pub trait Balancer: Send + Sync + std::fmt::Debug {
     /// The index of the server to use, or `None` when `eligible` rules out every server.

@@ -18,7 +18,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
-use crate::body::ProxyBody;
+use crate::http::body::ProxyBody;
 use crate::stream::{Prefixed, Stream};
 use crate::tunnel::Endpoint;
 
@@ -42,7 +42,7 @@ pub enum HeadForm {
     /// not a connection's first request), untouched.
     Map,
     /// Header lines for an HTTP/1.1 client that airlock answers itself, hop-by-hop
-    /// headers already removed (see [`crate::headers::switch_lines`]), and the upstream's
+    /// headers already removed (see [`crate::http::headers::switch_lines`]), and the upstream's
     /// `Strict-Transport-Security` too with `drop_hsts` (the listener sets its own).
     Lines { drop_hsts: bool },
 }
@@ -94,7 +94,7 @@ fn encode_head(req: &Request<ProxyBody>) -> Vec<u8> {
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let method = req.method().as_str().as_bytes();
     let start_line: [&[u8]; 4] = [method, b" ", target.as_bytes(), b" HTTP/1.1"];
-    crate::headers::encode_head(&start_line, b"", req.headers())
+    crate::http::headers::encode_head(&start_line, b"", req.headers())
 }
 
 enum Parsed {
@@ -119,7 +119,7 @@ fn parse_switch(buf: &[u8], form: HeadForm) -> Parsed {
     }
     if let HeadForm::Lines { drop_hsts } = form {
         let drop = drop_hsts.then_some(http::header::STRICT_TRANSPORT_SECURITY.as_str());
-        return match crate::headers::switch_lines(response.headers, drop) {
+        return match crate::http::headers::switch_lines(response.headers, drop) {
             Some(lines) => Parsed::Switched(SwitchHead::Lines(lines), head_len),
             None => Parsed::Other,
         };

@@ -10,10 +10,10 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::access_log::RequestLog;
-use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::headers;
+use crate::http::body::ProxyBody;
+use crate::http::headers;
+use crate::observe::access_log::RequestLog;
 use crate::route::Route;
 use crate::upstream::{Pool, Server};
 
@@ -130,5 +130,5 @@ fn respond(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, None);
-    Response::from_parts(parts, ProxyBody::upstream(body, Some(guard)))
+    Response::from_parts(parts, ProxyBody::upstream(body, guard))
 }

@@ -1,13 +1,6 @@
-//! A bidirectional byte relay between two connected sockets: what an HTTP upgrade turns a
-//! connection into (RFC 9110 §7.8). It knows nothing about HTTP.
-//!
-//! An idle tunnel holds no data buffers of its own: each direction reads into a stack
-//! buffer and writes straight through. Only when the destination cannot take all of
-//! it are the leftover bytes copied to the heap, and that copy is freed as soon as it is
-//! written. Half-close is propagated: when one side finishes sending, the other side's
-//! write half is shut down and the opposite direction keeps flowing.
+//! The relay itself: one future that moves bytes both ways, watches the timers and ends
+//! with an [`Outcome`].
 
-use std::fmt;
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
@@ -15,116 +8,16 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use crate::stream::Stream;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::{CloseReason, Endpoint, Limits, Outcome, Side};
+use crate::stream::Stream;
+
 /// Bytes read per system call.
 const CHUNK: usize = 16 * 1024;
-
-/// When a tunnel gives up on its own.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Close after this long with no bytes in either direction.
-    pub idle_timeout: Duration,
-    /// Close after this long whatever happens.
-    pub max_lifetime: Option<Duration>,
-    /// Once one side has finished sending, close after this long with no bytes moving
-    /// (a peer that ignores the half-close must not hold the tunnel for `idle_timeout`).
-    pub half_close_timeout: Duration,
-}
-
-/// Which end of the tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Upstream,
-    /// The proxy itself ended the tunnel (a timeout or shutdown).
-    Proxy,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Client => "client",
-            Self::Upstream => "upstream",
-            Self::Proxy => "proxy",
-        }
-    }
-}
-
-/// Why a tunnel ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Both sides finished sending; `closed_by` finished first.
-    Closed,
-    /// A socket error on the side in `closed_by`.
-    Error(io::ErrorKind),
-    IdleTimeout,
-    /// One side had finished and the other went quiet for `half_close_timeout`.
-    HalfCloseTimeout,
-    MaxLifetime,
-    /// The proxy is shutting down and the grace period ran out.
-    Shutdown,
-}
-
-impl fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Closed => f.write_str("closed"),
-            Self::Error(kind) => write!(f, "error: {kind}"),
-            Self::IdleTimeout => f.write_str("idle_timeout"),
-            Self::HalfCloseTimeout => f.write_str("half_close_timeout"),
-            Self::MaxLifetime => f.write_str("max_lifetime"),
-            Self::Shutdown => f.write_str("shutdown"),
-        }
-    }
-}
-
-/// What happened over a tunnel's life.
-#[derive(Debug, Clone, Copy)]
-pub struct Outcome {
-    pub client_to_upstream: u64,
-    pub upstream_to_client: u64,
-    pub closed_by: Side,
-    pub reason: CloseReason,
-    pub duration: Duration,
-}
-
-/// Bytes already read from one side before the tunnel started (for example what followed
-/// the HTTP request head in the same packet); they are sent on before anything else.
-pub struct Endpoint {
-    pub stream: Stream,
-    pub already_read: Bytes,
-}
-
-/// Relay bytes between `client` and `upstream` until both finish, one fails, a limit is
-/// reached or `shutdown` is cancelled.
-pub async fn relay(
-    client: Endpoint,
-    upstream: Endpoint,
-    limits: Limits,
-    shutdown: CancellationToken,
-) -> Outcome {
-    let started = Instant::now();
-    Relay {
-        client: client.stream,
-        upstream: upstream.stream,
-        to_upstream: Direction::new(Side::Client, Side::Upstream, client.already_read),
-        to_client: Direction::new(Side::Upstream, Side::Client, upstream.already_read),
-        first_eof: None,
-        idle_timeout: limits.idle_timeout,
-        half_close_timeout: limits.half_close_timeout,
-        last_activity: started,
-        idle: Box::pin(tokio::time::sleep(limits.idle_timeout)),
-        lifetime: limits.max_lifetime.map(|d| Box::pin(tokio::time::sleep(d))),
-        shutdown: Box::pin(shutdown.cancelled_owned()),
-        started,
-    }
-    .await
-}
 
 struct Direction {
     /// The side bytes come from and the side they go to.
@@ -155,7 +48,7 @@ impl Direction {
 /// A failed direction: which side's socket failed, and how.
 struct Failure(Side, io::Error);
 
-struct Relay {
+pub(super) struct Relay {
     client: Stream,
     upstream: Stream,
     to_upstream: Direction,
@@ -171,6 +64,29 @@ struct Relay {
 }
 
 impl Relay {
+    pub(super) fn new(
+        client: Endpoint,
+        upstream: Endpoint,
+        limits: Limits,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let started = Instant::now();
+        Self {
+            client: client.stream,
+            upstream: upstream.stream,
+            to_upstream: Direction::new(Side::Client, Side::Upstream, client.already_read),
+            to_client: Direction::new(Side::Upstream, Side::Client, upstream.already_read),
+            first_eof: None,
+            idle_timeout: limits.idle_timeout,
+            half_close_timeout: limits.half_close_timeout,
+            last_activity: started,
+            idle: Box::pin(tokio::time::sleep(limits.idle_timeout)),
+            lifetime: limits.max_lifetime.map(|d| Box::pin(tokio::time::sleep(d))),
+            shutdown: Box::pin(shutdown.cancelled_owned()),
+            started,
+        }
+    }
+
     fn outcome(&self, closed_by: Side, reason: CloseReason) -> Outcome {
         Outcome {
             client_to_upstream: self.to_upstream.bytes,

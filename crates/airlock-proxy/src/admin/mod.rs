@@ -3,7 +3,6 @@
 //! their live connection counts and health, as JSON).
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -14,19 +13,19 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::drain::Drain;
-use crate::upstream::Pool;
+use crate::snapshot::{self, Snapshot};
 
-pub async fn serve(listener: TcpListener, drain: Drain, pools: Arc<[Arc<Pool>]>) {
+pub async fn serve(listener: TcpListener, drain: Drain, snapshot: snapshot::Shared) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let drain = drain.clone();
-        let pools = pools.clone();
+        let snapshot = snapshot.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let response = answer(&req, &drain, &pools);
+                let response = answer(&req, &drain, &snapshot.load());
                 async move { Ok::<_, Infallible>(response) }
             });
             let _ = http1::Builder::new()
@@ -36,8 +35,9 @@ pub async fn serve(listener: TcpListener, drain: Drain, pools: Arc<[Arc<Pool>]>)
     }
 }
 
-fn answer<B>(req: &Request<B>, drain: &Drain, pools: &[Arc<Pool>]) -> Response<Full<Bytes>> {
+fn answer<B>(req: &Request<B>, drain: &Drain, snapshot: &Snapshot) -> Response<Full<Bytes>> {
     if matches!(req.method(), &Method::GET | &Method::HEAD) && req.uri().path() == "/upstreams" {
+        let pools = snapshot.pools_by_name();
         let body = serde_json::json!({ "upstreams": pools.iter().map(|p| p.status()).collect::<Vec<_>>() });
         let mut response = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
         response.headers_mut().insert(

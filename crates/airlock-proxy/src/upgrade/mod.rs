@@ -1,6 +1,20 @@
-//! HTTP/1.1 upgrade forwarding (RFC 9110 §7.8): send the upgrade request to a server on a
-//! fresh connection; relay a `101` back to the client and hand both sockets to the tunnel,
-//! or relay any other answer as it is.
+//! Upgrades (RFC 9110 §7.8): send the upgrade request to a server on a fresh connection;
+//! relay a `101` back to the client and hand both sockets to the tunnel, or relay any
+//! other answer as it is.
+//!
+//! The pieces: `client` (who serves the client's side and starts the tunnel), `h2`
+//! (a WebSocket over HTTP/2, RFC 8441, as an HTTP/1.1 upgrade and back), `upstream` (the
+//! upstream's side: the request head out, the `101` in, without a general HTTP client),
+//! `switched` (the accepted upgrade, run as a tunnel). Not here: the byte relay
+//! (`crate::tunnel`), which knows nothing about HTTP.
+
+mod client;
+pub mod h2;
+mod switched;
+mod upstream;
+
+pub use client::{ClientSide, Switch};
+pub use switched::Tunnel;
 
 use std::sync::Arc;
 
@@ -8,21 +22,19 @@ use http::header::{HeaderValue, UPGRADE};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::access_log::{self, RequestLog};
-use crate::body::ProxyBody;
+use crate::conn::ConnCtx;
 use crate::error::ProxyError;
-use crate::handler::ConnCtx;
+use crate::http::body::ProxyBody;
+use crate::http::headers;
+use crate::observe::access_log::RequestLog;
 use crate::route::Route;
-use crate::stream::Stream;
-use crate::tunnel::{self, Endpoint, Limits};
-use crate::upstream::{ActiveGuard, Pool, Server};
-use crate::upstream_upgrade::{self, Answer, HeadForm, SwitchHead};
-use crate::{h2_websocket, headers};
+use crate::upstream::Pool;
+use switched::{UpstreamEnd, abandoned, endpoint};
+use upstream::{Answer, HeadForm, SwitchHead};
 
 /// Where an upgrade goes.
 pub struct Upgrade<'a> {
@@ -32,28 +44,6 @@ pub struct Upgrade<'a> {
     /// Set when the client asked over HTTP/2 (RFC 8441): the key sent upstream, whose
     /// accept value the `101` must carry; the client then gets `200`, not `101`.
     pub h2_websocket_key: Option<HeaderValue>,
-}
-
-/// Who serves the client's side of the request, and so who starts the tunnel.
-pub enum ClientSide<'a> {
-    /// hyper: it hands over the connection (HTTP/1.1) or the stream (HTTP/2) through
-    /// this once the response has been written, to a tunnel task spawned here.
-    Hyper(OnUpgrade),
-    /// airlock read the request head itself (see `direct_upgrade`): the tunnel is left
-    /// in `switch`, for the caller to run once it has written the `101`. `upgrade` is the
-    /// protocol the request asks for, as the head was found to be an upgrade by.
-    Direct {
-        switch: &'a mut Option<Switch>,
-        upgrade: HeaderValue,
-    },
-}
-
-/// An upgrade accepted for a client that airlock answers itself.
-pub struct Switch {
-    pub tunnel: Tunnel,
-    /// Header lines from the upstream's `101`, for the client (hop-by-hop headers
-    /// removed), to go before the response's own headers; `headers::switch_lines`.
-    pub lines: Vec<u8>,
 }
 
 pub async fn forward(
@@ -91,7 +81,7 @@ pub async fn forward(
             },
             ClientSide::Hyper(_) => HeadForm::Map,
         };
-        match upstream_upgrade::exchange(stream, &req, form).await {
+        match upstream::exchange(stream, &req, form).await {
             Ok(Answer::Switched(head, endpoint)) => Ok((head, UpstreamEnd::Ready(endpoint))),
             Ok(Answer::Other(replay)) => Err(hyper_exchange(replay, req).await),
             Err(source) => {
@@ -123,7 +113,7 @@ pub async fn forward(
                 headers::remove_hop_by_hop(&mut parts.headers, None);
                 return Ok(Response::from_parts(
                     parts,
-                    ProxyBody::upstream(body, Some(guard)),
+                    ProxyBody::upstream(body, guard),
                 ));
             }
             let upgrade = hyper::upgrade::on(&mut response);
@@ -142,7 +132,7 @@ pub async fn forward(
             };
             headers::remove_hop_by_hop(&mut parts.headers, protocol);
             if let Some(key) = &h2_websocket_key {
-                h2_websocket::into_stream_response(&mut parts, key, &server.addr)?;
+                h2::into_stream_response(&mut parts, key, &server.addr)?;
             }
             (parts, Vec::new())
         }
@@ -184,64 +174,4 @@ async fn hyper_exchange(
     let (mut sender, connection) = http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(connection.with_upgrades());
     sender.send_request(req).await
-}
-
-/// The upstream end of a tunnel: ready, or once hyper's client completes the upgrade.
-enum UpstreamEnd {
-    Ready(Endpoint),
-    Pending(OnUpgrade),
-}
-
-/// An upgrade the upstream accepted, waiting for the client's end.
-pub struct Tunnel {
-    upstream: UpstreamEnd,
-    route: Arc<Route>,
-    server: Server,
-    guard: ActiveGuard,
-    conn: Arc<ConnCtx>,
-}
-
-impl Tunnel {
-    /// Relay bytes between `client` and the upstream until the tunnel ends.
-    pub async fn run(self, client: Endpoint) {
-        let upstream = match self.upstream {
-            UpstreamEnd::Ready(endpoint) => endpoint,
-            UpstreamEnd::Pending(upgrade) => match upgrade.await {
-                Ok(upgraded) => endpoint(upgraded),
-                Err(e) => return abandoned(&self.route, &e),
-            },
-        };
-        let route = &self.route;
-        let limits = Limits {
-            idle_timeout: route.idle_timeout,
-            max_lifetime: route.max_lifetime,
-            half_close_timeout: route.half_close_timeout,
-        };
-        let outcome = tunnel::relay(client, upstream, limits, self.conn.drain.force.clone()).await;
-        access_log::tunnel_closed(&route.name, &self.server.addr, self.conn.peer, &outcome);
-        drop(self.guard);
-    }
-}
-
-fn abandoned(route: &Route, error: &dyn std::fmt::Display) {
-    tracing::info!(
-        route = &*route.name,
-        error = %error,
-        "upgrade abandoned before the tunnel started"
-    );
-}
-
-/// The upgraded connection as a stream for the tunnel. An HTTP/1.1 connection gives back
-/// its own socket (plain TCP stays unboxed); an HTTP/2 stream stays wrapped.
-fn endpoint(upgraded: Upgraded) -> Endpoint {
-    match upgraded.downcast::<TokioIo<Stream>>() {
-        Ok(parts) => Endpoint {
-            stream: parts.io.into_inner(),
-            already_read: parts.read_buf,
-        },
-        Err(upgraded) => Endpoint {
-            stream: Stream::boxed(TokioIo::new(upgraded)),
-            already_read: bytes::Bytes::new(),
-        },
-    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::handler::ConnCtx;
+use crate::conn::ConnCtx;
 use crate::tunnel::Outcome;
 
 pub const TARGET: &str = "airlock::access";
@@ -14,7 +14,7 @@ pub const TARGET: &str = "airlock::access";
 /// Facts about one request, filled in as its phases run.
 pub struct RequestLog {
     started: Instant,
-    pub request_id: crate::plugin_phase::RequestId,
+    pub request_id: crate::observe::RequestId,
     pub method: http::Method,
     pub path: String,
     pub client: SocketAddr,
@@ -37,11 +37,11 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
-    pub fn new(req: &http::Request<crate::body::ProxyBody>, conn: &ConnCtx) -> Self {
+    pub fn new(req: &http::Request<crate::http::body::ProxyBody>, conn: &ConnCtx) -> Self {
         let tls = conn.tls.as_ref();
         Self {
             started: Instant::now(),
-            request_id: crate::plugin_phase::RequestId::next(),
+            request_id: crate::observe::RequestId::next(),
             method: req.method().clone(),
             path: req.uri().path().to_string(),
             client: conn.peer,

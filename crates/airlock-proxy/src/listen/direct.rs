@@ -20,8 +20,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::body::ProxyBody;
-use crate::handler::{ConnCtx, handle};
+use crate::conn::ConnCtx;
+use crate::http::body::ProxyBody;
 use crate::stream::{Prefixed, Stream};
 use crate::tunnel::Endpoint;
 use crate::upgrade::{ClientSide, Switch};
@@ -33,14 +33,29 @@ const READ_CHUNK: usize = 4096;
 /// `X-Forwarded-For`, `-Proto`, `-Host`, `-Port` and `X-Real-IP`.
 const FORWARDING_HEADERS: usize = 5;
 
-/// Serve an HTTP/1.1 connection: its first request here if it is an upgrade, everything
-/// else with hyper. A connection that became a tunnel is returned as the tunnel's future
-/// rather than run, so the caller can run it in the same task once the (much larger)
-/// state of this future has been freed.
-pub async fn serve(
+/// What became of a connection's first request.
+pub enum First<T> {
+    /// It was an upgrade the upstream accepted; the `101` is written. The tunnel's future,
+    /// for the caller to run.
+    Tunnel(T),
+    /// hyper serves the connection: `stream` replays what was read, and `answered` is
+    /// the answer to the first request when it was already proxied from here.
+    Hyper {
+        stream: Stream,
+        answered: Option<Response<ProxyBody>>,
+    },
+    /// No complete head within the handshake timeout; `read` is what came.
+    TimedOut { stream: Stream, read: Bytes },
+    /// The client went away, or shutdown began before it sent anything.
+    Closed,
+}
+
+/// Read a connection's first request head; proxy it from here if it is an upgrade, and
+/// say what the caller should do next.
+pub async fn first_request(
     mut stream: Stream,
     conn: Arc<ConnCtx>,
-) -> Option<impl Future<Output = ()> + Send + use<>> {
+) -> First<impl Future<Output = ()> + Send + use<>> {
     let listener = &conn.listener;
     let mut buf = BytesMut::new();
     let read = read_head(&mut stream, &mut buf, listener.max_header_bytes);
@@ -48,39 +63,44 @@ pub async fn serve(
     let head = tokio::select! {
         head = read => head,
         // Nothing is in flight yet: close, as hyper does with an idle connection.
-        _ = conn.drain.stopping.cancelled() => return None,
+        _ = conn.drain.stopping.cancelled() => return First::Closed,
     };
     let found = match head {
         Ok(Ok(Head::Upgrade(found))) => found,
         Ok(Ok(Head::Other)) => {
             let stream = Stream::boxed(Prefixed::new(buf.freeze(), stream));
-            crate::serve::serve_hyper(stream, conn, None).await;
-            return None;
+            return First::Hyper {
+                stream,
+                answered: None,
+            };
         }
-        Ok(Ok(Head::Closed)) => return None,
+        Ok(Ok(Head::Closed)) => return First::Closed,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "client connection failed before a request head");
-            return None;
+            return First::Closed;
         }
         Err(_) => {
-            crate::serve::reply_request_timeout(stream, &buf, &conn).await;
-            return None;
+            return First::TimedOut {
+                stream,
+                read: buf.freeze(),
+            };
         }
     };
     let raw = buf.split_to(found.len).freeze();
     // What the client sent after the head: usually nothing, at most its first frames.
     let after_head = buf.freeze();
     let Some((request, upgrade)) = found.request(&raw) else {
-        let stream = replaying(raw, after_head, stream);
-        crate::serve::serve_hyper(stream, conn, None).await;
-        return None;
+        return First::Hyper {
+            stream: replaying(raw, after_head, stream),
+            answered: None,
+        };
     };
 
     let mut switch = None;
     // Pinned where it is made: `select!` would move the request's future (kilobytes)
     // into its own state, and copy it again on the way.
     let response = {
-        let handling = std::pin::pin!(handle(
+        let handling = std::pin::pin!(crate::request::handle(
             request,
             ClientSide::Direct {
                 switch: &mut switch,
@@ -90,16 +110,17 @@ pub async fn serve(
         ));
         tokio::select! {
             response = handling => response,
-            _ = conn.drain.force.cancelled() => return None,
+            _ = conn.drain.force.cancelled() => return First::Closed,
         }
     };
     let (Some(Switch { tunnel, lines }), StatusCode::SWITCHING_PROTOCOLS) =
         (switch, response.status())
     else {
         // hyper reads the head again and sends this answer in its place.
-        let stream = replaying(raw, after_head, stream);
-        crate::serve::serve_hyper(stream, conn, Some(response)).await;
-        return None;
+        return First::Hyper {
+            stream: replaying(raw, after_head, stream),
+            answered: Some(response),
+        };
     };
     let write = async {
         stream
@@ -109,13 +130,13 @@ pub async fn serve(
     };
     if let Err(e) = write.await {
         tracing::info!(error = %e, "upgrade abandoned: the 101 could not be written to the client");
-        return None;
+        return First::Closed;
     }
     let client = Endpoint {
         stream,
         already_read: after_head,
     };
-    Some(tunnel.run(client))
+    First::Tunnel(tunnel.run(client))
 }
 
 /// `stream`, giving back `head` and `after_head` to the first reads.
@@ -227,7 +248,7 @@ impl Found {
             let value = HeaderValue::from_maybe_shared(raw.slice(value)).ok()?;
             headers.append(name, value);
         }
-        let upgrade = crate::headers::upgrade_request(&headers)?;
+        let upgrade = crate::http::headers::upgrade_request(&headers)?;
         let uri = Uri::from_maybe_shared(raw.slice(self.target)).ok()?;
         let mut request = Request::new(ProxyBody::empty());
         *request.method_mut() = self.method;
@@ -242,7 +263,7 @@ impl Found {
 /// own headers), as hyper writes them.
 fn encode_response_head(lines: &[u8], response: &Response<ProxyBody>) -> Vec<u8> {
     let status_line: [&[u8]; 1] = [b"HTTP/1.1 101 Switching Protocols"];
-    crate::headers::encode_head(&status_line, lines, response.headers())
+    crate::http::headers::encode_head(&status_line, lines, response.headers())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::{TlsError, load_certs, provider};
+use crate::tls::{TlsError, load_certs, provider};
 
 /// How one pool talks TLS to its servers.
 pub struct UpstreamTls {
@@ -54,9 +54,9 @@ impl UpstreamTls {
                     loaded.resolve(key.get_ref()),
                 );
                 // Checks that the two belong together, with an error that names the files.
-                super::load_certified_key(&cert, &key)?;
+                crate::tls::load_certified_key(&cert, &key)?;
                 builder
-                    .with_client_auth_cert(load_certs(&cert)?, super::load_key(&key)?)
+                    .with_client_auth_cert(load_certs(&cert)?, crate::tls::load_key(&key)?)
                     .map_err(|e| TlsError::new(&key, format!("cannot use this client key: {e}")))?
             }
             _ => builder.with_no_client_auth(),

@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use airlock_plugins::chain::Allowed;
 use airlock_plugins::{ChainOutcome, Handshake, TlsInfo};
@@ -13,10 +12,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use tokio::time::Instant;
 
-use crate::access_log::RequestLog;
+use crate::conn::ConnCtx;
 use crate::error::ProxyError;
-use crate::forwarded;
-use crate::handler::ConnCtx;
+use crate::http::forwarded;
+use crate::observe::RequestId;
+use crate::observe::access_log::RequestLog;
 use crate::route::Route;
 use crate::upstream::Pool;
 
@@ -35,45 +35,6 @@ pub struct Decision {
     /// Whether a plugin replaced the request's headers (then whether and to what it asks
     /// to upgrade must be read from them again).
     pub headers_replaced: bool,
-}
-
-/// A process-unique id for a request, shown to plugins and in the access log (as hex).
-/// Kept as a number and formatted only where it is shown: most requests never are.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestId(u64);
-
-impl RequestId {
-    pub fn next() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        Self(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// The id in lower-case hex, as `Display` writes it. Without the formatting machinery:
-    /// it runs for every request a plugin sees.
-    pub fn to_hex(self) -> String {
-        self.hex(&mut [0; 16]).to_owned()
-    }
-
-    /// The hex digits, written into the end of `buf`.
-    fn hex(self, buf: &mut [u8; 16]) -> &str {
-        let mut rest = self.0;
-        let mut start = buf.len();
-        loop {
-            start -= 1;
-            buf[start] = b"0123456789abcdef"[(rest & 0xf) as usize];
-            rest >>= 4;
-            if rest == 0 {
-                break;
-            }
-        }
-        std::str::from_utf8(&buf[start..]).expect("hex digits are ASCII")
-    }
-}
-
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.hex(&mut [0; 16]))
-    }
 }
 
 /// Run the route's chain on `req`, whose `upgrade` protocol the caller has read. A
@@ -214,9 +175,8 @@ impl Changes {
         };
         let pool = match &allowed.upstream {
             Some(name) => Some(
-                conn.listener
-                    .pools
-                    .get(name.as_str())
+                conn.snapshot
+                    .pool(name.as_str())
                     .cloned()
                     .ok_or_else(|| ProxyError::UnknownUpstream { name: name.clone() })?,
             ),
@@ -267,19 +227,4 @@ fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), Pro
         HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?,
         HeaderValue::from_str(value).map_err(|_| invalid())?,
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_in_hex_match_display() {
-        for n in [0, 1, 15, 16, 0xabc, u64::MAX] {
-            let id = RequestId(n);
-            // Both now come from `hex`: compare them with the standard library's `{:x}`.
-            assert_eq!(id.to_hex(), format!("{n:x}"));
-            assert_eq!(id.to_string(), format!("{n:x}"));
-        }
-    }
 }

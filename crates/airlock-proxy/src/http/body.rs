@@ -8,15 +8,17 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::upstream::ActiveGuard;
+/// Something held until a body is finished or dropped: the count of a request against
+/// its server (and, with limits, its slot). Boxed so that this module need not know
+/// what it holds.
+pub type Held = Box<dyn Send + Sync>;
 
 pub enum ProxyBody {
     /// A body hyper is receiving: the client's request body, or an upstream's response
-    /// body, whose guard counts the request against its server until the body is
-    /// finished or dropped.
+    /// body, with what is held until it is finished or dropped.
     Streamed {
         body: Incoming,
-        _guard: Option<ActiveGuard>,
+        _held: Option<Held>,
     },
     Local(Full<Bytes>),
 }
@@ -32,13 +34,14 @@ impl ProxyBody {
 
     /// A client's request body, forwarded as it arrives.
     pub fn client(body: Incoming) -> Self {
-        Self::Streamed { body, _guard: None }
+        Self::Streamed { body, _held: None }
     }
 
-    pub fn upstream(body: Incoming, guard: Option<ActiveGuard>) -> Self {
+    /// An upstream's response body, holding `held` until it is finished or dropped.
+    pub fn upstream(body: Incoming, held: impl Send + Sync + 'static) -> Self {
         Self::Streamed {
             body,
-            _guard: guard,
+            _held: Some(Box::new(held)),
         }
     }
 }

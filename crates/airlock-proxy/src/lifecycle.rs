@@ -1,0 +1,196 @@
+//! A proxy's life: a configuration becomes a [`Plan`] (everything built, nothing bound),
+//! then [`Bound`] (every socket bound), then [`Running`] (serving until shutdown, then
+//! draining).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_config::LoadedConfig;
+use tokio::net::TcpListener;
+
+use crate::drain::Drain;
+use crate::snapshot::{self, BuildError, Snapshot};
+use crate::tls::server::ServerTls;
+use crate::{admin, listen};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("cannot bind listener `{listener}` to {addr}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A configuration turned into runtime objects, not yet bound to any socket.
+pub struct Plan {
+    snapshot: Snapshot,
+    admin: Option<SocketAddr>,
+    shutdown_grace: Duration,
+}
+
+impl Plan {
+    /// Build everything the configuration describes, without touching the network.
+    pub fn build(loaded: &LoadedConfig) -> Result<Self, StartError> {
+        Ok(Self {
+            snapshot: Snapshot::build(loaded)?,
+            admin: loaded.config.admin.as_ref().map(|a| a.bind.get_ref().0),
+            shutdown_grace: loaded.config.shutdown_grace.get(),
+        })
+    }
+
+    /// Bind every listener and the admin endpoint. Nothing is served until `start`.
+    pub async fn bind(self) -> Result<Bound, StartError> {
+        let mut listeners = Vec::new();
+        for listener in self.snapshot.listeners() {
+            let socket = bind(&listener.name, listener.bind).await?;
+            listeners.push((listener.name.clone(), socket));
+        }
+        let admin = match self.admin {
+            Some(addr) => Some(bind("admin", addr).await?),
+            None => None,
+        };
+        Ok(Bound {
+            listeners,
+            admin,
+            snapshot: snapshot::Shared::new(self.snapshot),
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+async fn bind(listener: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            listener: listener.to_string(),
+            addr,
+            source,
+        })
+}
+
+/// Sockets bound and ready to serve.
+pub struct Bound {
+    listeners: Vec<(Arc<str>, TcpListener)>,
+    admin: Option<TcpListener>,
+    snapshot: snapshot::Shared,
+    shutdown_grace: Duration,
+}
+
+impl Bound {
+    /// Each listener's name and the address it actually bound (port 0 resolved).
+    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(name, l)| Some((name.to_string(), l.local_addr().ok()?)))
+            .collect()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Start serving on the current Tokio runtime.
+    pub fn start(self) -> Running {
+        let drain = Drain::default();
+        for (name, addr) in self.listener_addrs() {
+            tracing::info!(listener = name, addr = %addr, "listening");
+        }
+        if let Some(admin) = self.admin {
+            if let Ok(addr) = admin.local_addr() {
+                tracing::info!(addr = %addr, "admin listening");
+            }
+            tokio::spawn(admin::serve(admin, drain.clone(), self.snapshot.clone()));
+        }
+        let tls: Arc<[Arc<ServerTls>]> = self
+            .snapshot
+            .load()
+            .listeners()
+            .iter()
+            .filter_map(|l| l.tls.clone())
+            .collect();
+        if !tls.is_empty() {
+            tokio::spawn(watch_certificates(tls.clone(), drain.clone()));
+        }
+        for (name, listener) in self.listeners {
+            tokio::spawn(listen::accept_loop(
+                listener,
+                name,
+                self.snapshot.clone(),
+                drain.clone(),
+            ));
+        }
+        drain.set_ready();
+        Running {
+            drain,
+            shutdown_grace: self.shutdown_grace,
+            tls,
+        }
+    }
+}
+
+/// How often certificate and key files are checked for changes.
+const CERT_POLL: Duration = Duration::from_secs(2);
+
+/// Reload a listener's certificates when its files change (a renewal by certbot or
+/// cert-manager), so that no signal is needed.
+async fn watch_certificates(tls: Arc<[Arc<ServerTls>]>, drain: Drain) {
+    let mut tick = tokio::time::interval(CERT_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = drain.stopping.cancelled() => return,
+        }
+        for listener in tls.iter() {
+            // File reads block; they are few and small.
+            tokio::task::block_in_place(|| listener.reload_if_changed());
+        }
+    }
+}
+
+/// A serving proxy.
+pub struct Running {
+    drain: Drain,
+    pub shutdown_grace: Duration,
+    tls: Arc<[Arc<ServerTls>]>,
+}
+
+impl Running {
+    /// Load every TLS listener's certificates again (SIGHUP). New handshakes use them;
+    /// open connections and tunnels are untouched. A listener whose new files are unusable
+    /// keeps its current certificates, and the log says why.
+    pub fn reload_certificates(&self) {
+        for listener in self.tls.iter() {
+            listener.reload_and_log("reload requested");
+        }
+    }
+
+    /// Stop accepting, report not-ready, close idle connections, let in-flight requests
+    /// and open tunnels continue.
+    pub fn begin_shutdown(&self) {
+        self.drain.stopping.cancel();
+        self.drain.tasks.close();
+    }
+
+    /// Close every tunnel and connection that is still open.
+    pub fn force_close(&self) {
+        self.drain.force.cancel();
+    }
+
+    /// Resolves when every connection and tunnel has ended (after `begin_shutdown`).
+    pub async fn drained(&self) {
+        self.drain.tasks.wait().await;
+    }
+
+    /// Connections and tunnels still open.
+    pub fn open_tasks(&self) -> usize {
+        self.drain.tasks.len()
+    }
+}

@@ -1,0 +1,136 @@
+//! The phases of one request, in the order they run. [`handle`] is the only entry: the
+//! HTTP/1.1 server (hyper), airlock's direct read of a first upgrade request, and the
+//! HTTP/2 server all call it, so a phase added here applies to all three.
+//!
+//! ```text
+//! normalise  an RFC 8441 extended CONNECT becomes an HTTP/1.1 upgrade request
+//! route      host + path → the route (404 when none)            request::find_route
+//! plugins    the route's chain: reject, or change the request   request::plugins
+//! pick       the pool (the route's, or a plugin's choice) and the affinity key
+//! prepare    the request the upstream gets                      request::upstream_request
+//! forward    connect (failing over), then
+//!              an upgrade:  101 → tunnel (started by the client side)   crate::upgrade
+//!              otherwise:   plain HTTP, streamed both ways              crate::forward
+//! respond    errors mapped to statuses, listener headers        request::respond
+//! log        one access-log line                                crate::observe
+//! ```
+//!
+//! Every phase may fail with a [`ProxyError`]; the request then skips to `respond`,
+//! which maps the error to what the client sees. The tunnel runs after `handle` returns
+//! (it needs the `101` written first) and logs its own line when it closes.
+
+mod plugins;
+mod respond;
+mod upstream_request;
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+
+use crate::conn::ConnCtx;
+use crate::error::ProxyError;
+use crate::http::body::ProxyBody;
+use crate::http::headers;
+use crate::observe::access_log::RequestLog;
+use crate::route::{Route, Router, request_host};
+use crate::upgrade::{self, ClientSide};
+use crate::upstream::Pool;
+
+/// Proxy one request and log it. Errors become the status the client sees here.
+pub async fn handle(
+    req: Request<ProxyBody>,
+    client: ClientSide<'_>,
+    conn: Arc<ConnCtx>,
+) -> Response<ProxyBody> {
+    let mut log = RequestLog::new(&req, &conn);
+    let mut response = if let Some(port) = conn.listener.redirect_https {
+        respond::redirect_https(&req, port)
+    } else {
+        match proxy(req, client, &conn, &mut log).await {
+            Ok(response) => response,
+            Err(err) => respond::for_error(err, &mut log),
+        }
+    };
+    respond::finish(&mut response, &conn);
+    log.emit(response.status());
+    response
+}
+
+/// The phases from `normalise` to `forward`.
+async fn proxy(
+    mut req: Request<ProxyBody>,
+    client: ClientSide<'_>,
+    conn: &Arc<ConnCtx>,
+    log: &mut RequestLog,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    // Phase: normalise. From here on, a WebSocket over HTTP/2 looks like an HTTP/1.1
+    // upgrade; its key is kept to check the upstream's accept value.
+    let h2_websocket_key = if upgrade::h2::is_extended_connect(&req) {
+        Some(upgrade::h2::into_upgrade_request(&mut req)?)
+    } else {
+        None
+    };
+    let route = find_route(&req, &conn.listener.router)?;
+    log.route = Some(route.name.clone());
+    upstream_request::ensure_host_header(&mut req);
+
+    // What the request asks to upgrade to: known already when airlock read the head itself.
+    let mut upgrade = match &client {
+        ClientSide::Direct { upgrade, .. } => Some(upgrade.clone()),
+        ClientSide::Hyper(_) => headers::upgrade_request(req.headers()),
+    };
+    let decision = plugins::run(&mut req, upgrade.as_ref(), &route, conn, log)?;
+    if decision.headers_replaced {
+        upgrade = headers::upgrade_request(req.headers());
+    }
+    let target = pick_upstream(&route, &decision);
+    log.upstream = Some(target.pool.name.clone());
+
+    log.upgrade = upgrade.is_some();
+    upstream_request::prepare(&mut req, &route, conn, upgrade, decision.path_rewritten);
+
+    let affinity_key = decision.affinity_key.as_deref();
+    let mut response = if log.upgrade {
+        let upgrade = upgrade::Upgrade {
+            route,
+            pool: &target.pool,
+            affinity_key,
+            h2_websocket_key,
+        };
+        upgrade::forward(req, upgrade, client, conn, log).await?
+    } else {
+        crate::forward::forward(req, &route, &target.pool, affinity_key, log).await?
+    };
+    for (name, value) in decision.response_headers {
+        response.headers_mut().append(name, value);
+    }
+    Ok(response)
+}
+
+/// Phase: route. Runs first, on the request as the client sent it (host without port,
+/// path before any rewrite). `404` when nothing matches.
+fn find_route(req: &Request<ProxyBody>, router: &Router) -> Result<Arc<Route>, ProxyError> {
+    let host = request_host(req.uri(), req.headers());
+    let path = req.uri().path();
+    router
+        .find(&host, path)
+        .cloned()
+        .ok_or_else(|| ProxyError::NoRoute {
+            host,
+            path: path.to_string(),
+        })
+}
+
+/// Where a request goes: a pool. The server within it is the balancer's choice, made
+/// when connecting (`crate::upstream::Pool::attempts`), so that failover can pick again.
+struct Target {
+    pool: Arc<Pool>,
+}
+
+/// Phase: pick the upstream. Runs after the plugins: a plugin's choice of pool wins over
+/// the route's.
+fn pick_upstream(route: &Route, decision: &plugins::Decision) -> Target {
+    Target {
+        pool: decision.pool.clone().unwrap_or_else(|| route.pool.clone()),
+    }
+}

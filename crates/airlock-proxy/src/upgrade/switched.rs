@@ -1,0 +1,74 @@
+//! An upgrade both ends accepted: the tunnel waiting for its ends, run until it closes,
+//! then logged, with its server's count released.
+
+use std::sync::Arc;
+
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+
+use crate::conn::ConnCtx;
+use crate::observe::access_log;
+use crate::route::Route;
+use crate::stream::Stream;
+use crate::tunnel::{self, Endpoint, Limits};
+use crate::upstream::{ActiveGuard, Server};
+
+/// The upstream end of a tunnel: ready, or once hyper's client completes the upgrade.
+pub enum UpstreamEnd {
+    Ready(Endpoint),
+    Pending(OnUpgrade),
+}
+
+/// An upgrade the upstream accepted, waiting for the client's end.
+pub struct Tunnel {
+    pub(super) upstream: UpstreamEnd,
+    pub(super) route: Arc<Route>,
+    pub(super) server: Server,
+    pub(super) guard: ActiveGuard,
+    pub(super) conn: Arc<ConnCtx>,
+}
+
+impl Tunnel {
+    /// Relay bytes between `client` and the upstream until the tunnel ends.
+    pub async fn run(self, client: Endpoint) {
+        let upstream = match self.upstream {
+            UpstreamEnd::Ready(endpoint) => endpoint,
+            UpstreamEnd::Pending(upgrade) => match upgrade.await {
+                Ok(upgraded) => endpoint(upgraded),
+                Err(e) => return abandoned(&self.route, &e),
+            },
+        };
+        let route = &self.route;
+        let limits = Limits {
+            idle_timeout: route.idle_timeout,
+            max_lifetime: route.max_lifetime,
+            half_close_timeout: route.half_close_timeout,
+        };
+        let outcome = tunnel::relay(client, upstream, limits, self.conn.drain.force.clone()).await;
+        access_log::tunnel_closed(&route.name, &self.server.addr, self.conn.peer, &outcome);
+        drop(self.guard);
+    }
+}
+
+pub(super) fn abandoned(route: &Route, error: &dyn std::fmt::Display) {
+    tracing::info!(
+        route = &*route.name,
+        error = %error,
+        "upgrade abandoned before the tunnel started"
+    );
+}
+
+/// The upgraded connection as a stream for the tunnel. An HTTP/1.1 connection gives back
+/// its own socket (plain TCP stays unboxed); an HTTP/2 stream stays wrapped.
+pub fn endpoint(upgraded: Upgraded) -> Endpoint {
+    match upgraded.downcast::<TokioIo<Stream>>() {
+        Ok(parts) => Endpoint {
+            stream: parts.io.into_inner(),
+            already_read: parts.read_buf,
+        },
+        Err(upgraded) => Endpoint {
+            stream: Stream::boxed(TokioIo::new(upgraded)),
+            already_read: bytes::Bytes::new(),
+        },
+    }
+}

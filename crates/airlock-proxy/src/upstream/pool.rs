@@ -1,0 +1,130 @@
+//! One `[upstream.NAME]` pool: its servers, the balancer that orders them, and the walk
+//! over servers that one request makes (healthy first, each at most once).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::balance::{self, Balancer};
+use super::server::Server;
+use super::tls::UpstreamTls;
+use crate::error::ProxyError;
+use crate::stream::Stream;
+
+/// One `[upstream.NAME]` pool.
+#[derive(Debug)]
+pub struct Pool {
+    pub name: Arc<str>,
+    servers: Vec<Server>,
+    balancer: Box<dyn Balancer>,
+    connect_attempts: usize,
+}
+
+impl Pool {
+    pub fn from_config(
+        name: &str,
+        cfg: &airlock_config::Upstream,
+        tls: Option<Arc<UpstreamTls>>,
+    ) -> Self {
+        let servers: Vec<Server> = cfg
+            .servers
+            .get_ref()
+            .iter()
+            .map(|s| {
+                let s = s.get_ref();
+                Server::with_settings(s.addr.clone(), s.weight, cfg, tls.as_ref())
+            })
+            .collect();
+        Self {
+            name: name.into(),
+            balancer: balance::build(cfg.balance, &servers),
+            connect_attempts: (cfg.connect_attempts as usize).min(servers.len()).max(1),
+            servers,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Arc<Self> {
+        let cfg: airlock_config::Upstream =
+            toml::from_str(r#"servers = ["127.0.0.1:1"]"#).expect("minimal upstream");
+        Arc::new(Self::from_config("test", &cfg, None))
+    }
+
+    /// Live state for the admin endpoint.
+    pub fn status(&self) -> serde_json::Value {
+        let servers: Vec<_> = self
+            .servers
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "addr": &*s.addr,
+                    "weight": s.weight,
+                    "active": s.active(),
+                    "available": s.is_available(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "name": &*self.name, "servers": servers })
+    }
+
+    /// The servers to try for one request, in balancer order, at most `connect_attempts`.
+    pub fn attempts<'a>(&'a self, affinity_key: Option<&'a str>) -> Attempts<'a> {
+        Attempts {
+            pool: self,
+            affinity_key,
+            tried: vec![false; self.servers.len()],
+            left: self.connect_attempts,
+        }
+    }
+
+    /// Connect to a server, failing over to the next one on connect errors.
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+        affinity_key: Option<&str>,
+    ) -> Result<(Server, Stream), ProxyError> {
+        let mut attempts = self.attempts(affinity_key);
+        let mut last_error = None;
+        while let Some(server) = attempts.next_server() {
+            match server.connect(timeout).await {
+                Ok(stream) => {
+                    server.record_success();
+                    return Ok((server, stream));
+                }
+                Err(e) => {
+                    server.record_failure(&self.name, &e);
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.expect("a pool always makes at least one attempt"))
+    }
+}
+
+/// Walks a pool's servers for one request: healthy ones first, each at most once.
+pub struct Attempts<'a> {
+    pool: &'a Pool,
+    affinity_key: Option<&'a str>,
+    tried: Vec<bool>,
+    left: usize,
+}
+
+impl Attempts<'_> {
+    pub fn next_server(&mut self) -> Option<Server> {
+        if self.left == 0 {
+            return None;
+        }
+        let servers = &self.pool.servers;
+        let tried = &self.tried;
+        let key = self.affinity_key;
+        let pick = self
+            .pool
+            .balancer
+            .pick_for(servers, key, &|i| !tried[i] && servers[i].is_available())
+            // When every untried server is marked down, try them anyway: refusing all
+            // traffic on stale health data would turn a blip into an outage.
+            .or_else(|| self.pool.balancer.pick_for(servers, key, &|i| !tried[i]))?;
+        self.tried[pick] = true;
+        self.left -= 1;
+        Some(servers[pick].clone())
+    }
+}

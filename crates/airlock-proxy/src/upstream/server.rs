@@ -1,0 +1,149 @@
+//! One server of a pool and its live state: in-flight count, passive health, idle
+//! keep-alive connections, TLS; connecting to it with a timeout.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper::client::conn::http1::SendRequest;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use super::health::PassiveHealth;
+use super::keepalive::IdleConnections;
+use super::tls::UpstreamTls;
+use crate::error::ProxyError;
+use crate::http::body::ProxyBody;
+use crate::stream::Stream;
+
+/// One server of a pool, with its live state shared by every request that uses it.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub addr: Arc<str>,
+    pub weight: u32,
+    state: Arc<ServerState>,
+}
+
+#[derive(Debug)]
+struct ServerState {
+    /// Live tunnels plus in-flight requests (least_conn reads it).
+    active: AtomicUsize,
+    health: PassiveHealth,
+    idle: IdleConnections,
+    /// TLS to this server, and the name its certificate must have.
+    /// (`None` for the name only if the address has no usable host; `Plan::build` refuses
+    /// such a configuration, and connecting fails rather than falling back to plain text.)
+    tls: Option<(Arc<UpstreamTls>, Option<ServerName<'static>>)>,
+}
+
+impl Server {
+    pub(super) fn with_settings(
+        addr: String,
+        weight: u32,
+        cfg: &airlock_config::Upstream,
+        tls: Option<&Arc<UpstreamTls>>,
+    ) -> Self {
+        let tls = tls.map(|tls| (tls.clone(), tls.name_for(&addr)));
+        Self {
+            addr: addr.into(),
+            weight,
+            state: Arc::new(ServerState {
+                active: AtomicUsize::new(0),
+                health: PassiveHealth::new(cfg.max_fails, cfg.fail_timeout.get()),
+                idle: IdleConnections::new(cfg.keepalive, cfg.keepalive_timeout.get()),
+                tls,
+            }),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn new(addr: String, weight: u32) -> Self {
+        let cfg: airlock_config::Upstream =
+            toml::from_str("servers = []").expect("minimal upstream");
+        Self::with_settings(addr, weight, &cfg, None)
+    }
+
+    pub fn active(&self) -> usize {
+        self.state.active.load(Ordering::Relaxed)
+    }
+
+    /// Count a tunnel or request against this server until the guard is dropped.
+    pub fn track(&self) -> ActiveGuard {
+        self.state.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.state.clone())
+    }
+
+    pub fn is_available(&self) -> bool {
+        self.state.health.is_available()
+    }
+
+    /// Open a connection to this server (TCP, then TLS when the pool has it) within
+    /// `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> Result<Stream, ProxyError> {
+        match tokio::time::timeout(timeout, self.connect_now()).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::ConnectTimeout {
+                server: self.addr.to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    async fn connect_now(&self) -> Result<Stream, ProxyError> {
+        let tcp = TcpStream::connect(&*self.addr)
+            .await
+            .map_err(|source| ProxyError::Connect {
+                server: self.addr.to_string(),
+                source,
+            })?;
+        // Small WebSocket frames must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        let Some((tls, name)) = &self.state.tls else {
+            return Ok(Stream::Tcp(tcp));
+        };
+        let tls_error = |source| ProxyError::UpstreamTls {
+            server: self.addr.to_string(),
+            source,
+        };
+        let name = name.clone().ok_or_else(|| {
+            tls_error(std::io::Error::other(
+                "no server name to verify; set `server_name`",
+            ))
+        })?;
+        let tls = tls.connect(name, tcp).await.map_err(tls_error)?;
+        Ok(Stream::boxed(tls))
+    }
+
+    pub fn idle_connection(&self) -> Option<SendRequest<ProxyBody>> {
+        self.state.idle.take()
+    }
+
+    pub fn keep_idle(&self, sender: SendRequest<ProxyBody>) {
+        self.state.idle.put(sender)
+    }
+
+    pub fn record_success(&self) {
+        self.state.health.record_success();
+    }
+
+    pub fn record_failure(&self, pool: &str, err: &ProxyError) {
+        let marked_down = self.state.health.record_failure();
+        tracing::warn!(
+            upstream = pool,
+            server = &*self.addr,
+            error = %crate::error::chain(err),
+            marked_down,
+            "upstream server failed"
+        );
+    }
+}
+
+/// Counts one tunnel or request against a server while alive.
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<ServerState>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
