@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+mod balance;
 mod error;
 mod model;
 mod units;
@@ -15,6 +16,7 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use balance::*;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use units::{ByteSize, Duration};

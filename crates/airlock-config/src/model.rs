@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 pub use toml::Spanned;
 
+use crate::balance::{Balance, HashKey, StickyCookie};
 use crate::units::{ByteSize, Duration};
 
 /// `shutdown_grace` when unset: how long open tunnels may run after SIGTERM.
@@ -241,26 +242,26 @@ fn default_idle_timeout() -> Duration {
     DEFAULT_IDLE_TIMEOUT
 }
 
-/// How a pool picks a server. `balance = "round_robin"`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Balance {
-    /// Each server in turn, in proportion to its weight.
-    #[default]
-    RoundRobin,
-    /// The server with the fewest live tunnels and in-flight requests per unit of weight.
-    LeastConn,
-}
-
 /// `[upstream.NAME]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// `servers = ["127.0.0.1:9001", { addr = "backend:9002", weight = 2 }]`
     pub servers: Spanned<Vec<Spanned<Server>>>,
-    /// `balance = "round_robin"` or `"least_conn"`.
+    /// `balance = "round_robin"`, `"least_conn"`, `"random_two"`, `"ip_hash"`,
+    /// `"consistent_hash"` or `"sticky_cookie"`.
     #[serde(default)]
     pub balance: Balance,
+    /// What `consistent_hash` hashes: `hash_key = "cookie:session"`; see [`HashKey`].
+    #[serde(default)]
+    pub hash_key: Option<Spanned<HashKey>>,
+    /// How `sticky_cookie` picks a server for a client without a valid cookie.
+    /// `sticky_fallback = "round_robin"`
+    #[serde(default)]
+    pub sticky_fallback: Option<Spanned<Balance>>,
+    /// The cookie `sticky_cookie` sets: `cookie = { name = "airlock_server" }`.
+    #[serde(default)]
+    pub cookie: Option<Spanned<StickyCookie>>,
     /// Connect failures within `fail_timeout` that take a server out of rotation.
     /// `max_fails = 1`; 0 disables passive health.
     #[serde(default = "default_max_fails")]

@@ -4,7 +4,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 
-use crate::model::{Config, DEFAULT_ALPN, Listener, Route, Spanned, UpstreamTls};
+use crate::balance::{Balance, is_token_byte};
+use crate::model::{Config, DEFAULT_ALPN, Listener, Route, Spanned, Upstream, UpstreamTls};
 
 pub(crate) struct Problem {
     pub span: Option<Range<usize>>,
@@ -356,10 +357,73 @@ fn check_upstreams(config: &Config, p: &mut Problems) {
         if let Some(tls) = &up.tls {
             check_upstream_tls(name, tls, p);
         }
+        check_balance(name, up, p);
         if up.connect_attempts == 0 {
             p.at(
                 &up.servers,
                 format!("upstream `{name}`: `connect_attempts` must be at least 1"),
+            );
+        }
+    }
+}
+
+/// The balancer's own settings appear only with the balancer that reads them.
+fn check_balance(name: &str, up: &Upstream, p: &mut Problems) {
+    let balance = up.balance;
+    let fallback = up.sticky_fallback.as_ref().map(|f| *f.get_ref());
+    if let Some(key) = &up.hash_key {
+        let hashes = balance == Balance::ConsistentHash
+            || (balance == Balance::StickyCookie && fallback == Some(Balance::ConsistentHash));
+        if !hashes {
+            p.at(
+                key,
+                format!(
+                    r#"upstream `{name}` has `hash_key` but balances with "{}"; `hash_key` is read by balance = "consistent_hash" (or a sticky_cookie pool whose sticky_fallback is "consistent_hash")"#,
+                    balance.name()
+                ),
+            );
+        }
+    }
+    if let Some(f) = &up.sticky_fallback {
+        if balance != Balance::StickyCookie {
+            p.at(
+                f,
+                format!(
+                    r#"upstream `{name}` has `sticky_fallback` but balances with "{}"; it applies only to balance = "sticky_cookie""#,
+                    balance.name()
+                ),
+            );
+        } else if *f.get_ref() == Balance::StickyCookie {
+            p.at(
+                f,
+                r#"`sticky_fallback` cannot itself be "sticky_cookie"; use "round_robin", "least_conn", "random_two", "ip_hash" or "consistent_hash""#,
+            );
+        }
+    }
+    if let Some(cookie) = &up.cookie {
+        if balance != Balance::StickyCookie {
+            p.at(
+                cookie,
+                format!(
+                    r#"upstream `{name}` has `cookie` but balances with "{}"; it applies only to balance = "sticky_cookie""#,
+                    balance.name()
+                ),
+            );
+        }
+        let c = cookie.get_ref();
+        if c.name.is_empty() || !c.name.bytes().all(is_token_byte) {
+            p.at(
+                cookie,
+                format!(
+                    r#"invalid cookie name "{}"; use letters, digits and - _ ."#,
+                    c.name
+                ),
+            );
+        }
+        if c.secret.as_ref().is_some_and(|s| s.len() < 16) {
+            p.at(
+                cookie,
+                "the cookie `secret` must be at least 16 characters (it is an HMAC key)",
             );
         }
     }

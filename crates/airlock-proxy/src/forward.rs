@@ -15,17 +15,18 @@ use crate::http::body::ProxyBody;
 use crate::http::headers;
 use crate::observe::access_log::RequestLog;
 use crate::route::Route;
+use crate::upstream::balance::Hint;
 use crate::upstream::{Pool, Server};
 
 pub async fn forward(
     req: Request<ProxyBody>,
     route: &Route,
     pool: &Pool,
-    affinity_key: Option<&str>,
+    hint: &Hint,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let mut req = req;
-    let mut attempts = pool.attempts(affinity_key);
+    let mut attempts = pool.attempts(hint);
     let mut last_error = None;
     while let Some(server) = attempts.next_server() {
         let guard = server.track();

@@ -6,11 +6,13 @@
 //! normalise  an RFC 8441 extended CONNECT becomes an HTTP/1.1 upgrade request
 //! route      host + path → the route (404 when none)            request::find_route
 //! plugins    the route's chain: reject, or change the request   request::plugins
-//! pick       the pool (the route's, or a plugin's choice) and the affinity key
+//! pick       the pool (the route's, or a plugin's choice)
 //! prepare    the request the upstream gets                      request::upstream_request
+//! affinity   what the pool's balancer reads: hash key, sticky cookie   upstream::balance
 //! forward    connect (failing over), then
 //!              an upgrade:  101 → tunnel (started by the client side)   crate::upgrade
 //!              otherwise:   plain HTTP, streamed both ways              crate::forward
+//! stick      a sticky pool's Set-Cookie for a client it (re)placed
 //! respond    errors mapped to statuses, listener headers        request::respond
 //! log        one access-log line                                crate::observe
 //! ```
@@ -87,22 +89,35 @@ async fn proxy(
     log.upstream = Some(target.pool.name.clone());
 
     log.upgrade = upgrade.is_some();
-    upstream_request::prepare(&mut req, &route, conn, upgrade, decision.path_rewritten);
+    let client_ip =
+        upstream_request::prepare(&mut req, &route, conn, upgrade, decision.path_rewritten);
 
-    let affinity_key = decision.affinity_key.as_deref();
+    // Phase: affinity. After prepare, so a stripped sticky cookie stays stripped.
+    let hint = target
+        .pool
+        .hints
+        .read(&mut req, client_ip, decision.affinity_key.as_deref());
     let mut response = if log.upgrade {
         let upgrade = upgrade::Upgrade {
             route,
             pool: &target.pool,
-            affinity_key,
+            hint: &hint,
             h2_websocket_key,
         };
         upgrade::forward(req, upgrade, client, conn, log).await?
     } else {
-        crate::forward::forward(req, &route, &target.pool, affinity_key, log).await?
+        crate::forward::forward(req, &route, &target.pool, &hint, log).await?
     };
     for (name, value) in decision.response_headers {
         response.headers_mut().append(name, value);
+    }
+    // Phase: stick. On the 101 of an upgrade too: a browser keeps it for its next request.
+    if let Some(server) = &log.server
+        && let Some(cookie) = target.pool.set_cookie(&hint, server, conn.tls.is_some())
+    {
+        response
+            .headers_mut()
+            .append(http::header::SET_COOKIE, cookie);
     }
     Ok(response)
 }

@@ -1,5 +1,7 @@
 //! Phase: turn the client's request into the one the upstream gets.
 
+use std::net::IpAddr;
+
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Version};
@@ -22,14 +24,14 @@ pub fn ensure_host_header(req: &mut Request<ProxyBody>) {
 
 /// Origin-form URI with the route's rewrite (unless a plugin set the path), hop-by-hop
 /// headers removed (except the upgrade pair on an upgrade), forwarding headers set,
-/// HTTP/1.1.
+/// HTTP/1.1. Returns the client's address (the trusted-forwarding one).
 pub fn prepare(
     req: &mut Request<ProxyBody>,
     route: &Route,
     conn: &ConnCtx,
     upgrade: Option<HeaderValue>,
     path_rewritten: bool,
-) {
+) -> IpAddr {
     // A path set by a plugin is final; otherwise the route's strip_prefix applies.
     let path = if path_rewritten {
         req.uri().path().into()
@@ -57,6 +59,7 @@ pub fn prepare(
         host: host.as_ref(),
         port: conn.local.port(),
     };
-    forwarded::apply(headers, &hop, &conn.listener.trusted);
+    let client_ip = forwarded::apply(headers, &hop, &conn.listener.trusted);
     *req.version_mut() = Version::HTTP_11;
+    client_ip
 }

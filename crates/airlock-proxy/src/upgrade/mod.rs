@@ -33,6 +33,7 @@ use crate::http::headers;
 use crate::observe::access_log::RequestLog;
 use crate::route::Route;
 use crate::upstream::Pool;
+use crate::upstream::balance::Hint;
 use switched::{UpstreamEnd, abandoned, endpoint};
 use upstream::{Answer, HeadForm, SwitchHead};
 
@@ -40,7 +41,8 @@ use upstream::{Answer, HeadForm, SwitchHead};
 pub struct Upgrade<'a> {
     pub route: Arc<Route>,
     pub pool: &'a Pool,
-    pub affinity_key: Option<&'a str>,
+    /// What the pool's balancer reads (hash, sticky cookie).
+    pub hint: &'a Hint,
     /// Set when the client asked over HTTP/2 (RFC 8441): the key sent upstream, whose
     /// accept value the `101` must carry; the client then gets `200`, not `101`.
     pub h2_websocket_key: Option<HeaderValue>,
@@ -56,11 +58,11 @@ pub async fn forward(
     let Upgrade {
         route,
         pool,
-        affinity_key,
+        hint,
         h2_websocket_key,
     } = upgrade;
     let started = Instant::now();
-    let (server, stream) = pool.connect(route.connect_timeout, affinity_key).await?;
+    let (server, stream) = pool.connect(route.connect_timeout, hint).await?;
     log.connect_time = Some(started.elapsed());
     log.server = Some(server.addr.clone());
     let guard = server.track();

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::balance::{self, Balancer};
+use super::balance::{self, Balancer, Hint, HintSource};
 use super::server::Server;
 use super::tls::UpstreamTls;
 use crate::error::ProxyError;
@@ -16,6 +16,9 @@ pub struct Pool {
     pub name: Arc<str>,
     servers: Vec<Server>,
     balancer: Box<dyn Balancer>,
+    /// What the balancer reads from a request (hash key, sticky cookie), if anything.
+    pub hints: HintSource,
+    balance: airlock_config::Balance,
     connect_attempts: usize,
 }
 
@@ -34,9 +37,16 @@ impl Pool {
                 Server::with_settings(s.addr.clone(), s.weight, cfg, tls.as_ref())
             })
             .collect();
+        let fallback = cfg
+            .sticky_fallback
+            .as_ref()
+            .map(|f| *f.get_ref())
+            .unwrap_or_default();
         Self {
             name: name.into(),
-            balancer: balance::build(cfg.balance, &servers),
+            balancer: balance::build(cfg.balance, fallback, &servers),
+            hints: HintSource::new(cfg, &servers),
+            balance: cfg.balance,
             connect_attempts: (cfg.connect_attempts as usize).min(servers.len()).max(1),
             servers,
         }
@@ -63,14 +73,33 @@ impl Pool {
                 })
             })
             .collect();
-        serde_json::json!({ "name": &*self.name, "servers": servers })
+        serde_json::json!({
+            "name": &*self.name,
+            "balance": self.balance.name(),
+            "servers": servers,
+        })
+    }
+
+    /// The `Set-Cookie` a sticky pool adds to a response from `server` (the address of
+    /// one of its servers), when the request's cookie did not already name it.
+    pub fn set_cookie(
+        &self,
+        hint: &Hint,
+        server: &Arc<str>,
+        secure: bool,
+    ) -> Option<http::HeaderValue> {
+        let index = self
+            .servers
+            .iter()
+            .position(|s| Arc::ptr_eq(&s.addr, server))?;
+        self.hints.set_cookie(hint, index, secure)
     }
 
     /// The servers to try for one request, in balancer order, at most `connect_attempts`.
-    pub fn attempts<'a>(&'a self, affinity_key: Option<&'a str>) -> Attempts<'a> {
+    pub fn attempts<'a>(&'a self, hint: &'a Hint) -> Attempts<'a> {
         Attempts {
             pool: self,
-            affinity_key,
+            hint,
             tried: vec![false; self.servers.len()],
             left: self.connect_attempts,
         }
@@ -80,9 +109,9 @@ impl Pool {
     pub async fn connect(
         &self,
         timeout: Duration,
-        affinity_key: Option<&str>,
+        hint: &Hint,
     ) -> Result<(Server, Stream), ProxyError> {
-        let mut attempts = self.attempts(affinity_key);
+        let mut attempts = self.attempts(hint);
         let mut last_error = None;
         while let Some(server) = attempts.next_server() {
             match server.connect(timeout).await {
@@ -103,7 +132,7 @@ impl Pool {
 /// Walks a pool's servers for one request: healthy ones first, each at most once.
 pub struct Attempts<'a> {
     pool: &'a Pool,
-    affinity_key: Option<&'a str>,
+    hint: &'a Hint,
     tried: Vec<bool>,
     left: usize,
 }
@@ -115,14 +144,14 @@ impl Attempts<'_> {
         }
         let servers = &self.pool.servers;
         let tried = &self.tried;
-        let key = self.affinity_key;
+        let hint = self.hint;
         let pick = self
             .pool
             .balancer
-            .pick_for(servers, key, &|i| !tried[i] && servers[i].is_available())
+            .pick(servers, hint, &|i| !tried[i] && servers[i].is_available())
             // When every untried server is marked down, try them anyway: refusing all
             // traffic on stale health data would turn a blip into an outage.
-            .or_else(|| self.pool.balancer.pick_for(servers, key, &|i| !tried[i]))?;
+            .or_else(|| self.pool.balancer.pick(servers, hint, &|i| !tried[i]))?;
         self.tried[pick] = true;
         self.left -= 1;
         Some(servers[pick].clone())

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Balancer, Server};
+use super::{Balancer, Hint, Server};
 
 #[derive(Debug, Default)]
 pub struct LeastConn {
@@ -11,7 +11,12 @@ pub struct LeastConn {
 }
 
 impl Balancer for LeastConn {
-    fn pick(&self, servers: &[Server], eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick(
+        &self,
+        servers: &[Server],
+        _hint: &Hint,
+        eligible: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         let n = servers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut best: Option<(usize, u64, u64)> = None;
@@ -48,7 +53,9 @@ mod tests {
         ];
         // loads per weight: 2, 1, 1 -> servers 1 and 2 tie; both must be chosen over time.
         let lc = LeastConn::default();
-        let picks: Vec<_> = (0..4).map(|_| lc.pick(&s, &|_| true).unwrap()).collect();
+        let picks: Vec<_> = (0..4)
+            .map(|_| lc.pick(&s, &Hint::default(), &|_| true).unwrap())
+            .collect();
         assert!(picks.iter().all(|&i| i != 0), "{picks:?}");
         assert!(picks.contains(&1) && picks.contains(&2), "{picks:?}");
     }
@@ -58,12 +65,12 @@ mod tests {
         let s = servers(&[1, 1]);
         let lc = LeastConn::default();
         let busy = s[0].track();
-        assert_eq!(lc.pick(&s, &|_| true), Some(1));
-        assert_eq!(lc.pick(&s, &|_| true), Some(1));
+        assert_eq!(lc.pick(&s, &Hint::default(), &|_| true), Some(1));
+        assert_eq!(lc.pick(&s, &Hint::default(), &|_| true), Some(1));
         drop(busy);
         let _other = s[1].track();
-        assert_eq!(lc.pick(&s, &|_| true), Some(0));
-        assert_eq!(lc.pick(&s, &|i| i == 1), Some(1));
-        assert_eq!(lc.pick(&s, &|_| false), None);
+        assert_eq!(lc.pick(&s, &Hint::default(), &|_| true), Some(0));
+        assert_eq!(lc.pick(&s, &Hint::default(), &|i| i == 1), Some(1));
+        assert_eq!(lc.pick(&s, &Hint::default(), &|_| false), None);
     }
 }

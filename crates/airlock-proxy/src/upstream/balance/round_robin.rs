@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Balancer, Server};
+use super::{Balancer, Hint, Server};
 
 #[derive(Debug)]
 pub struct RoundRobin {
@@ -38,7 +38,12 @@ impl RoundRobin {
 }
 
 impl Balancer for RoundRobin {
-    fn pick(&self, _servers: &[Server], eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick(
+        &self,
+        _servers: &[Server],
+        _hint: &Hint,
+        eligible: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         // Skipped slots consume the cursor too, so the server after a down one does not
         // inherit its share.
         (0..self.order.len())
@@ -58,7 +63,9 @@ mod tests {
         n: usize,
         eligible: &dyn Fn(usize) -> bool,
     ) -> Vec<usize> {
-        (0..n).map(|_| rr.pick(s, eligible).unwrap()).collect()
+        (0..n)
+            .map(|_| rr.pick(s, &Hint::default(), eligible).unwrap())
+            .collect()
     }
 
     #[test]
@@ -81,6 +88,6 @@ mod tests {
         let s = servers(&[1, 1, 1]);
         let rr = RoundRobin::new(&s);
         assert_eq!(picks(&rr, &s, 4, &|i| i != 1), [0, 2, 0, 2]);
-        assert_eq!(rr.pick(&s, &|_| false), None);
+        assert_eq!(rr.pick(&s, &Hint::default(), &|_| false), None);
     }
 }
