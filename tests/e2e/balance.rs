@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use tokio_tungstenite::connect_async;
 
-use crate::support::client::{Conn, get};
+use crate::support::client::{Conn, get, get_with};
 use crate::support::{Airlock, Backend, config, refused_addr, single_route};
 
 async fn tally(addr: SocketAddr, n: usize) -> HashMap<String, usize> {
@@ -200,4 +200,112 @@ async fn connect_timeouts_are_a_504() {
             .contains("timed out"),
         "{line}"
     );
+}
+
+/// Backends "a", "b" and "c", and their addresses.
+async fn three_backends() -> (Vec<Backend>, Vec<SocketAddr>) {
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c"] {
+        backends.push(Backend::start(name).await);
+    }
+    let addrs = backends.iter().map(|b| b.addr).collect();
+    (backends, addrs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_two_uses_every_server() {
+    let (_backends, addrs) = three_backends().await;
+    let airlock = Airlock::start(&single_route(&addrs, "", "balance = \"random_two\""));
+    // Idle servers tie, so picks follow the (equal) weights: 60 requests miss a server
+    // with probability 3 × (2/3)^60, about 1e-10.
+    let counts = tally(airlock.addr(), 60).await;
+    assert_eq!(counts.len(), 3, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_sends_each_key_to_one_server() {
+    let (_backends, addrs) = three_backends().await;
+    let airlock = Airlock::start(&single_route(
+        &addrs,
+        "",
+        "balance = \"consistent_hash\"\nhash_key = \"header:X-User\"",
+    ));
+    let mut used = std::collections::BTreeSet::new();
+    for user in 0..20 {
+        let user = format!("user-{user}");
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..3 {
+            let r = get_with(airlock.addr(), &format!("/{i}"), &[("x-user", &user)]).await;
+            seen.insert(r.json()["backend"].as_str().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 1, "{user} went to {seen:?}");
+        used.extend(seen);
+    }
+    assert!(used.len() >= 2, "20 users all on {used:?}");
+}
+
+const WS_UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: test.local\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_cookie_is_set_once_followed_and_replaced_when_its_server_dies() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let airlock = Airlock::start(&single_route(
+        &[a.addr, b.addr],
+        "",
+        "balance = \"sticky_cookie\"\nfail_timeout = \"1m\"\nkeepalive = 0\ncookie = { name = \"srv\", strip = true }",
+    ));
+    let first = get(airlock.addr(), "/").await;
+    let set = first
+        .header("set-cookie")
+        .expect("a new client gets a cookie");
+    assert!(set.starts_with("srv="), "{set}");
+    assert!(set.ends_with("; Path=/; HttpOnly; SameSite=Lax"), "{set}");
+    assert!(!set.contains("127.0.0.1") && !set.contains(&a.addr.port().to_string()));
+    let pair = set.split(';').next().unwrap().to_string();
+    let home = first.json()["backend"].as_str().unwrap().to_string();
+
+    // With the cookie: always the same server, no new cookie, and (strip) the upstream
+    // sees the other cookies but not this one.
+    let cookies = format!("theme=dark; {pair}");
+    for i in 0..6 {
+        let r = get_with(airlock.addr(), &format!("/{i}"), &[("cookie", &cookies)]).await;
+        assert_eq!(r.json()["backend"], home.as_str(), "request {i}");
+        assert_eq!(r.header("set-cookie"), None);
+        assert_eq!(r.json()["headers"]["cookie"], "theme=dark");
+    }
+    // A made-up value names no server: placed anew, with a cookie.
+    let forged = get_with(
+        airlock.addr(),
+        "/",
+        &[("cookie", "srv=0123456789abcdef01234567")],
+    )
+    .await;
+    assert!(forged.header("set-cookie").is_some());
+
+    // The 101 of an upgrade carries the cookie too.
+    let (_ws, head) = crate::support::client::upgrade_head(airlock.addr(), WS_UPGRADE).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nset-cookie: srv="),
+        "{head}"
+    );
+
+    // The cookie's server dies: the client moves and gets the other server's cookie.
+    let (dead, other) = if home == "a" { (a, "b") } else { (b, "a") };
+    drop(dead);
+    let moved = get_with(airlock.addr(), "/", &[("cookie", &cookies)]).await;
+    assert_eq!(moved.status, 200);
+    assert_eq!(moved.json()["backend"], other);
+    let new_pair = moved
+        .header("set-cookie")
+        .expect("a new cookie")
+        .split(';')
+        .next()
+        .unwrap();
+    assert_ne!(new_pair, pair);
+    let again = get_with(airlock.addr(), "/", &[("cookie", new_pair)]).await;
+    assert_eq!(again.json()["backend"], other);
+    assert_eq!(again.header("set-cookie"), None);
 }

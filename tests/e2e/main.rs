@@ -9,6 +9,7 @@ mod cli;
 mod http;
 mod lifecycle;
 mod plugins;
+mod socketio;
 mod tls;
 mod token_auth;
 mod websocket;

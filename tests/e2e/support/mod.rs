@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod socketio;
 pub mod tls;
 
 use std::io::{BufRead, BufReader};
