@@ -10,6 +10,7 @@
 
 mod balance;
 mod error;
+mod health;
 mod model;
 mod units;
 mod validate;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use balance::*;
 pub use error::{ConfigError, ConfigErrors};
+pub use health::*;
 pub use model::*;
 pub use units::{ByteSize, Duration};
 

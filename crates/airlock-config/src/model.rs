@@ -10,6 +10,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 pub use toml::Spanned;
 
 use crate::balance::{Balance, HashKey, StickyCookie};
+use crate::health::HealthCheck;
 use crate::units::{ByteSize, Duration};
 
 /// `shutdown_grace` when unset: how long open tunnels may run after SIGTERM.
@@ -262,6 +263,9 @@ pub struct Upstream {
     /// The cookie `sticky_cookie` sets: `cookie = { name = "airlock_server" }`.
     #[serde(default)]
     pub cookie: Option<Spanned<StickyCookie>>,
+    /// Active health checks: `health_check = { path = "/healthz" }`. Off when absent.
+    #[serde(default)]
+    pub health_check: Option<Spanned<HealthCheck>>,
     /// Connect failures within `fail_timeout` that take a server out of rotation.
     /// `max_fails = 1`; 0 disables passive health.
     #[serde(default = "default_max_fails")]

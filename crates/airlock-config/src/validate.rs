@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 
 use crate::balance::{Balance, is_token_byte};
+use crate::health::{HealthCheck, ProbeKind};
 use crate::model::{Config, DEFAULT_ALPN, Listener, Route, Spanned, Upstream, UpstreamTls};
 
 pub(crate) struct Problem {
@@ -358,6 +359,9 @@ fn check_upstreams(config: &Config, p: &mut Problems) {
             check_upstream_tls(name, tls, p);
         }
         check_balance(name, up, p);
+        if let Some(hc) = &up.health_check {
+            check_health(name, hc, p);
+        }
         if up.connect_attempts == 0 {
             p.at(
                 &up.servers,
@@ -426,6 +430,47 @@ fn check_balance(name: &str, up: &Upstream, p: &mut Problems) {
                 "the cookie `secret` must be at least 16 characters (it is an HMAC key)",
             );
         }
+    }
+}
+
+fn check_health(name: &str, hc: &Spanned<HealthCheck>, p: &mut Problems) {
+    let c = hc.get_ref();
+    let mut wrong = |message: String| p.at(hc, format!("upstream `{name}`: {message}"));
+    if c.rise == 0 || c.fall == 0 {
+        wrong("health_check `rise` and `fall` must be at least 1".into());
+    }
+    if !c.path.starts_with('/')
+        || c.path
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        wrong(format!(
+            r#"health_check `path` must start with "/" and have no spaces, got {:?}"#,
+            c.path
+        ));
+    }
+    if c.interval.get().is_zero() {
+        wrong("health_check `interval` must be more than 0".into());
+    }
+    if c.timeout.get().is_zero() || c.timeout.get() > c.interval.get() {
+        wrong("health_check `timeout` must be more than 0 and at most `interval`".into());
+    }
+    match (c.kind, c.expect_status) {
+        (ProbeKind::Websocket, Some(_)) => wrong(
+            "health_check `expect_status` is for kind = \"http\"; a websocket probe needs 101"
+                .into(),
+        ),
+        (_, Some(s)) if !(100..=599).contains(&s) => wrong(format!(
+            "health_check `expect_status` {s} is not an HTTP status"
+        )),
+        _ => {}
+    }
+    if c.host.as_ref().is_some_and(|h| {
+        h.is_empty()
+            || h.bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    }) {
+        wrong("health_check `host` must be a host name, like \"backend.internal\"".into());
     }
 }
 

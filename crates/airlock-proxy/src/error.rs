@@ -72,6 +72,8 @@ pub enum ProxyError {
     PluginOutput { detail: String },
     #[error("a plugin chose upstream `{name}`, which is not defined")]
     UnknownUpstream { name: String },
+    #[error("every server of upstream `{pool}` is drained")]
+    NoServer { pool: String },
     #[error("upstream server {server} failed before sending a response")]
     UpstreamRequest {
         server: String,
@@ -100,6 +102,7 @@ impl ProxyError {
             Self::Connect { .. }
             | Self::UpstreamTls { .. }
             | Self::ConnectTimeout { .. }
+            | Self::NoServer { .. }
             | Self::UpstreamRequest { .. }
             | Self::UpstreamIo { .. } => ErrorSource::Upstream,
         }
@@ -125,6 +128,7 @@ impl ProxyError {
             | Self::UpstreamRequest { .. }
             | Self::UpstreamIo { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::NoServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -67,7 +67,7 @@ pub async fn forward(
             }
         };
     }
-    Err(last_error.expect("a pool always makes at least one attempt"))
+    Err(last_error.unwrap_or_else(|| pool.no_server()))
 }
 
 enum Sent {

@@ -118,6 +118,9 @@ impl Bound {
         if !tls.is_empty() {
             tokio::spawn(watch_certificates(tls.clone(), drain.clone()));
         }
+        for pool in self.snapshot.load().pools_by_name() {
+            pool.start_health_checks();
+        }
         for (name, listener) in self.listeners {
             tokio::spawn(listen::accept_loop(
                 listener,

@@ -1,6 +1,7 @@
 //! The admin endpoint: `GET /healthz` (the process runs), `GET /readyz` (listeners are
-//! bound and the proxy is not draining) and `GET /upstreams` (every pool's servers with
-//! their live connection counts and health, as JSON).
+//! bound and the proxy is not draining), `GET /upstreams` (every pool's servers with
+//! their live counts and health, as JSON), and `POST /upstreams/NAME/servers/ADDR/drain`
+//! (or `/undrain`) to take a server out of rotation for new connections and back.
 
 use std::convert::Infallible;
 
@@ -39,14 +40,12 @@ fn answer<B>(req: &Request<B>, drain: &Drain, snapshot: &Snapshot) -> Response<F
     if matches!(req.method(), &Method::GET | &Method::HEAD) && req.uri().path() == "/upstreams" {
         let pools = snapshot.pools_by_name();
         let body = serde_json::json!({ "upstreams": pools.iter().map(|p| p.status()).collect::<Vec<_>>() });
-        let mut response = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        return response;
+        return json(StatusCode::OK, &body);
     }
-    let (status, text) = match (req.method(), req.uri().path()) {
+    if let Some(rest) = req.uri().path().strip_prefix("/upstreams/") {
+        return server_action(req.method(), rest, snapshot);
+    }
+    let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") if drain.is_ready() => {
             (StatusCode::OK, "ready\n")
@@ -62,7 +61,66 @@ fn answer<B>(req: &Request<B>, drain: &Drain, snapshot: &Snapshot) -> Response<F
             "not found; try /healthz, /readyz or /upstreams\n",
         ),
     };
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    text(status, body)
+}
+
+/// `POST /upstreams/NAME/servers/ADDR/drain` or `.../undrain`: the server's new status.
+fn server_action(method: &Method, rest: &str, snapshot: &Snapshot) -> Response<Full<Bytes>> {
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [pool, "servers", addr, action @ ("drain" | "undrain")] = parts[..] else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; try POST /upstreams/NAME/servers/ADDR/drain or /undrain\n",
+        );
+    };
+    if method != Method::POST {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+        return response;
+    }
+    let Some(pool) = snapshot
+        .pools_by_name()
+        .into_iter()
+        .find(|p| &*p.name == pool)
+    else {
+        return text(StatusCode::NOT_FOUND, &format!("no upstream `{pool}`\n"));
+    };
+    let Some(server) = pool.server(addr) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            &format!("upstream `{}` has no server {addr}\n", pool.name),
+        );
+    };
+    let drained = action == "drain";
+    server.set_drained(drained);
+    tracing::info!(
+        upstream = &*pool.name,
+        server = addr,
+        drained,
+        "upstream server {} by the admin API",
+        if drained {
+            "drained"
+        } else {
+            "returned to rotation"
+        }
+    );
+    json(StatusCode::OK, &server.status())
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response
 }

@@ -1,6 +1,7 @@
 //! The HTTP vocabulary every other area shares, with no sockets and no pools: the body
 //! type for both directions (`body`), hop-by-hop header rules and head encoding
-//! (`headers`), and the forwarding headers (`forwarded`).
+//! (`headers`), the forwarding headers (`forwarded`), and the WebSocket handshake key
+//! (`websocket_key`).
 //!
 //! Not here: sending anything anywhere. Plain HTTP forwarding is `crate::forward`,
 //! upgrades are `crate::upgrade`.
@@ -8,3 +9,4 @@
 pub mod body;
 pub mod forwarded;
 pub mod headers;
+pub mod websocket_key;

@@ -2,18 +2,11 @@
 //! becomes the HTTP/1.1 upgrade request the rest of the proxy (routes, plugins, upstreams)
 //! already handles, and the upstream's `101` becomes the `200` the HTTP/2 client expects.
 
-use std::hash::{BuildHasher, Hasher};
-
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, StatusCode};
-use sha1::{Digest, Sha1};
 
 use crate::error::ProxyError;
-
-/// RFC 6455 §1.3.
-const WEBSOCKET_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+use crate::http::websocket_key::{accept_for, new_key};
 
 /// Whether `req` is an RFC 8441 extended CONNECT (any `:protocol`).
 pub fn is_extended_connect<B>(req: &Request<B>) -> bool {
@@ -75,46 +68,4 @@ pub fn into_stream_response(
     parts.headers.remove(header::UPGRADE);
     parts.headers.remove(header::CONNECTION);
     Ok(())
-}
-
-fn new_key() -> HeaderValue {
-    // RandomState is seeded randomly per process and per instance; mixing in a counter
-    // keeps keys distinct. The key only has to be unpredictable enough to defeat caches
-    // (RFC 6455 §10.3), not secret.
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let state = std::hash::RandomState::new();
-    let mut bytes = [0u8; 16];
-    for (i, half) in bytes.chunks_mut(8).enumerate() {
-        let mut h = state.build_hasher();
-        h.write_u64(n);
-        h.write_usize(i);
-        half.copy_from_slice(&h.finish().to_le_bytes());
-    }
-    HeaderValue::from_str(&STANDARD.encode(bytes)).expect("base64 is a valid header value")
-}
-
-fn accept_for(key: &HeaderValue) -> HeaderValue {
-    let mut sha = Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(WEBSOCKET_GUID);
-    HeaderValue::from_str(&STANDARD.encode(sha.finalize())).expect("base64 is a valid header value")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accept_matches_rfc_6455_example() {
-        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
-        assert_eq!(accept_for(&key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-    }
-
-    #[test]
-    fn keys_are_16_bytes_and_differ() {
-        let (a, b) = (new_key(), new_key());
-        assert_ne!(a, b);
-        assert_eq!(STANDARD.decode(a.as_bytes()).unwrap().len(), 16);
-    }
 }

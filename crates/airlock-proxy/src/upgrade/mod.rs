@@ -149,7 +149,7 @@ pub async fn forward(
         upstream: upstream_end,
         route,
         server,
-        guard,
+        guard: guard.into_tunnel(),
         conn: conn.clone(),
     };
     match client {

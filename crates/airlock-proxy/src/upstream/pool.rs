@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::balance::{self, Balancer, Hint, HintSource};
+use super::health::probe;
 use super::server::Server;
 use super::tls::UpstreamTls;
 use crate::error::ProxyError;
@@ -20,6 +21,7 @@ pub struct Pool {
     pub hints: HintSource,
     balance: airlock_config::Balance,
     connect_attempts: usize,
+    health_check: Option<Arc<airlock_config::HealthCheck>>,
 }
 
 impl Pool {
@@ -47,6 +49,10 @@ impl Pool {
             balancer: balance::build(cfg.balance, fallback, &servers),
             hints: HintSource::new(cfg, &servers),
             balance: cfg.balance,
+            health_check: cfg
+                .health_check
+                .as_ref()
+                .map(|c| Arc::new(c.get_ref().clone())),
             connect_attempts: (cfg.connect_attempts as usize).min(servers.len()).max(1),
             servers,
         }
@@ -59,20 +65,29 @@ impl Pool {
         Arc::new(Self::from_config("test", &cfg, None))
     }
 
+    /// Start probing every server, when the pool has a `health_check`. The probe tasks
+    /// end by themselves once the pool is dropped.
+    pub fn start_health_checks(&self) {
+        let Some(check) = &self.health_check else {
+            return;
+        };
+        for server in &self.servers {
+            tokio::spawn(probe::run(
+                server.downgrade(),
+                self.name.clone(),
+                check.clone(),
+            ));
+        }
+    }
+
+    /// The server with address `addr`, for the admin API.
+    pub fn server(&self, addr: &str) -> Option<&Server> {
+        self.servers.iter().find(|s| &*s.addr == addr)
+    }
+
     /// Live state for the admin endpoint.
     pub fn status(&self) -> serde_json::Value {
-        let servers: Vec<_> = self
-            .servers
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "addr": &*s.addr,
-                    "weight": s.weight,
-                    "active": s.active(),
-                    "available": s.is_available(),
-                })
-            })
-            .collect();
+        let servers: Vec<_> = self.servers.iter().map(Server::status).collect();
         serde_json::json!({
             "name": &*self.name,
             "balance": self.balance.name(),
@@ -125,7 +140,14 @@ impl Pool {
                 }
             }
         }
-        Err(last_error.expect("a pool always makes at least one attempt"))
+        Err(last_error.unwrap_or_else(|| self.no_server()))
+    }
+
+    /// The error when no server may be tried at all (every one drained).
+    pub fn no_server(&self) -> ProxyError {
+        ProxyError::NoServer {
+            pool: self.name.to_string(),
+        }
     }
 }
 
@@ -150,8 +172,12 @@ impl Attempts<'_> {
             .balancer
             .pick(servers, hint, &|i| !tried[i] && servers[i].is_available())
             // When every untried server is marked down, try them anyway: refusing all
-            // traffic on stale health data would turn a blip into an outage.
-            .or_else(|| self.pool.balancer.pick(servers, hint, &|i| !tried[i]))?;
+            // traffic on stale health data would turn a blip into an outage. Servers an
+            // operator drained stay out.
+            .or_else(|| {
+                let undrained = |i: usize| !tried[i] && !servers[i].is_drained();
+                self.pool.balancer.pick(servers, hint, &undrained)
+            })?;
         self.tried[pick] = true;
         self.left -= 1;
         Some(servers[pick].clone())

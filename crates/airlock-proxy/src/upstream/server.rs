@@ -1,15 +1,16 @@
-//! One server of a pool and its live state: in-flight count, passive health, idle
-//! keep-alive connections, TLS; connecting to it with a timeout.
+//! One server of a pool and its live state: in-flight and tunnel counts, passive and
+//! active health, an operator's drain, idle keep-alive connections, TLS; connecting to it
+//! with a timeout.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use hyper::client::conn::http1::SendRequest;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::health::PassiveHealth;
+use super::health::{ActiveHealth, PassiveHealth};
 use super::keepalive::IdleConnections;
 use super::tls::UpstreamTls;
 use crate::error::ProxyError;
@@ -28,7 +29,12 @@ pub struct Server {
 struct ServerState {
     /// Live tunnels plus in-flight requests (least_conn reads it).
     active: AtomicUsize,
+    /// Live tunnels alone (a part of `active`).
+    tunnels: AtomicUsize,
     health: PassiveHealth,
+    probes: ActiveHealth,
+    /// Out of rotation for new connections by an operator (`POST .../drain`).
+    drained: AtomicBool,
     idle: IdleConnections,
     /// TLS to this server, and the name its certificate must have.
     /// (`None` for the name only if the address has no usable host; `Plan::build` refuses
@@ -49,7 +55,10 @@ impl Server {
             weight,
             state: Arc::new(ServerState {
                 active: AtomicUsize::new(0),
+                tunnels: AtomicUsize::new(0),
                 health: PassiveHealth::new(cfg.max_fails, cfg.fail_timeout.get()),
+                probes: ActiveHealth::new(cfg.health_check.as_ref().map(|c| c.get_ref())),
+                drained: AtomicBool::new(false),
                 idle: IdleConnections::new(cfg.keepalive, cfg.keepalive_timeout.get()),
                 tls,
             }),
@@ -70,11 +79,60 @@ impl Server {
     /// Count a tunnel or request against this server until the guard is dropped.
     pub fn track(&self) -> ActiveGuard {
         self.state.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(self.state.clone())
+        ActiveGuard {
+            state: self.state.clone(),
+            tunnel: false,
+        }
     }
 
+    /// May get new connections: passive and active health agree, and not drained.
     pub fn is_available(&self) -> bool {
-        self.state.health.is_available()
+        self.state.health.is_available() && self.state.probes.is_up() && !self.is_drained()
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.state.drained.load(Ordering::Relaxed)
+    }
+
+    /// Take the server out of rotation for new connections (`true`) or return it. Its
+    /// open tunnels and requests are not touched.
+    pub fn set_drained(&self, drained: bool) {
+        self.state.drained.store(drained, Ordering::Relaxed);
+    }
+
+    pub(super) fn record_probe(
+        &self,
+        result: Result<u16, String>,
+    ) -> Option<super::health::Change> {
+        self.state.probes.record(result)
+    }
+
+    /// A handle that does not keep the server alive (for its probe task).
+    pub(super) fn downgrade(&self) -> WeakServer {
+        WeakServer {
+            addr: self.addr.clone(),
+            weight: self.weight,
+            state: Arc::downgrade(&self.state),
+        }
+    }
+
+    /// Live state for the admin API.
+    pub fn status(&self) -> serde_json::Value {
+        let active = self.active();
+        let tunnels = self.state.tunnels.load(Ordering::Relaxed);
+        serde_json::json!({
+            "addr": &*self.addr,
+            "weight": self.weight,
+            "available": self.is_available(),
+            "drained": self.is_drained(),
+            "in_flight": active.saturating_sub(tunnels),
+            "tunnels": tunnels,
+            "active": active,
+            "health": {
+                "passive": if self.state.health.is_available() { "up" } else { "down" },
+                "active": self.state.probes.status(),
+            },
+        })
     }
 
     /// Open a connection to this server (TCP, then TLS when the pool has it) within
@@ -138,12 +196,47 @@ impl Server {
     }
 }
 
+/// A server whose pool may be gone; see [`Server::downgrade`].
+#[derive(Debug)]
+pub struct WeakServer {
+    addr: Arc<str>,
+    weight: u32,
+    state: Weak<ServerState>,
+}
+
+impl WeakServer {
+    pub fn upgrade(&self) -> Option<Server> {
+        Some(Server {
+            addr: self.addr.clone(),
+            weight: self.weight,
+            state: self.state.upgrade()?,
+        })
+    }
+}
+
 /// Counts one tunnel or request against a server while alive.
 #[derive(Debug)]
-pub struct ActiveGuard(Arc<ServerState>);
+pub struct ActiveGuard {
+    state: Arc<ServerState>,
+    tunnel: bool,
+}
+
+impl ActiveGuard {
+    /// The request became a tunnel: count it among the server's tunnels too.
+    pub fn into_tunnel(mut self) -> Self {
+        if !self.tunnel {
+            self.state.tunnels.fetch_add(1, Ordering::Relaxed);
+            self.tunnel = true;
+        }
+        self
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.state.active.fetch_sub(1, Ordering::Relaxed);
+        if self.tunnel {
+            self.state.tunnels.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
