@@ -6,6 +6,7 @@ mod support;
 mod bad_input;
 mod balance;
 mod cli;
+mod health;
 mod http;
 mod lifecycle;
 mod plugins;

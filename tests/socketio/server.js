@@ -1,5 +1,5 @@
-// A real Socket.IO 4 server for airlock's end-to-end tests. Usage: node server.js NAME
-// Listens on 127.0.0.1 on a free port and prints {"port":N} once listening. Every `echo`
+// A real Socket.IO 4 server for airlock's end-to-end tests. Usage: node server.js NAME [PORT]
+// Listens on 127.0.0.1 on PORT (default a free one) and prints {"port":N} once listening. Every `echo`
 // event is acknowledged with this server's name, so a client can tell which server holds
 // its session. GET /healthz answers 200 (for active health checks).
 "use strict";
@@ -21,6 +21,6 @@ io.on("connection", (socket) => {
     ack({ server: name, data, transport: socket.conn.transport.name });
   });
 });
-httpServer.listen(0, "127.0.0.1", () => {
+httpServer.listen(Number(process.argv[3] || 0), "127.0.0.1", () => {
   process.stdout.write(JSON.stringify({ port: httpServer.address().port }) + "\n");
 });

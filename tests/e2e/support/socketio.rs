@@ -41,9 +41,15 @@ pub struct SocketIoServer {
 
 impl SocketIoServer {
     pub fn start(name: &str) -> Self {
+        Self::start_on(name, 0)
+    }
+
+    /// Start on `port` (0: a free one), as a server restarted at its old address.
+    pub fn start_on(name: &str, port: u16) -> Self {
         let mut child = Command::new("node")
             .arg("server.js")
             .arg(name)
+            .arg(port.to_string())
             .current_dir(project())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
