@@ -103,6 +103,10 @@ impl Pool {
         server: &Arc<str>,
         secure: bool,
     ) -> Option<http::HeaderValue> {
+        // Most pools are not sticky: answer before looking for the server.
+        if !self.hints.sets_cookies() {
+            return None;
+        }
         let index = self
             .servers
             .iter()

@@ -86,6 +86,11 @@ impl HintSource {
         hint
     }
 
+    /// True for a `sticky_cookie` pool.
+    pub fn sets_cookies(&self) -> bool {
+        self.cookie.is_some()
+    }
+
     /// The `Set-Cookie` for a response from server `chosen`, when the request's cookie
     /// did not already name it.
     pub fn set_cookie(&self, hint: &Hint, chosen: usize, secure: bool) -> Option<HeaderValue> {
