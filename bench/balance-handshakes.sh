@@ -23,15 +23,6 @@ for rep in $(seq "$reps"); do
     port=$((18300 + i))
     airlock_config "$port" 127.0.0.1:18290 0 "$work/cache" |
       sed "s/^servers = \[\"127.0.0.1:18290\"\]$/&\nbalance = \"$balance\"/" > "$work/airlock-$i.toml"
-    start_airlock "$work/airlock-$i.toml" "$port"
-    url="ws://127.0.0.1:$port/ws"
-    load "$url" 1s > /dev/null
-    t0=$(cpu_ticks "$pid")
-    out=$(load "$url" "${secs}s")
-    t1=$(cpu_ticks "$pid")
-    if [ "$(field errors "$out")" != 0 ]; then echo "failed handshakes with $balance: $out" >&2; fi
-    cpu=$(cpu_us_per $((t1 - t0)) "$(field handshakes "$out")")
-    echo "| $balance | $(field per_second "$out") | $(field p50_us "$out") | $(field p99_us "$out") | $cpu |"
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    handshake_row "$balance" "$work/airlock-$i.toml" "$port" "ws://127.0.0.1:$port/ws"
   done
 done

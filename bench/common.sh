@@ -113,3 +113,19 @@ build_and_start_upstream() {
   "$bench" upstream --listen "$1" > /dev/null &
   wait_port "${1##*:}"
 }
+
+# handshake_row LABEL CONFIG PORT URL: run airlock on CONFIG (listening on PORT), warm it
+# up, run the caller's `load URL DURATION` for $secs seconds, print a markdown row with
+# airlock's CPU time per handshake, and stop it.
+handshake_row() {
+  local label=$1 config=$2 port=$3 url=$4 out t0 t1 cpu
+  start_airlock "$config" "$port"
+  load "$url" 1s > /dev/null
+  t0=$(cpu_ticks "$pid")
+  out=$(load "$url" "${secs}s")
+  t1=$(cpu_ticks "$pid")
+  if [ "$(field errors "$out")" != 0 ]; then echo "failed handshakes ($label): $out" >&2; fi
+  cpu=$(cpu_us_per $((t1 - t0)) "$(field handshakes "$out")")
+  echo "| $label | $(field per_second "$out") | $(field p50_us "$out") | $(field p99_us "$out") | $cpu |"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}

@@ -27,15 +27,6 @@ for rep in $(seq "$reps"); do
   for n in 0 1 2; do
     port=$((18200 + n))
     airlock_config "$port" 127.0.0.1:18190 "$n" "$work/cache" > "$work/airlock-$n.toml"
-    start_airlock "$work/airlock-$n.toml" "$port"
-    url="ws://127.0.0.1:$port$path"
-    load "$url" 1s > /dev/null
-    t0=$(cpu_ticks "$pid")
-    out=$(load "$url" "${secs}s")
-    t1=$(cpu_ticks "$pid")
-    if [ "$(field errors "$out")" != 0 ]; then echo "failed handshakes in run $n: $out" >&2; fi
-    cpu=$(cpu_us_per $((t1 - t0)) "$(field handshakes "$out")")
-    echo "| $n | $(field per_second "$out") | $(field p50_us "$out") | $(field p99_us "$out") | $cpu |"
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    handshake_row "$n" "$work/airlock-$n.toml" "$port" "ws://127.0.0.1:$port$path"
   done
 done
