@@ -82,15 +82,28 @@ async fn server_status(airlock: &Airlock, addr: SocketAddr) -> Value {
 
 /// Poll the admin API until the server's active health is `state`; bounded by `WAIT`.
 async fn wait_active(airlock: &Airlock, addr: SocketAddr, state: &str) -> Value {
+    wait_server(airlock, addr, state, |s| {
+        s["health"]["active"]["state"] == state
+    })
+    .await
+}
+
+/// Poll the admin API until the server's entry satisfies `done`; bounded by `WAIT`.
+async fn wait_server(
+    airlock: &Airlock,
+    addr: SocketAddr,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let s = server_status(airlock, addr).await;
-        if s["health"]["active"]["state"] == state {
+        if done(&s) {
             return s;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{addr} never became {state}: {s:#}\n{}",
+            "{addr} never became {what}: {s:#}\n{}",
             airlock.dump_logs()
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -155,7 +168,12 @@ async fn a_websocket_probe_marks_down_a_server_that_answers_200_but_refuses_upgr
         .unwrap();
     assert_eq!(error, "status 200 to a WebSocket handshake, not 101");
     // The real WebSocket server passes, probe after probe, and gets every upgrade.
-    let up = wait_active(&airlock, ws.addr, "up").await;
+    // Servers start up, so wait for a probe to have run, not for the state.
+    let up = wait_server(&airlock, ws.addr, "probed", |s| {
+        !s["health"]["active"]["last_probe"].is_null()
+    })
+    .await;
+    assert_eq!(up["health"]["active"]["state"], "up", "{up}");
     assert_eq!(up["health"]["active"]["last_probe"]["status"], 101, "{up}");
     for _ in 0..3 {
         let (mut client, _) = connect_async(format!("ws://{}/chat", airlock.addr()))
