@@ -122,7 +122,7 @@ async fn backends_of(airlock: &Airlock, n: usize) -> HashMap<String, usize> {
     counts
 }
 
-const PROBES: &str = "health_check = { path = \"/healthz\", interval = \"100ms\", timeout = \"100ms\", rise = 2, fall = 2 }";
+const PROBES: &str = "health_check = { path = \"/healthz\", interval = \"200ms\", timeout = \"200ms\", rise = 2, fall = 2 }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_http_probes_take_a_server_out_and_passing_ones_bring_it_back() {
@@ -160,7 +160,7 @@ async fn failing_http_probes_take_a_server_out_and_passing_ones_bring_it_back() 
 async fn a_websocket_probe_marks_down_a_server_that_answers_200_but_refuses_upgrades() {
     let ws = Backend::start("ws").await;
     let plain = StatusServer::start("plain").await;
-    let probes = "health_check = { kind = \"websocket\", path = \"/ws\", interval = \"100ms\", timeout = \"100ms\", rise = 1, fall = 1 }";
+    let probes = "health_check = { kind = \"websocket\", path = \"/ws\", interval = \"200ms\", timeout = \"200ms\", rise = 1, fall = 2 }";
     let airlock = Airlock::start(&single_route(&[ws.addr, plain.addr], "", probes));
     let down = wait_active(&airlock, plain.addr, "down").await;
     let error = down["health"]["active"]["last_probe"]["error"]
