@@ -6,6 +6,7 @@ mod support;
 mod bad_input;
 mod balance;
 mod cli;
+mod dns;
 mod health;
 mod http;
 mod lifecycle;

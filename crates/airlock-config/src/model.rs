@@ -35,6 +35,8 @@ pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_KEEPALIVE: usize = 32;
 /// `keepalive_timeout` when unset.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a server given by name is resolved again.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 /// `timeout` of a plugin call when unset.
 pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration(std::time::Duration::from_millis(5));
 /// `max_memory` of a plugin instance when unset.
@@ -283,6 +285,10 @@ pub struct Upstream {
     /// How long an idle keep-alive connection is kept. `keepalive_timeout = "60s"`
     #[serde(default = "default_keepalive_timeout")]
     pub keepalive_timeout: Duration,
+    /// How often servers given by name are resolved again; every address a name
+    /// resolves to is a server. `resolve_interval = "30s"`
+    #[serde(default = "default_resolve_interval")]
+    pub resolve_interval: Spanned<Duration>,
     /// TLS to the servers: `tls = true` (verified against the system's roots) or
     /// `tls = { ca = "internal-ca.pem", server_name = "backend.internal" }`.
     #[serde(default, deserialize_with = "upstream_tls")]
@@ -354,11 +360,15 @@ fn default_keepalive() -> usize {
 fn default_keepalive_timeout() -> Duration {
     DEFAULT_KEEPALIVE_TIMEOUT
 }
+fn default_resolve_interval() -> Spanned<Duration> {
+    Spanned::new(0..0, DEFAULT_RESOLVE_INTERVAL)
+}
 
 /// One upstream server: `"host:port"` or `{ addr = "host:port", weight = 2 }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Server {
-    /// `"10.0.0.5:9001"` or `"backend.internal:9001"` (resolved at connect time).
+    /// `"10.0.0.5:9001"`, or `"backend.internal:9001"`: every address the name resolves
+    /// to, re-resolved each `resolve_interval`.
     pub addr: String,
     /// Relative share of traffic; at least 1. Default 1.
     pub weight: u32,

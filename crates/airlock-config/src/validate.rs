@@ -362,6 +362,14 @@ fn check_upstreams(config: &Config, p: &mut Problems) {
         if let Some(hc) = &up.health_check {
             check_health(name, hc, p);
         }
+        if up.resolve_interval.get_ref().get() < std::time::Duration::from_secs(1) {
+            p.at(
+                &up.resolve_interval,
+                format!(
+                    r#"upstream `{name}`: `resolve_interval` must be at least "1s" (servers given by name are resolved again this often)"#
+                ),
+            );
+        }
         if up.connect_attempts == 0 {
             p.at(
                 &up.servers,

@@ -72,7 +72,9 @@ pub enum ProxyError {
     PluginOutput { detail: String },
     #[error("a plugin chose upstream `{name}`, which is not defined")]
     UnknownUpstream { name: String },
-    #[error("every server of upstream `{pool}` is drained")]
+    #[error(
+        "upstream `{pool}` has no server to try: every one is drained, or its names have not resolved"
+    )]
     NoServer { pool: String },
     #[error("upstream server {server} failed before sending a response")]
     UpstreamRequest {

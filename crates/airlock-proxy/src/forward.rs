@@ -16,12 +16,12 @@ use crate::http::headers;
 use crate::observe::access_log::RequestLog;
 use crate::route::Route;
 use crate::upstream::balance::Hint;
-use crate::upstream::{Pool, Server};
+use crate::upstream::{Members, Server};
 
 pub async fn forward(
     req: Request<ProxyBody>,
     route: &Route,
-    pool: &Pool,
+    pool: &Members,
     hint: &Hint,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {

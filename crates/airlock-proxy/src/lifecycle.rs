@@ -56,6 +56,10 @@ impl Plan {
             Some(addr) => Some(bind("admin", addr).await?),
             None => None,
         };
+        // Servers given by name get their addresses before the first request.
+        for pool in self.snapshot.pools_by_name() {
+            pool.resolve_names().await;
+        }
         Ok(Bound {
             listeners,
             admin,
@@ -119,7 +123,7 @@ impl Bound {
             tokio::spawn(watch_certificates(tls.clone(), drain.clone()));
         }
         for pool in self.snapshot.load().pools_by_name() {
-            pool.start_health_checks();
+            pool.start();
         }
         for (name, listener) in self.listeners {
             tokio::spawn(listen::accept_loop(

@@ -87,7 +87,8 @@ fn server_action(method: &Method, rest: &str, snapshot: &Snapshot) -> Response<F
     else {
         return text(StatusCode::NOT_FOUND, &format!("no upstream `{pool}`\n"));
     };
-    let Some(server) = pool.server(addr) else {
+    let members = pool.members();
+    let Some(server) = members.server(addr) else {
         return text(
             StatusCode::NOT_FOUND,
             &format!("upstream `{}` has no server {addr}\n", pool.name),

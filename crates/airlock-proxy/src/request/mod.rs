@@ -92,28 +92,29 @@ async fn proxy(
     let client_ip =
         upstream_request::prepare(&mut req, &route, conn, upgrade, decision.path_rewritten);
 
-    // Phase: affinity. After prepare, so a stripped sticky cookie stays stripped.
-    let hint = target
-        .pool
+    // Phase: affinity. After prepare, so a stripped sticky cookie stays stripped. The
+    // pool's servers are taken once here and kept for the request (and its tunnel).
+    let members = target.pool.members();
+    let hint = members
         .hints
         .read(&mut req, client_ip, decision.affinity_key.as_deref());
     let mut response = if log.upgrade {
         let upgrade = upgrade::Upgrade {
             route,
-            pool: &target.pool,
+            pool: &members,
             hint: &hint,
             h2_websocket_key,
         };
         upgrade::forward(req, upgrade, client, conn, log).await?
     } else {
-        crate::forward::forward(req, &route, &target.pool, &hint, log).await?
+        crate::forward::forward(req, &route, &members, &hint, log).await?
     };
     for (name, value) in decision.response_headers {
         response.headers_mut().append(name, value);
     }
     // Phase: stick. On the 101 of an upgrade too: a browser keeps it for its next request.
     if let Some(server) = &log.server
-        && let Some(cookie) = target.pool.set_cookie(&hint, server, conn.tls.is_some())
+        && let Some(cookie) = members.set_cookie(&hint, server, conn.tls.is_some())
     {
         response
             .headers_mut()

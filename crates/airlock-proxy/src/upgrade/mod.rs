@@ -32,7 +32,7 @@ use crate::http::body::ProxyBody;
 use crate::http::headers;
 use crate::observe::access_log::RequestLog;
 use crate::route::Route;
-use crate::upstream::Pool;
+use crate::upstream::Members;
 use crate::upstream::balance::Hint;
 use switched::{UpstreamEnd, abandoned, endpoint};
 use upstream::{Answer, HeadForm, SwitchHead};
@@ -40,7 +40,7 @@ use upstream::{Answer, HeadForm, SwitchHead};
 /// Where an upgrade goes.
 pub struct Upgrade<'a> {
     pub route: Arc<Route>,
-    pub pool: &'a Pool,
+    pub pool: &'a Members,
     /// What the pool's balancer reads (hash, sticky cookie).
     pub hint: &'a Hint,
     /// Set when the client asked over HTTP/2 (RFC 8441): the key sent upstream, whose

@@ -1,61 +1,74 @@
-//! One `[upstream.NAME]` pool: its servers, the balancer that orders them, and the walk
-//! over servers that one request makes (healthy first, each at most once).
+//! One `[upstream.NAME]` pool: its configured servers, the [`Members`] they stand for now
+//! (names resolved to addresses), health probes, and changes of members when DNS
+//! answers change. A server that stays across a change keeps its live state (health,
+//! counters, drain, idle connections); a server that goes keeps serving its open tunnels
+//! and requests, and gets no new ones.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::balance::{self, Balancer, Hint, HintSource};
+use arc_swap::ArcSwap;
+
+use super::balance::{self, HintSource};
 use super::health::probe;
+use super::members::Members;
+use super::resolve::{self, Entry, NameState, Target};
 use super::server::Server;
 use super::tls::UpstreamTls;
-use crate::error::ProxyError;
-use crate::stream::Stream;
 
 /// One `[upstream.NAME]` pool.
 #[derive(Debug)]
 pub struct Pool {
     pub name: Arc<str>,
-    servers: Vec<Server>,
-    balancer: Box<dyn Balancer>,
-    /// What the balancer reads from a request (hash key, sticky cookie), if anything.
-    pub hints: HintSource,
-    balance: airlock_config::Balance,
-    connect_attempts: usize,
+    members: ArcSwap<Members>,
+    /// The `servers` entries, in file order.
+    entries: Vec<Entry>,
+    /// What each entry given by name resolved to (same order as `entries`; unused for
+    /// addresses).
+    names: Mutex<Vec<NameState>>,
+    cfg: airlock_config::Upstream,
+    tls: Option<Arc<UpstreamTls>>,
+    /// The hint source, kept so that every change of members keeps the sticky key.
+    hints: HintSource,
     health_check: Option<Arc<airlock_config::HealthCheck>>,
+    /// Set once probes run: servers added later get their own probe.
+    probing: AtomicBool,
 }
 
 impl Pool {
+    /// The pool, with the servers given as addresses. Names are resolved by
+    /// [`Pool::resolve_names`] (at bind, before serving) and then every
+    /// `resolve_interval` once [`Pool::start`] ran.
     pub fn from_config(
         name: &str,
         cfg: &airlock_config::Upstream,
         tls: Option<Arc<UpstreamTls>>,
     ) -> Self {
-        let servers: Vec<Server> = cfg
+        let entries: Vec<Entry> = cfg
             .servers
             .get_ref()
             .iter()
-            .map(|s| {
-                let s = s.get_ref();
-                Server::with_settings(s.addr.clone(), s.weight, cfg, tls.as_ref())
-            })
+            .map(|s| Entry::new(&s.get_ref().addr, s.get_ref().weight))
             .collect();
-        let fallback = cfg
-            .sticky_fallback
-            .as_ref()
-            .map(|f| *f.get_ref())
-            .unwrap_or_default();
-        Self {
+        let names = entries.iter().map(|_| NameState::default()).collect();
+        let pool = Self {
             name: name.into(),
-            balancer: balance::build(cfg.balance, fallback, &servers),
-            hints: HintSource::new(cfg, &servers),
-            balance: cfg.balance,
+            members: ArcSwap::from_pointee(Members::empty(name.into())),
+            entries,
+            names: Mutex::new(names),
+            cfg: cfg.clone(),
+            tls,
+            hints: HintSource::new(cfg, &[]),
             health_check: cfg
                 .health_check
                 .as_ref()
                 .map(|c| Arc::new(c.get_ref().clone())),
-            connect_attempts: (cfg.connect_attempts as usize).min(servers.len()).max(1),
-            servers,
-        }
+            probing: AtomicBool::new(false),
+        };
+        let servers = pool.servers_for(&pool.addresses(), &[]);
+        pool.members.store(Arc::new(pool.members_of(servers)));
+        pool
     }
 
     #[cfg(test)]
@@ -65,13 +78,30 @@ impl Pool {
         Arc::new(Self::from_config("test", &cfg, None))
     }
 
-    /// Start probing every server, when the pool has a `health_check`. The probe tasks
-    /// end by themselves once the pool is dropped.
-    pub fn start_health_checks(&self) {
-        let Some(check) = &self.health_check else {
-            return;
-        };
-        for server in &self.servers {
+    /// The servers now. A request takes them once and keeps them for its life.
+    pub fn members(&self) -> Arc<Members> {
+        self.members.load_full()
+    }
+
+    /// Start probing every server (when the pool has a `health_check`) and re-resolving
+    /// its names. Both tasks end by themselves once the pool is dropped.
+    pub fn start(self: &Arc<Self>) {
+        if self.health_check.is_some() {
+            self.probing.store(true, Ordering::Relaxed);
+            for server in self.members().servers() {
+                self.probe(server);
+            }
+        }
+        if self.entries.iter().any(|e| e.name().is_some()) {
+            tokio::spawn(keep_resolving(
+                Arc::downgrade(self),
+                self.cfg.resolve_interval.get_ref().get(),
+            ));
+        }
+    }
+
+    fn probe(&self, server: &Server) {
+        if let Some(check) = &self.health_check {
             tokio::spawn(probe::run(
                 server.downgrade(),
                 self.name.clone(),
@@ -80,110 +110,331 @@ impl Pool {
         }
     }
 
-    /// The server with address `addr`, for the admin API.
-    pub fn server(&self, addr: &str) -> Option<&Server> {
-        self.servers.iter().find(|s| &*s.addr == addr)
+    /// Resolve every name once, and change the members if the addresses changed.
+    pub async fn resolve_names(&self) {
+        for (i, entry) in self.entries.iter().enumerate() {
+            let Some(name) = entry.name() else {
+                continue;
+            };
+            let result = resolve::lookup(name).await;
+            self.names.lock().expect("names lock")[i].record(&self.name, name, result);
+        }
+        self.update_members();
+    }
+
+    fn has_unresolved_names(&self) -> bool {
+        let names = self.names.lock().expect("names lock");
+        self.entries
+            .iter()
+            .zip(names.iter())
+            .any(|(e, state)| e.name().is_some() && state.addrs.is_empty())
+    }
+
+    /// Every server address the entries stand for now, with the name it came from and
+    /// its weight, in entry order; an address listed twice counts once (the first).
+    fn addresses(&self) -> Vec<(std::net::SocketAddr, Option<Arc<str>>, u32)> {
+        let names = self.names.lock().expect("names lock");
+        let mut out: Vec<(std::net::SocketAddr, Option<Arc<str>>, u32)> = Vec::new();
+        for (entry, state) in self.entries.iter().zip(names.iter()) {
+            let found: Vec<_> = match &entry.target {
+                Target::Addr(socket) => vec![(*socket, None)],
+                Target::Name(name) => state
+                    .addrs
+                    .iter()
+                    .map(|a| (*a, Some(name.clone())))
+                    .collect(),
+            };
+            for (socket, name) in found {
+                if !out.iter().any(|(s, _, _)| *s == socket) {
+                    out.push((socket, name, entry.weight));
+                }
+            }
+        }
+        out
+    }
+
+    /// Servers for `addresses`, reusing those of `current` that match (same address,
+    /// name and weight) so that they keep their live state.
+    fn servers_for(
+        &self,
+        addresses: &[(std::net::SocketAddr, Option<Arc<str>>, u32)],
+        current: &[Server],
+    ) -> Vec<Server> {
+        addresses
+            .iter()
+            .map(|(socket, name, weight)| {
+                current
+                    .iter()
+                    .find(|s| {
+                        s.socket() == *socket && s.name() == name.as_deref() && s.weight == *weight
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Server::with_settings(
+                            *socket,
+                            name.as_ref(),
+                            *weight,
+                            &self.cfg,
+                            self.tls.as_ref(),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    fn members_of(&self, servers: Vec<Server>) -> Members {
+        let fallback = self
+            .cfg
+            .sticky_fallback
+            .as_ref()
+            .map(|f| *f.get_ref())
+            .unwrap_or_default();
+        Members::new(
+            self.name.clone(),
+            servers.clone(),
+            balance::build(self.cfg.balance, fallback, &servers),
+            self.hints.for_servers(&servers),
+            self.cfg.connect_attempts,
+        )
+    }
+
+    /// Swap in new members when the resolved addresses differ from the current ones.
+    fn update_members(&self) {
+        let current = self.members();
+        let servers = self.servers_for(&self.addresses(), current.servers());
+        let unchanged = servers.len() == current.servers().len()
+            && servers
+                .iter()
+                .zip(current.servers())
+                .all(|(a, b)| a.same(b));
+        if unchanged {
+            return;
+        }
+        let kept = |s: &Server, among: &[Server]| among.iter().any(|o| o.same(s));
+        let added: Vec<&str> = servers
+            .iter()
+            .filter(|s| !kept(s, current.servers()))
+            .map(|s| &*s.addr)
+            .collect();
+        let removed: Vec<&str> = current
+            .servers()
+            .iter()
+            .filter(|s| !kept(s, &servers))
+            .map(|s| &*s.addr)
+            .collect();
+        tracing::info!(
+            upstream = &*self.name,
+            added = ?added,
+            removed = ?removed,
+            servers = servers.len(),
+            "upstream servers changed"
+        );
+        for server in current.servers() {
+            if !kept(server, &servers) {
+                server.retire();
+            }
+        }
+        if self.probing.load(Ordering::Relaxed) {
+            for server in servers.iter().filter(|s| !kept(s, current.servers())) {
+                self.probe(server);
+            }
+        }
+        self.members.store(Arc::new(self.members_of(servers)));
     }
 
     /// Live state for the admin endpoint.
     pub fn status(&self) -> serde_json::Value {
-        let servers: Vec<_> = self.servers.iter().map(Server::status).collect();
+        let members = self.members();
+        let servers: Vec<_> = members.servers().iter().map(Server::status).collect();
+        let names = self.names.lock().expect("names lock");
+        let names: Vec<_> = self
+            .entries
+            .iter()
+            .zip(names.iter())
+            .filter_map(|(e, state)| Some(state.status(e.name()?)))
+            .collect();
         serde_json::json!({
             "name": &*self.name,
-            "balance": self.balance.name(),
+            "balance": self.cfg.balance.name(),
             "servers": servers,
+            "names": names,
         })
     }
+}
 
-    /// The `Set-Cookie` a sticky pool adds to a response from `server` (the address of
-    /// one of its servers), when the request's cookie did not already name it.
-    pub fn set_cookie(
-        &self,
-        hint: &Hint,
-        server: &Arc<str>,
-        secure: bool,
-    ) -> Option<http::HeaderValue> {
-        // Most pools are not sticky: answer before looking for the server.
-        if !self.hints.sets_cookies() {
-            return None;
-        }
-        let index = self
-            .servers
+/// Resolve a pool's names every `interval` until the pool is dropped.
+async fn keep_resolving(pool: Weak<Pool>, interval: Duration) {
+    let mut retry = Duration::from_secs(1);
+    loop {
+        let unresolved = match pool.upgrade() {
+            Some(pool) => pool.has_unresolved_names(),
+            None => return,
+        };
+        tokio::time::sleep(resolve::next_delay(unresolved, &mut retry, interval)).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        pool.resolve_names().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::upstream::balance::Hint;
+
+    fn pool(toml: &str) -> Pool {
+        let cfg: airlock_config::Upstream = toml::from_str(toml).unwrap();
+        Pool::from_config("chat", &cfg, None)
+    }
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    /// What a resolution of entry `i` would give, applied as the resolver applies it.
+    fn answer(pool: &Pool, i: usize, result: Result<Vec<SocketAddr>, String>) {
+        let name = pool.entries[i].name().unwrap().clone();
+        pool.names.lock().unwrap()[i].record(&pool.name, &name, result);
+        pool.update_members();
+    }
+
+    fn listed(pool: &Pool) -> Vec<String> {
+        let members = pool.members();
+        members
+            .servers()
             .iter()
-            .position(|s| Arc::ptr_eq(&s.addr, server))?;
-        self.hints.set_cookie(hint, index, secure)
+            .map(|s| s.addr.to_string())
+            .collect()
     }
 
-    /// The servers to try for one request, in balancer order, at most `connect_attempts`.
-    pub fn attempts<'a>(&'a self, hint: &'a Hint) -> Attempts<'a> {
-        Attempts {
-            pool: self,
-            hint,
-            tried: vec![false; self.servers.len()],
-            left: self.connect_attempts,
-        }
+    #[test]
+    fn every_address_of_a_name_is_a_server_and_servers_that_stay_keep_their_state() {
+        let p = pool(r#"servers = ["10.0.0.1:9000", { addr = "chat.test:9001", weight = 2 }]"#);
+        assert_eq!(
+            listed(&p),
+            ["10.0.0.1:9000"],
+            "names wait for their first answer"
+        );
+        assert!(p.has_unresolved_names());
+
+        answer(&p, 1, Ok(addrs(&["10.0.0.2:9001", "10.0.0.3:9001"])));
+        assert_eq!(
+            listed(&p),
+            ["10.0.0.1:9000", "10.0.0.2:9001", "10.0.0.3:9001"]
+        );
+        assert!(!p.has_unresolved_names());
+        let before = p.members();
+        let staying = before.server("10.0.0.2:9001").unwrap().clone();
+        let going = before.server("10.0.0.3:9001").unwrap().clone();
+        assert_eq!(staying.name(), Some("chat.test:9001"));
+        assert_eq!(staying.weight, 2);
+        staying.set_drained(true);
+        let _tunnel = going.track().into_tunnel();
+
+        answer(&p, 1, Ok(addrs(&["10.0.0.2:9001", "10.0.0.4:9001"])));
+        assert_eq!(
+            listed(&p),
+            ["10.0.0.1:9000", "10.0.0.2:9001", "10.0.0.4:9001"]
+        );
+        let after = p.members();
+        let stayed = after.server("10.0.0.2:9001").unwrap();
+        assert!(
+            stayed.same(&staying),
+            "the same live state, not a new server"
+        );
+        assert!(stayed.is_drained(), "a drain survives the change");
+        assert!(going.is_retired(), "the removed server's probe stops");
+        assert_eq!(going.active(), 1, "its open tunnel is not touched");
+        assert!(
+            before.server("10.0.0.3:9001").is_some(),
+            "old members unchanged"
+        );
+        assert!(
+            after
+                .server("10.0.0.1:9000")
+                .unwrap()
+                .same(before.server("10.0.0.1:9000").unwrap())
+        );
     }
 
-    /// Connect to a server, failing over to the next one on connect errors.
-    pub async fn connect(
-        &self,
-        timeout: Duration,
-        hint: &Hint,
-    ) -> Result<(Server, Stream), ProxyError> {
-        let mut attempts = self.attempts(hint);
-        let mut last_error = None;
-        while let Some(server) = attempts.next_server() {
-            match server.connect(timeout).await {
-                Ok(stream) => {
-                    server.record_success();
-                    return Ok((server, stream));
-                }
-                Err(e) => {
-                    server.record_failure(&self.name, &e);
-                    last_error = Some(e);
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| self.no_server()))
+    #[test]
+    fn a_failed_resolution_keeps_the_last_good_set() {
+        let p = pool(r#"servers = ["chat.test:9001"]"#);
+        answer(&p, 0, Ok(addrs(&["10.0.0.2:9001"])));
+        let before = p.members();
+        answer(&p, 0, Err("temporary failure in name resolution".into()));
+        assert!(Arc::ptr_eq(&before, &p.members()), "members not rebuilt");
+        let status = p.status();
+        assert_eq!(status["names"][0]["name"], "chat.test:9001");
+        assert_eq!(status["names"][0]["addresses"][0], "10.0.0.2:9001");
+        assert_eq!(
+            status["names"][0]["error"],
+            "temporary failure in name resolution"
+        );
+        assert_eq!(status["servers"][0]["name"], "chat.test:9001");
+        answer(&p, 0, Ok(addrs(&["10.0.0.2:9001"])));
+        assert!(p.status()["names"][0]["error"].is_null(), "resolves again");
+        assert!(
+            Arc::ptr_eq(&before, &p.members()),
+            "same answer, same members"
+        );
     }
 
-    /// The error when no server may be tried at all (every one drained).
-    pub fn no_server(&self) -> ProxyError {
-        ProxyError::NoServer {
-            pool: self.name.to_string(),
-        }
+    #[test]
+    fn an_address_listed_twice_is_one_server() {
+        let p = pool(r#"servers = ["10.0.0.2:9001", "chat.test:9001"]"#);
+        answer(&p, 1, Ok(addrs(&["10.0.0.2:9001", "10.0.0.3:9001"])));
+        assert_eq!(listed(&p), ["10.0.0.2:9001", "10.0.0.3:9001"]);
+        assert_eq!(
+            p.members().servers()[0].name(),
+            None,
+            "the first listing wins"
+        );
     }
-}
 
-/// Walks a pool's servers for one request: healthy ones first, each at most once.
-pub struct Attempts<'a> {
-    pool: &'a Pool,
-    hint: &'a Hint,
-    tried: Vec<bool>,
-    left: usize,
-}
+    #[test]
+    fn sticky_cookies_of_servers_that_stay_stay_valid() {
+        // No secret: a generated key, which must survive the change of servers.
+        let p = pool("servers = [\"chat.test:9001\"]\nbalance = \"sticky_cookie\"");
+        answer(&p, 0, Ok(addrs(&["10.0.0.2:9001", "10.0.0.3:9001"])));
+        let before = p.members();
+        let server = before.server("10.0.0.3:9001").unwrap().addr.clone();
+        let cookie = before
+            .set_cookie(&Hint::default(), &server, false)
+            .expect("a new client gets a cookie");
+        let pair = cookie
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
 
-impl Attempts<'_> {
-    pub fn next_server(&mut self) -> Option<Server> {
-        if self.left == 0 {
-            return None;
-        }
-        let servers = &self.pool.servers;
-        let tried = &self.tried;
-        let hint = self.hint;
-        let pick = self
-            .pool
-            .balancer
-            .pick(servers, hint, &|i| !tried[i] && servers[i].is_available())
-            // When every untried server is marked down, try them anyway: refusing all
-            // traffic on stale health data would turn a blip into an outage. Servers an
-            // operator drained stay out.
-            .or_else(|| {
-                let undrained = |i: usize| !tried[i] && !servers[i].is_drained();
-                self.pool.balancer.pick(servers, hint, &undrained)
-            })?;
-        self.tried[pick] = true;
-        self.left -= 1;
-        Some(servers[pick].clone())
+        answer(&p, 0, Ok(addrs(&["10.0.0.1:9001", "10.0.0.3:9001"])));
+        let after = p.members();
+        let mut req = http::Request::builder()
+            .header("cookie", pair)
+            .body(())
+            .unwrap();
+        let hint = after
+            .hints
+            .read(&mut req, "192.0.2.1".parse().unwrap(), None);
+        let named = hint.sticky.map(|i| after.servers()[i].addr.to_string());
+        assert_eq!(named.as_deref(), Some("10.0.0.3:9001"));
+    }
+
+    #[tokio::test]
+    async fn the_system_resolver_answers_for_localhost_and_fails_for_invalid_names() {
+        let found = resolve::lookup("localhost:9001").await.unwrap();
+        assert!(
+            found
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 9001),
+            "{found:?}"
+        );
+        assert!(resolve::lookup("no-such-host.invalid:9001").await.is_err());
     }
 }

@@ -2,6 +2,7 @@
 //! active health, an operator's drain, idle keep-alive connections, TLS; connecting to it
 //! with a timeout.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -20,6 +21,8 @@ use crate::stream::Stream;
 /// One server of a pool, with its live state shared by every request that uses it.
 #[derive(Debug, Clone)]
 pub struct Server {
+    /// The socket address, as text (`"10.0.0.5:9001"`, `"[::1]:9001"`): what logs, the
+    /// admin API, hash rings and sticky cookies name it by.
     pub addr: Arc<str>,
     pub weight: u32,
     state: Arc<ServerState>,
@@ -27,6 +30,9 @@ pub struct Server {
 
 #[derive(Debug)]
 struct ServerState {
+    socket: SocketAddr,
+    /// The `host:port` this server was resolved from, when it was given by name.
+    name: Option<Arc<str>>,
     /// Live tunnels plus in-flight requests (least_conn reads it).
     active: AtomicUsize,
     /// Live tunnels alone (a part of `active`).
@@ -35,6 +41,9 @@ struct ServerState {
     probes: ActiveHealth,
     /// Out of rotation for new connections by an operator (`POST .../drain`).
     drained: AtomicBool,
+    /// No longer one of its pool's servers (its name stopped resolving to it); it lives
+    /// on while its tunnels do, unprobed.
+    retired: AtomicBool,
     idle: IdleConnections,
     /// TLS to this server, and the name its certificate must have.
     /// (`None` for the name only if the address has no usable host; `Plan::build` refuses
@@ -43,22 +52,29 @@ struct ServerState {
 }
 
 impl Server {
+    /// A server at `socket`; `name` is the `host:port` it was resolved from, if any.
     pub(super) fn with_settings(
-        addr: String,
+        socket: SocketAddr,
+        name: Option<&Arc<str>>,
         weight: u32,
         cfg: &airlock_config::Upstream,
         tls: Option<&Arc<UpstreamTls>>,
     ) -> Self {
-        let tls = tls.map(|tls| (tls.clone(), tls.name_for(&addr)));
+        let addr: Arc<str> = socket.to_string().into();
+        // TLS verifies the name the server was configured by, not its address.
+        let tls = tls.map(|tls| (tls.clone(), tls.name_for(name.unwrap_or(&addr))));
         Self {
-            addr: addr.into(),
+            addr,
             weight,
             state: Arc::new(ServerState {
+                socket,
+                name: name.cloned(),
                 active: AtomicUsize::new(0),
                 tunnels: AtomicUsize::new(0),
                 health: PassiveHealth::new(cfg.max_fails, cfg.fail_timeout.get()),
                 probes: ActiveHealth::new(cfg.health_check.as_ref().map(|c| c.get_ref())),
                 drained: AtomicBool::new(false),
+                retired: AtomicBool::new(false),
                 idle: IdleConnections::new(cfg.keepalive, cfg.keepalive_timeout.get()),
                 tls,
             }),
@@ -66,10 +82,31 @@ impl Server {
     }
 
     #[cfg(test)]
-    pub(crate) fn new(addr: String, weight: u32) -> Self {
+    pub(crate) fn new(addr: &str, weight: u32) -> Self {
         let cfg: airlock_config::Upstream =
             toml::from_str("servers = []").expect("minimal upstream");
-        Self::with_settings(addr, weight, &cfg, None)
+        Self::with_settings(
+            addr.parse().expect("a socket address"),
+            None,
+            weight,
+            &cfg,
+            None,
+        )
+    }
+
+    pub fn socket(&self) -> SocketAddr {
+        self.state.socket
+    }
+
+    /// The `host:port` this server was resolved from, when it was given by name (the
+    /// `Host` a health probe sends by default).
+    pub fn name(&self) -> Option<&str> {
+        self.state.name.as_deref()
+    }
+
+    /// True when both handles are the same server (the same live state).
+    pub fn same(&self, other: &Server) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
     }
 
     pub fn active(&self) -> usize {
@@ -100,6 +137,15 @@ impl Server {
         self.state.drained.store(drained, Ordering::Relaxed);
     }
 
+    /// The pool no longer has this server; its probe stops.
+    pub(super) fn retire(&self) {
+        self.state.retired.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn is_retired(&self) -> bool {
+        self.state.retired.load(Ordering::Relaxed)
+    }
+
     pub(super) fn record_probe(
         &self,
         result: Result<u16, String>,
@@ -122,6 +168,7 @@ impl Server {
         let tunnels = self.state.tunnels.load(Ordering::Relaxed);
         serde_json::json!({
             "addr": &*self.addr,
+            "name": self.name(),
             "weight": self.weight,
             "available": self.is_available(),
             "drained": self.is_drained(),
@@ -148,7 +195,7 @@ impl Server {
     }
 
     async fn connect_now(&self) -> Result<Stream, ProxyError> {
-        let tcp = TcpStream::connect(&*self.addr)
+        let tcp = TcpStream::connect(self.state.socket)
             .await
             .map_err(|source| ProxyError::Connect {
                 server: self.addr.to_string(),

@@ -22,7 +22,7 @@ pub struct Hint {
 }
 
 /// How a pool reads hints from requests.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct HintSource {
     /// What is hashed, when the pool (or its sticky fallback) hashes.
     key: Option<HashKey>,
@@ -50,6 +50,15 @@ impl HintSource {
             StickyCookie::new(&settings.unwrap_or_default(), servers)
         });
         Self { key, cookie }
+    }
+
+    /// The same source over another list of servers (the sticky cookie's values change;
+    /// its key does not).
+    pub fn for_servers(&self, servers: &[Server]) -> Self {
+        Self {
+            key: self.key.clone(),
+            cookie: self.cookie.as_ref().map(|c| c.for_servers(servers)),
+        }
     }
 
     /// The hint for `req` from a client at `client_ip` (the trusted-forwarding address),
@@ -175,7 +184,7 @@ mod tests {
 
     #[test]
     fn round_robin_reads_nothing() {
-        let s = source(r#"servers = ["a:1", "b:2"]"#);
+        let s = source(r#"servers = ["10.0.0.1:1", "10.0.0.2:2"]"#);
         let mut req = request("/", &[("cookie", "airlock_server=x")]);
         assert_eq!(s.read(&mut req, IP, Some("k")), Hint::default());
     }

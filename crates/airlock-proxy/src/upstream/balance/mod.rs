@@ -78,6 +78,6 @@ pub(crate) fn servers(weights: &[u32]) -> Vec<Server> {
     weights
         .iter()
         .enumerate()
-        .map(|(i, w)| Server::new(format!("127.0.0.1:{}", 9000 + i), *w))
+        .map(|(i, w)| Server::new(&format!("127.0.0.1:{}", 9000 + i), *w))
         .collect()
 }

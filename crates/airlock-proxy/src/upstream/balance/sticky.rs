@@ -34,9 +34,12 @@ impl Balancer for Sticky {
 
 /// The cookie of one `sticky_cookie` pool: its name, attributes and the value for each
 /// server.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StickyCookie {
     pub name: String,
+    /// Signs server addresses. Kept for the pool's life, so that a change of servers (DNS)
+    /// leaves the cookies of the servers that stay valid, even with a generated key.
+    key: hmac::Key,
     /// Value per server index.
     values: Vec<String>,
     by_value: HashMap<String, usize>,
@@ -51,10 +54,23 @@ impl StickyCookie {
             None => hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
                 .expect("the system's random source works"),
         };
+        Self {
+            name: cfg.name.clone(),
+            key,
+            values: Vec::new(),
+            by_value: HashMap::new(),
+            same_site: cfg.same_site.attribute(),
+            strip: cfg.strip,
+        }
+        .for_servers(servers)
+    }
+
+    /// The same cookie (name, key, attributes) over another list of servers.
+    pub fn for_servers(&self, servers: &[Server]) -> Self {
         let values: Vec<String> = servers
             .iter()
             .map(|s| {
-                let tag = hmac::sign(&key, s.addr.as_bytes());
+                let tag = hmac::sign(&self.key, s.addr.as_bytes());
                 tag.as_ref()[..12]
                     .iter()
                     .map(|b| format!("{b:02x}"))
@@ -68,11 +84,12 @@ impl StickyCookie {
             .map(|(i, v)| (v, i))
             .collect();
         Self {
-            name: cfg.name.clone(),
+            name: self.name.clone(),
+            key: self.key.clone(),
             values,
             by_value,
-            same_site: cfg.same_site.attribute(),
-            strip: cfg.strip,
+            same_site: self.same_site,
+            strip: self.strip,
         }
     }
 

@@ -31,7 +31,7 @@ pub async fn run(server: WeakServer, pool: Arc<str>, check: Arc<HealthCheck>) {
     let interval = check.interval.get();
     tokio::time::sleep(interval.mul_f64(rand::random_range(0.0..1.0))).await;
     loop {
-        let Some(server) = server.upgrade() else {
+        let Some(server) = server.upgrade().filter(|s| !s.is_retired()) else {
             return;
         };
         let result = probe(&server, &check).await;
@@ -73,7 +73,11 @@ async fn probe_now(server: &Server, check: &HealthCheck) -> Result<u16, String> 
         .connect(check.timeout.get())
         .await
         .map_err(|e| crate::error::chain(&e))?;
-    let host = check.host.as_deref().unwrap_or(&server.addr);
+    let host = check
+        .host
+        .as_deref()
+        .or(server.name())
+        .unwrap_or(&server.addr);
     let key = (check.kind == ProbeKind::Websocket).then(new_key);
     let head = request_head(&check.path, host, key.as_ref());
     stream
