@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::support::client::{Conn, get, request};
 use crate::support::socketio::{SocketIoServer, run_clients};
@@ -284,8 +285,73 @@ async fn losing_one_of_three_socketio_servers_moves_only_its_clients() {
         "no client on c: {before:?}"
     );
 
+    // One open engine.io WebSocket per client, placed like its Socket.IO client.
+    let mut tunnels = Vec::new();
+    for (i, server) in &before {
+        let mut req = format!(
+            "ws://{}/socket.io/?EIO=4&transport=websocket",
+            airlock.addr()
+        )
+        .into_client_request()
+        .unwrap();
+        req.headers_mut().insert(
+            "x-forwarded-for",
+            format!("198.51.100.{i}").parse().unwrap(),
+        );
+        let (mut ws, _) = connect_async(req).await.unwrap();
+        let open = ws.next().await.unwrap().unwrap();
+        assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
+        tunnels.push((server.clone(), ws));
+    }
+    let on_c = tunnels.iter().filter(|(s, _)| s == "c").count();
+
     let c_addr = servers[2].addr;
+    let closes_on_c = || {
+        airlock.logs_where(|v| {
+            v["event"] == "tunnel_close" && v["upstream.server"] == c_addr.to_string()
+        })
+    };
+    let closed_before = closes_on_c().len();
     servers[2].kill();
+    // Its tunnels close at once and cleanly: the client's stream ends (no hang), and once
+    // the client closes too, the tunnel is logged as closed by the upstream and the
+    // server's count drops to 0.
+    // The tunnels on live servers carry on.
+    let mut live = Vec::new();
+    for (server, mut ws) in tunnels {
+        if server == "c" {
+            let end = tokio::time::timeout(WAIT, async {
+                loop {
+                    match ws.next().await {
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                        Some(Ok(_)) => continue,
+                    }
+                }
+            })
+            .await;
+            assert!(end.is_ok(), "a tunnel to the killed server stayed open");
+            // Having seen the end, a client closes its socket (dropped here): the relay
+            // half-closed towards it, as TCP does, and waits for that.
+        } else {
+            // Join the default namespace: the live server answers "40{sid}".
+            ws.send(Message::text("40")).await.unwrap();
+            let reply = ws.next().await.unwrap().unwrap();
+            assert!(
+                reply.to_text().unwrap().starts_with("40"),
+                "{server}: {reply:?}"
+            );
+            live.push(ws);
+        }
+    }
+    wait_server(&airlock, c_addr, "without tunnels", |s| s["tunnels"] == 0).await;
+    let closed = closes_on_c().split_off(closed_before);
+    assert_eq!(closed.len(), on_c, "{}", airlock.dump_logs());
+    assert!(
+        closed.iter().all(|v| v["closed_by"] == "upstream"),
+        "{closed:#?}"
+    );
+    drop(live);
+
     let down = wait_active(&airlock, c_addr, "down").await;
     assert_eq!(down["available"], false);
     let during = tokio::task::block_in_place(placement);
