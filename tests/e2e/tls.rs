@@ -979,3 +979,24 @@ fn unusable_certificate_files_are_refused_with_the_file_named() {
         "no usable private key",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_cookie_set_on_a_tls_listener_is_secure_over_http1_and_http2() {
+    let certs = Certs::new();
+    let backend = Backend::start("a").await;
+    let rest = route_to(backend.addr, "").replace(
+        "[upstream.pool]\n",
+        "[upstream.pool]\nbalance = \"sticky_cookie\"\ncookie = { name = \"srv\" }\n",
+    );
+    let airlock = Airlock::start(&certs.config("", &rest));
+    for alpn in ["http/1.1", "h2"] {
+        let reply = https_get(airlock.addr(), certs.ca.client(&[alpn]), "/").await;
+        assert_eq!(reply.status, 200, "{alpn}");
+        let set = reply.headers["set-cookie"].to_str().unwrap();
+        assert!(set.starts_with("srv="), "{alpn}: {set}");
+        assert!(
+            set.ends_with("; Path=/; HttpOnly; SameSite=Lax; Secure"),
+            "{alpn}: {set}"
+        );
+    }
+}
