@@ -106,6 +106,28 @@ async fn demo_serves_the_page_and_chat_behind_the_origin_allowlist() {
 
     let page = crate::support::client::get(listen, "/").await;
     assert_eq!(page.status, 200);
+    // Two chat servers behind a sticky cookie: a browser that keeps the cookie stays on
+    // the server it got, and the admin API shows the pool.
+    let set = page
+        .header("set-cookie")
+        .expect("a sticky cookie")
+        .to_string();
+    assert!(set.starts_with("airlock_demo_server="), "{set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let mut placed = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let r =
+            crate::support::client::get_with(listen, "/api/whoami", &[("cookie", &cookie)]).await;
+        assert_eq!(r.header("set-cookie"), None, "the cookie is kept");
+        placed.insert(r.json()["server"].as_str().unwrap().to_string());
+    }
+    assert_eq!(placed.len(), 1, "{placed:?}");
+    let pool = crate::support::client::get(admin, "/upstreams")
+        .await
+        .json();
+    let pool = &pool["upstreams"][0];
+    assert_eq!(pool["balance"], "sticky_cookie", "{pool:#}");
+    assert_eq!(pool["servers"].as_array().unwrap().len(), 2, "{pool:#}");
     assert!(String::from_utf8_lossy(&page.body).contains("new WebSocket("));
     let mut request = format!("ws://{listen}/ws/chat")
         .into_client_request()

@@ -19,8 +19,14 @@ use tokio_tungstenite::tungstenite::protocol::{Message, Role};
 
 const PAGE: &str = include_str!("page.html");
 
-pub async fn serve(listener: TcpListener) {
-    let (room, _) = broadcast::channel::<String>(256);
+/// The chat room the demo's servers share (as real backends would share one through a
+/// message bus), so two browsers placed on different servers still talk.
+pub fn room() -> broadcast::Sender<String> {
+    broadcast::channel::<String>(256).0
+}
+
+/// Serve as the chat server called `name` (shown by `/api/whoami`).
+pub async fn serve(listener: TcpListener, name: &'static str, room: broadcast::Sender<String>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -29,7 +35,7 @@ pub async fn serve(listener: TcpListener) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let room = room.clone();
-                async move { Ok::<_, Infallible>(answer(req, room)) }
+                async move { Ok::<_, Infallible>(answer(req, name, room)) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -39,16 +45,25 @@ pub async fn serve(listener: TcpListener) {
     }
 }
 
-fn answer(mut req: Request<Incoming>, room: broadcast::Sender<String>) -> Response<Full<Bytes>> {
+fn answer(
+    mut req: Request<Incoming>,
+    name: &str,
+    room: broadcast::Sender<String>,
+) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/" => respond(StatusCode::OK, "text/html; charset=utf-8", PAGE.to_string()),
+        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         "/api/whoami" => {
             let headers: serde_json::Map<String, serde_json::Value> = req
                 .headers()
                 .iter()
                 .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
                 .collect();
-            let body = serde_json::json!({ "path": req.uri().to_string(), "headers": headers });
+            let body = serde_json::json!({
+                "server": name,
+                "path": req.uri().to_string(),
+                "headers": headers,
+            });
             respond(StatusCode::OK, "application/json", format!("{body:#}\n"))
         }
         "/chat" => {

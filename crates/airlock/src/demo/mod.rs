@@ -9,8 +9,8 @@ use anyhow::Context as _;
 
 use crate::cli::DemoArgs;
 
-/// The embedded configuration; `{listen}`, `{port}`, `{admin}` and `{upstream}` are
-/// filled in.
+/// The embedded configuration; `{listen}`, `{port}`, `{admin}`, `{upstream1}` and
+/// `{upstream2}` are filled in.
 const CONFIG_TEMPLATE: &str = include_str!("demo.toml");
 
 /// The origin-allowlist plugin, built by build.rs.
@@ -19,25 +19,34 @@ const ORIGIN_ALLOWLIST: &[u8] = include_bytes!(concat!(
     "/origin_allowlist.wasm"
 ));
 
-/// The built-in upstream, bound before the runtime starts so its address can go into the
-/// configuration.
+/// The built-in chat servers' names.
+const SERVERS: [&str; 2] = ["chat-1", "chat-2"];
+
+/// The built-in upstream (two chat servers), bound before the runtime starts so their
+/// addresses can go into the configuration.
 pub struct Upstream {
-    listener: std::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     /// Holds the plugin file until the proxy has loaded it.
     plugin_dir: std::path::PathBuf,
 }
 
 /// Bind the built-in chat server and produce the demo configuration pointing at it.
 pub fn prepare(args: &DemoArgs) -> anyhow::Result<(airlock_config::LoadedConfig, Upstream)> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind the demo chat server")?;
-    listener.set_nonblocking(true)?;
-    let upstream = listener.local_addr()?;
-    let text = CONFIG_TEMPLATE
+    let mut listeners = Vec::new();
+    let mut text = CONFIG_TEMPLATE
         .replace("{listen}", &args.listen.to_string())
         .replace("{port}", &args.listen.port().to_string())
-        .replace("{admin}", &args.admin.to_string())
-        .replace("{upstream}", &upstream.to_string());
+        .replace("{admin}", &args.admin.to_string());
+    for n in 1..=SERVERS.len() {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a demo chat server")?;
+        listener.set_nonblocking(true)?;
+        text = text.replace(
+            &format!("{{upstream{n}}}"),
+            &listener.local_addr()?.to_string(),
+        );
+        listeners.push(listener);
+    }
     let config = airlock_config::parse(&text, "<embedded demo config>")
         .context("the embedded demo configuration is invalid")?;
     let plugin_dir = std::env::temp_dir().join(format!("airlock-demo-{}", std::process::id()));
@@ -52,7 +61,7 @@ pub fn prepare(args: &DemoArgs) -> anyhow::Result<(airlock_config::LoadedConfig,
     Ok((
         loaded,
         Upstream {
-            listener,
+            listeners,
             plugin_dir,
         },
     ))
@@ -63,16 +72,25 @@ impl Upstream {
     pub fn start(self, proxy: &airlock_proxy::Bound) -> anyhow::Result<()> {
         // The proxy has loaded the plugin; its file is no longer needed.
         let _ = std::fs::remove_dir_all(&self.plugin_dir);
-        let listener = tokio::net::TcpListener::from_std(self.listener)?;
-        let upstream = listener.local_addr()?;
-        tokio::spawn(chat::serve(listener));
+        let room = chat::room();
+        let mut servers = Vec::new();
+        for (listener, name) in self.listeners.into_iter().zip(SERVERS) {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            servers.push(format!("{name} at {}", listener.local_addr()?));
+            tokio::spawn(chat::serve(listener, name, room.clone()));
+        }
+        let servers = servers.join(" and ");
         let public: Option<SocketAddr> = proxy.listener_addrs().first().map(|(_, a)| *a);
+        let admin = proxy
+            .admin_addr()
+            .map_or_else(|| "(no admin)".to_string(), |a| a.to_string());
         if let Some(addr) = public {
             eprintln!(
                 "\nairlock demo is running.\n\
                  \n  open   http://{addr}/            a chat page served through airlock\n  \
-                 ws     ws://{addr}/ws/chat       WebSocket, forwarded to the chat server at {upstream}\n  \
-                 api    http://{addr}/api/whoami  what the upstream sees (X-Forwarded-* headers)\n\
+                 ws     ws://{addr}/ws/chat       WebSocket, to {servers}\n  \
+                 api    http://{addr}/api/whoami  what the upstream sees (X-Forwarded-* headers, its name)\n  \
+                 admin  http://{admin}/upstreams  the pool: sticky cookie, health probes, open tunnels\n\
                  \nPress Ctrl-C to stop.\n"
             );
             tokio::spawn(show_origin_check(addr));
