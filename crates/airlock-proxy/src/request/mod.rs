@@ -138,7 +138,7 @@ fn find_route(req: &Request<ProxyBody>, router: &Router) -> Result<Arc<Route>, P
 }
 
 /// Where a request goes: a pool. The server within it is the balancer's choice, made
-/// when connecting (`crate::upstream::Pool::attempts`), so that failover can pick again.
+/// when connecting (`crate::upstream::Members::attempts`), so that failover can pick again.
 struct Target {
     pool: Arc<Pool>,
 }

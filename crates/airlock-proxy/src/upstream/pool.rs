@@ -5,7 +5,7 @@
 //! and requests, and gets no new ones.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use super::balance::{self, HintSource};
 use super::health::probe;
 use super::members::Members;
-use super::resolve::{self, Entry, NameState, Target};
+use super::resolve::{self, Address, Entry};
 use super::server::Server;
 use super::tls::UpstreamTls;
 
@@ -22,11 +22,8 @@ use super::tls::UpstreamTls;
 pub struct Pool {
     pub name: Arc<str>,
     members: ArcSwap<Members>,
-    /// The `servers` entries, in file order.
+    /// The `servers` entries, in file order (names with what they resolved to).
     entries: Vec<Entry>,
-    /// What each entry given by name resolved to (same order as `entries`; unused for
-    /// addresses).
-    names: Mutex<Vec<NameState>>,
     cfg: airlock_config::Upstream,
     tls: Option<Arc<UpstreamTls>>,
     /// The hint source, kept so that every change of members keeps the sticky key.
@@ -51,12 +48,10 @@ impl Pool {
             .iter()
             .map(|s| Entry::new(&s.get_ref().addr, s.get_ref().weight))
             .collect();
-        let names = entries.iter().map(|_| NameState::default()).collect();
         let pool = Self {
             name: name.into(),
             members: ArcSwap::from_pointee(Members::empty(name.into())),
             entries,
-            names: Mutex::new(names),
             cfg: cfg.clone(),
             tls,
             hints: HintSource::new(cfg, &[]),
@@ -112,42 +107,26 @@ impl Pool {
 
     /// Resolve every name once, and change the members if the addresses changed.
     pub async fn resolve_names(&self) {
-        for (i, entry) in self.entries.iter().enumerate() {
-            let Some(name) = entry.name() else {
-                continue;
-            };
-            let result = resolve::lookup(name).await;
-            self.names.lock().expect("names lock")[i].record(&self.name, name, result);
+        for entry in &self.entries {
+            entry.resolve(&self.name).await;
         }
         self.update_members();
     }
 
     fn has_unresolved_names(&self) -> bool {
-        let names = self.names.lock().expect("names lock");
-        self.entries
-            .iter()
-            .zip(names.iter())
-            .any(|(e, state)| e.name().is_some() && state.addrs.is_empty())
+        self.entries.iter().any(|e| {
+            e.name()
+                .is_some_and(|(_, state)| state.lock().expect("name state lock").addrs.is_empty())
+        })
     }
 
-    /// Every server address the entries stand for now, with the name it came from and
-    /// its weight, in entry order; an address listed twice counts once (the first).
-    fn addresses(&self) -> Vec<(std::net::SocketAddr, Option<Arc<str>>, u32)> {
-        let names = self.names.lock().expect("names lock");
-        let mut out: Vec<(std::net::SocketAddr, Option<Arc<str>>, u32)> = Vec::new();
-        for (entry, state) in self.entries.iter().zip(names.iter()) {
-            let found: Vec<_> = match &entry.target {
-                Target::Addr(socket) => vec![(*socket, None)],
-                Target::Name(name) => state
-                    .addrs
-                    .iter()
-                    .map(|a| (*a, Some(name.clone())))
-                    .collect(),
-            };
-            for (socket, name) in found {
-                if !out.iter().any(|(s, _, _)| *s == socket) {
-                    out.push((socket, name, entry.weight));
-                }
+    /// Every server the entries stand for now, in entry order; an address listed twice
+    /// counts once (the first).
+    fn addresses(&self) -> Vec<Address> {
+        let mut out: Vec<Address> = Vec::new();
+        for address in self.entries.iter().flat_map(Entry::addresses) {
+            if !out.iter().any(|a| a.socket == address.socket) {
+                out.push(address);
             }
         }
         out
@@ -155,25 +134,23 @@ impl Pool {
 
     /// Servers for `addresses`, reusing those of `current` that match (same address,
     /// name and weight) so that they keep their live state.
-    fn servers_for(
-        &self,
-        addresses: &[(std::net::SocketAddr, Option<Arc<str>>, u32)],
-        current: &[Server],
-    ) -> Vec<Server> {
+    fn servers_for(&self, addresses: &[Address], current: &[Server]) -> Vec<Server> {
         addresses
             .iter()
-            .map(|(socket, name, weight)| {
+            .map(|a| {
                 current
                     .iter()
                     .find(|s| {
-                        s.socket() == *socket && s.name() == name.as_deref() && s.weight == *weight
+                        s.socket() == a.socket
+                            && s.name() == a.name.as_deref()
+                            && s.weight == a.weight
                     })
                     .cloned()
                     .unwrap_or_else(|| {
                         Server::with_settings(
-                            *socket,
-                            name.as_ref(),
-                            *weight,
+                            a.socket,
+                            a.name.as_ref(),
+                            a.weight,
                             &self.cfg,
                             self.tls.as_ref(),
                         )
@@ -189,11 +166,13 @@ impl Pool {
             .as_ref()
             .map(|f| *f.get_ref())
             .unwrap_or_default();
+        let balancer = balance::build(self.cfg.balance, fallback, &servers);
+        let hints = self.hints.for_servers(&servers);
         Members::new(
             self.name.clone(),
-            servers.clone(),
-            balance::build(self.cfg.balance, fallback, &servers),
-            self.hints.for_servers(&servers),
+            servers,
+            balancer,
+            hints,
             self.cfg.connect_attempts,
         )
     }
@@ -246,12 +225,13 @@ impl Pool {
     pub fn status(&self) -> serde_json::Value {
         let members = self.members();
         let servers: Vec<_> = members.servers().iter().map(Server::status).collect();
-        let names = self.names.lock().expect("names lock");
         let names: Vec<_> = self
             .entries
             .iter()
-            .zip(names.iter())
-            .filter_map(|(e, state)| Some(state.status(e.name()?)))
+            .filter_map(|e| {
+                let (name, state) = e.name()?;
+                Some(state.lock().expect("name state lock").status(name))
+            })
             .collect();
         serde_json::json!({
             "name": &*self.name,
@@ -296,8 +276,8 @@ mod tests {
 
     /// What a resolution of entry `i` would give, applied as the resolver applies it.
     fn answer(pool: &Pool, i: usize, result: Result<Vec<SocketAddr>, String>) {
-        let name = pool.entries[i].name().unwrap().clone();
-        pool.names.lock().unwrap()[i].record(&pool.name, &name, result);
+        let (name, state) = pool.entries[i].name().unwrap();
+        state.lock().unwrap().record(&pool.name, name, result);
         pool.update_members();
     }
 

@@ -14,7 +14,7 @@
 //! records' TTL when that matters.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// How long one resolution may take before it counts as failed.
@@ -23,31 +23,77 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A `servers` entry as configured.
 #[derive(Debug)]
 pub(super) struct Entry {
-    pub target: Target,
+    target: Target,
     pub weight: u32,
 }
 
 #[derive(Debug)]
-pub(super) enum Target {
+enum Target {
     /// An address: one server, never resolved.
     Addr(SocketAddr),
-    /// `host:port`: as many servers as the name has addresses.
-    Name(Arc<str>),
+    /// `host:port`: as many servers as the name has addresses, as last resolved.
+    Name {
+        name: Arc<str>,
+        resolved: Mutex<NameState>,
+    },
+}
+
+/// One server a pool's entries stand for now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Address {
+    pub socket: SocketAddr,
+    /// The name it was resolved from, if any.
+    pub name: Option<Arc<str>>,
+    pub weight: u32,
 }
 
 impl Entry {
     pub fn new(addr: &str, weight: u32) -> Self {
         let target = match addr.parse() {
             Ok(socket) => Target::Addr(socket),
-            Err(_) => Target::Name(addr.into()),
+            Err(_) => Target::Name {
+                name: addr.into(),
+                resolved: Mutex::default(),
+            },
         };
         Self { target, weight }
     }
 
-    pub fn name(&self) -> Option<&Arc<str>> {
+    /// The name and its resolution state, for an entry given by name.
+    pub fn name(&self) -> Option<(&Arc<str>, &Mutex<NameState>)> {
         match &self.target {
-            Target::Name(name) => Some(name),
+            Target::Name { name, resolved } => Some((name, resolved)),
             Target::Addr(_) => None,
+        }
+    }
+
+    /// The servers this entry stands for now.
+    pub fn addresses(&self) -> Vec<Address> {
+        let (sockets, name) = match &self.target {
+            Target::Addr(socket) => (vec![*socket], None),
+            Target::Name { name, resolved } => (
+                resolved.lock().expect("name state lock").addrs.clone(),
+                Some(name),
+            ),
+        };
+        sockets
+            .into_iter()
+            .map(|socket| Address {
+                socket,
+                name: name.cloned(),
+                weight: self.weight,
+            })
+            .collect()
+    }
+
+    /// Resolve the name once (nothing for an address).
+    pub async fn resolve(&self, pool: &str) {
+        if let Some((name, resolved)) = self.name() {
+            let result = lookup(name).await;
+            resolved
+                .lock()
+                .expect("name state lock")
+                .record(pool, name, result);
         }
     }
 }
