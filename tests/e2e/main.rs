@@ -10,6 +10,7 @@ mod dns;
 mod health;
 mod http;
 mod lifecycle;
+mod limits;
 mod plugins;
 mod socketio;
 mod tls;

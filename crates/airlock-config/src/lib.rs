@@ -11,6 +11,7 @@
 mod balance;
 mod error;
 mod health;
+mod limit;
 mod model;
 mod units;
 mod validate;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 pub use balance::*;
 pub use error::{ConfigError, ConfigErrors};
 pub use health::*;
+pub use limit::*;
 pub use model::*;
 pub use units::{ByteSize, Duration};
 

@@ -11,6 +11,7 @@ pub use toml::Spanned;
 
 use crate::balance::{Balance, HashKey, StickyCookie};
 use crate::health::HealthCheck;
+use crate::limit::Limit;
 use crate::units::{ByteSize, Duration};
 
 /// `shutdown_grace` when unset: how long open tunnels may run after SIGTERM.
@@ -70,6 +71,13 @@ pub struct Config {
     /// `[plugin.NAME]` tables: WebAssembly handshake plugins.
     #[serde(default, rename = "plugin")]
     pub plugins: BTreeMap<String, Plugin>,
+    /// `[limit.NAME]` tables: admission limits routes name in `limits = [...]`.
+    #[serde(default, rename = "limit")]
+    pub limits: BTreeMap<String, Spanned<Limit>>,
+    /// `max_connections = 10000`: client connections open at once in the whole process;
+    /// requests on connections beyond it get 503. Unlimited when absent.
+    #[serde(default)]
+    pub max_connections: Option<Spanned<u32>>,
     /// Where compiled plugins are kept between runs, relative to the config file; `""`
     /// turns the cache off. Unset: `$XDG_CACHE_HOME/airlock` or `~/.cache/airlock`.
     /// `plugin_cache_dir = "/var/cache/airlock"`
@@ -216,6 +224,9 @@ pub struct Route {
     /// `plugins = ["origin", "auth"]`: handshake plugins, run in this order.
     #[serde(default)]
     pub plugins: Vec<Spanned<String>>,
+    /// `limits = ["per_ip"]`: `[limit.NAME]` tables every request on the route must pass.
+    #[serde(default)]
+    pub limits: Vec<Spanned<String>>,
     /// `strip_prefix = "/ws"`: removed from the start of the path before forwarding.
     #[serde(default)]
     pub strip_prefix: Option<Spanned<String>>,

@@ -6,6 +6,7 @@ use std::ops::Range;
 
 use crate::balance::{Balance, is_token_byte};
 use crate::health::{HealthCheck, ProbeKind};
+use crate::limit::{Limit, Store};
 use crate::model::{Config, DEFAULT_ALPN, Listener, Route, Spanned, Upstream, UpstreamTls};
 
 pub(crate) struct Problem {
@@ -40,6 +41,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     check_unique(config.routes.iter().map(|r| &r.name), "route", &mut p);
     check_upstreams(config, &mut p);
     check_plugins(config, &mut p);
+    check_limits(config, &mut p);
     if config.worker_threads == Some(0) {
         p.whole_file("`worker_threads` must be at least 1");
     }
@@ -244,6 +246,24 @@ fn check_route(config: &Config, route: &Route, p: &mut Problems) {
                     names(&config.plugins),
                     plugin.get_ref()
                 ),
+            );
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for limit in &route.limits {
+        let limit_name = limit.get_ref();
+        if !config.limits.contains_key(limit_name) {
+            p.at(
+                limit,
+                format!(
+                    "route `{name}` uses limit `{limit_name}`, which is not defined ({}); add a [limit.{limit_name}] table",
+                    names(&config.limits),
+                ),
+            );
+        } else if !seen.insert(limit_name) {
+            p.at(
+                limit,
+                format!("route `{name}` lists limit `{limit_name}` twice"),
             );
         }
     }
@@ -520,6 +540,101 @@ fn check_plugins(config: &Config, p: &mut Problems) {
                 format!("plugin `{name}`: `timeout` must be greater than zero"),
             );
         }
+    }
+}
+
+fn check_limits(config: &Config, p: &mut Problems) {
+    if let Some(max) = &config.max_connections
+        && *max.get_ref() == 0
+    {
+        p.at(
+            max,
+            "`max_connections` must be at least 1 (leave it out for no limit)",
+        );
+    }
+    for (name, limit) in &config.limits {
+        check_limit(name, limit, p);
+    }
+}
+
+fn check_limit(name: &str, table: &Spanned<Limit>, p: &mut Problems) {
+    let limit = table.get_ref();
+    if limit.rate.is_none() && limit.concurrent.is_none() {
+        p.at(
+            table,
+            format!(
+                r#"limit `{name}` limits nothing; set `rate` (like "10/s"), `concurrent`, or both"#
+            ),
+        );
+    }
+    if let Some(rate) = &limit.rate
+        && rate.get_ref().count == 0
+    {
+        p.at(
+            rate,
+            format!(
+                "limit `{name}`: a `rate` of 0 admits nothing; remove the route's limit instead"
+            ),
+        );
+    }
+    match (&limit.burst, &limit.rate) {
+        (Some(burst), None) => p.at(
+            burst,
+            format!("limit `{name}` has `burst` but no `rate`; `burst` is how far a rate may be exceeded at once"),
+        ),
+        (Some(burst), Some(_)) if *burst.get_ref() == 0 => p.at(
+            burst,
+            format!("limit `{name}`: `burst` must be at least 1"),
+        ),
+        _ => {}
+    }
+    if let Some(c) = &limit.concurrent
+        && *c.get_ref() == 0
+    {
+        p.at(
+            c,
+            format!("limit `{name}`: `concurrent` must be at least 1"),
+        );
+    }
+    if *limit.max_keys.get_ref() == 0 {
+        p.at(
+            &limit.max_keys,
+            format!("limit `{name}`: `max_keys` must be at least 1"),
+        );
+    }
+    if *limit.store.get_ref() == Store::Local {
+        for (key, span) in [
+            (
+                "on_store_error",
+                limit.on_store_error.as_ref().map(|s| s.span()),
+            ),
+            (
+                "store_timeout",
+                limit.store_timeout.as_ref().map(|s| s.span()),
+            ),
+        ] {
+            if let Some(span) = span {
+                p.0.push(Problem {
+                    span: Some(span),
+                    message: format!(
+                        r#"limit `{name}` has `{key}` but its store is local; `{key}` applies to store = "redis://...""#
+                    ),
+                });
+            }
+        }
+    } else if limit.rate.is_none() {
+        p.at(
+            table,
+            format!("limit `{name}` has a shared store but no `rate`; only rates are shared (concurrent counts stay in each instance)"),
+        );
+    }
+    if let Some(t) = &limit.store_timeout
+        && t.get_ref().get().is_zero()
+    {
+        p.at(
+            t,
+            format!("limit `{name}`: `store_timeout` must be greater than zero"),
+        );
     }
 }
 

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::drain::Drain;
+use crate::limit::ConnectionSlot;
 use crate::snapshot::{Listener, Snapshot};
 use crate::tls::server::SessionFacts;
 
@@ -19,6 +20,8 @@ pub struct ConnCtx {
     pub drain: Drain,
     /// The TLS session, on a TLS listener.
     pub tls: Option<SessionFacts>,
+    /// Its place in `max_connections`.
+    pub counted: ConnectionSlot,
 }
 
 impl ConnCtx {

@@ -15,6 +15,8 @@ pub enum ErrorSource {
     Upstream,
     /// A plugin rejected the request or failed.
     Plugin,
+    /// An admission limit refused the request.
+    Limit,
     /// Something inside airlock failed.
     Internal,
 }
@@ -25,6 +27,7 @@ impl ErrorSource {
             Self::Client => "client",
             Self::Upstream => "upstream",
             Self::Plugin => "plugin",
+            Self::Limit => "limit",
             Self::Internal => "internal",
         }
     }
@@ -70,6 +73,15 @@ pub enum ProxyError {
     },
     #[error("the plugin chain asked for an invalid change: {detail}")]
     PluginOutput { detail: String },
+    #[error("limit `{limit}` refused the request: {reason}")]
+    Limited {
+        limit: Arc<str>,
+        reason: &'static str,
+        /// Set for a rate (429 with `Retry-After`); a count refuses with 503.
+        retry_after: Option<Duration>,
+    },
+    #[error("the process has `max_connections` ({max}) client connections open")]
+    OverCapacity { max: u32 },
     #[error("a plugin chose upstream `{name}`, which is not defined")]
     UnknownUpstream { name: String },
     #[error(
@@ -100,6 +112,7 @@ impl ProxyError {
             Self::PluginRejected { .. } | Self::PluginFailed { .. } | Self::PluginOutput { .. } => {
                 ErrorSource::Plugin
             }
+            Self::Limited { .. } | Self::OverCapacity { .. } => ErrorSource::Limit,
             Self::UnknownUpstream { .. } => ErrorSource::Internal,
             Self::Connect { .. }
             | Self::UpstreamTls { .. }
@@ -124,6 +137,11 @@ impl ProxyError {
             Self::PluginFailed { .. } | Self::PluginOutput { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::Limited {
+                retry_after: Some(_),
+                ..
+            } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Limited { .. } | Self::OverCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UnknownUpstream { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Connect { .. }
             | Self::UpstreamTls { .. }
@@ -131,6 +149,15 @@ impl ProxyError {
             | Self::UpstreamIo { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::NoServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The limit that refused the request, if any.
+    pub fn limit(&self) -> Option<Arc<str>> {
+        match self {
+            Self::Limited { limit, .. } => Some(limit.clone()),
+            Self::OverCapacity { .. } => Some("max_connections".into()),
+            _ => None,
         }
     }
 

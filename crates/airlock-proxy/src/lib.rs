@@ -15,6 +15,7 @@
 mod drain;
 mod error;
 mod http;
+mod limit;
 mod stream;
 mod tls;
 mod tunnel;

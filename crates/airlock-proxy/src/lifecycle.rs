@@ -10,6 +10,7 @@ use airlock_config::LoadedConfig;
 use tokio::net::TcpListener;
 
 use crate::drain::Drain;
+use crate::limit::Connections;
 use crate::snapshot::{self, BuildError, Snapshot};
 use crate::tls::server::ServerTls;
 use crate::{admin, listen};
@@ -106,11 +107,17 @@ impl Bound {
         for (name, addr) in self.listener_addrs() {
             tracing::info!(listener = name, addr = %addr, "listening");
         }
+        let connections = Arc::new(Connections::default());
         if let Some(admin) = self.admin {
             if let Ok(addr) = admin.local_addr() {
                 tracing::info!(addr = %addr, "admin listening");
             }
-            tokio::spawn(admin::serve(admin, drain.clone(), self.snapshot.clone()));
+            tokio::spawn(admin::serve(
+                admin,
+                drain.clone(),
+                self.snapshot.clone(),
+                connections.clone(),
+            ));
         }
         let tls: Arc<[Arc<ServerTls>]> = self
             .snapshot
@@ -131,6 +138,7 @@ impl Bound {
                 name,
                 self.snapshot.clone(),
                 drain.clone(),
+                connections.clone(),
             ));
         }
         drain.set_ready();

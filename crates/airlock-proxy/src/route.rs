@@ -16,6 +16,8 @@ pub struct Route {
     pub pool: Arc<Pool>,
     /// The route's plugins, in order.
     pub chain: airlock_plugins::Chain,
+    /// `limits`, in order; checked before the plugins.
+    pub limits: Vec<Arc<crate::limit::Limit>>,
     pub strip_prefix: Option<String>,
     pub connect_timeout: std::time::Duration,
     pub idle_timeout: std::time::Duration,
@@ -161,6 +163,7 @@ mod tests {
             path,
             pool: Pool::for_tests(),
             chain: Default::default(),
+            limits: Vec::new(),
             strip_prefix: None,
             connect_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(1),

@@ -22,6 +22,8 @@ const LAYERS: &[&str] = &[
     "http",
     "tunnel",
     "tls",
+    // Admission limits: keyed by what the request carries.
+    "limit",
     // Pools, routes and the snapshot holding them.
     "upstream",
     "route",

@@ -1,6 +1,7 @@
 //! The admin endpoint: `GET /healthz` (the process runs), `GET /readyz` (listeners are
 //! bound and the proxy is not draining), `GET /upstreams` (every pool's servers with
-//! their live counts and health, as JSON), and `POST /upstreams/NAME/servers/ADDR/drain`
+//! their live counts and health, as JSON), `GET /limits` (open connections against
+//! `max_connections`, and each limit's tracked keys, as JSON), and `POST /upstreams/NAME/servers/ADDR/drain`
 //! (or `/undrain`) to take a server out of rotation for new connections and back.
 
 use std::convert::Infallible;
@@ -13,10 +14,18 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use std::sync::Arc;
+
 use crate::drain::Drain;
+use crate::limit::Connections;
 use crate::snapshot::{self, Snapshot};
 
-pub async fn serve(listener: TcpListener, drain: Drain, snapshot: snapshot::Shared) {
+pub async fn serve(
+    listener: TcpListener,
+    drain: Drain,
+    snapshot: snapshot::Shared,
+    connections: Arc<Connections>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -24,9 +33,10 @@ pub async fn serve(listener: TcpListener, drain: Drain, snapshot: snapshot::Shar
         };
         let drain = drain.clone();
         let snapshot = snapshot.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let response = answer(&req, &drain, &snapshot.load());
+                let response = answer(&req, &drain, &snapshot.load(), &connections);
                 async move { Ok::<_, Infallible>(response) }
             });
             let _ = http1::Builder::new()
@@ -36,10 +46,23 @@ pub async fn serve(listener: TcpListener, drain: Drain, snapshot: snapshot::Shar
     }
 }
 
-fn answer<B>(req: &Request<B>, drain: &Drain, snapshot: &Snapshot) -> Response<Full<Bytes>> {
-    if matches!(req.method(), &Method::GET | &Method::HEAD) && req.uri().path() == "/upstreams" {
+fn answer<B>(
+    req: &Request<B>,
+    drain: &Drain,
+    snapshot: &Snapshot,
+    connections: &Connections,
+) -> Response<Full<Bytes>> {
+    let get = matches!(req.method(), &Method::GET | &Method::HEAD);
+    if get && req.uri().path() == "/upstreams" {
         let pools = snapshot.pools_by_name();
         let body = serde_json::json!({ "upstreams": pools.iter().map(|p| p.status()).collect::<Vec<_>>() });
+        return json(StatusCode::OK, &body);
+    }
+    if get && req.uri().path() == "/limits" {
+        let body = serde_json::json!({
+            "connections": { "open": connections.count(), "max": snapshot.max_connections },
+            "limits": snapshot.limits_by_name().iter().map(|l| l.status()).collect::<Vec<_>>(),
+        });
         return json(StatusCode::OK, &body);
     }
     if let Some(rest) = req.uri().path().strip_prefix("/upstreams/") {
@@ -58,7 +81,7 @@ fn answer<B>(req: &Request<B>, drain: &Drain, snapshot: &Snapshot) -> Response<F
         }
         _ => (
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz or /upstreams\n",
+            "not found; try /healthz, /readyz, /upstreams or /limits\n",
         ),
     };
     text(status, body)

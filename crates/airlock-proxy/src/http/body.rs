@@ -37,6 +37,18 @@ impl ProxyBody {
         Self::Streamed { body, _held: None }
     }
 
+    /// This body, also holding `more` until it is finished or dropped. A local body is
+    /// written at once, so what it would hold is let go now.
+    pub fn hold(self, more: impl Send + Sync + 'static) -> Self {
+        match self {
+            Self::Streamed { body, _held } => Self::Streamed {
+                body,
+                _held: Some(Box::new((_held, more))),
+            },
+            local @ Self::Local(_) => local,
+        }
+    }
+
     /// An upstream's response body, holding `held` until it is finished or dropped.
     pub fn upstream(body: Incoming, held: impl Send + Sync + 'static) -> Self {
         Self::Streamed {

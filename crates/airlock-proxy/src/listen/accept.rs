@@ -15,6 +15,7 @@ use super::direct::{self, First};
 use super::{h1, h2};
 use crate::conn::ConnCtx;
 use crate::drain::Drain;
+use crate::limit::{ConnectionSlot, Connections};
 use crate::snapshot::{self, Listener};
 use crate::stream::{Prefixed, Stream};
 use crate::tls::server::{ServerTls, SessionFacts};
@@ -28,6 +29,7 @@ pub async fn accept_loop(
     name: Arc<str>,
     snapshot: snapshot::Shared,
     drain: Drain,
+    connections: Arc<Connections>,
 ) {
     let bound = listener.local_addr().expect("bound listener");
     loop {
@@ -65,7 +67,9 @@ pub async fn accept_loop(
             client.addr = %peer,
             server.addr = %local,
         );
+        let counted = connections.open(current.max_connections);
         let accepted = Accepted {
+            counted,
             snapshot: current,
             listener: settings,
             peer,
@@ -87,6 +91,7 @@ pub async fn accept_loop(
 
 /// A connection accepted, before TLS.
 struct Accepted {
+    counted: ConnectionSlot,
     snapshot: Arc<snapshot::Snapshot>,
     listener: Arc<Listener>,
     peer: std::net::SocketAddr,
@@ -118,6 +123,7 @@ impl Accepted {
             local: self.local,
             drain: self.drain,
             tls,
+            counted: self.counted,
         });
         if h2 {
             h2::serve(stream, conn).await;

@@ -28,6 +28,8 @@ pub struct RequestLog {
     /// The plugin that rejected or failed the request.
     pub plugin: Option<std::sync::Arc<str>>,
     pub plugin_time: Option<Duration>,
+    /// The limit that refused the request (`[limit.NAME]`, or `max_connections`).
+    pub limit: Option<std::sync::Arc<str>>,
     /// Key-value pairs plugins attached.
     pub attributes: Vec<(String, String)>,
     /// The TLS version, on a TLS listener.
@@ -54,6 +56,7 @@ impl RequestLog {
             error: None,
             plugin: None,
             plugin_time: None,
+            limit: None,
             attributes: Vec::new(),
             tls_version: tls.map(|t| t.version),
             client_subject: tls
@@ -91,6 +94,7 @@ impl RequestLog {
             duration_ms = millis(self.started.elapsed()),
             error.source = self.error.as_ref().map(|e| e.0),
             error.message = self.error.as_ref().map(|e| e.1.as_str()),
+            limit = self.limit.as_deref(),
             plugin = self.plugin.as_deref(),
             plugins_us = self.plugin_time.map(|d| d.as_nanos() as f64 / 1000.0),
             plugin.attributes = attributes,

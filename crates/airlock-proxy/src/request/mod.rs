@@ -5,6 +5,7 @@
 //! ```text
 //! normalise  an RFC 8441 extended CONNECT becomes an HTTP/1.1 upgrade request
 //! route      host + path → the route (404 when none)            request::find_route
+//! limits     the route's limits: 429 / 503, or slots held to the end   crate::limit
 //! plugins    the route's chain: reject, or change the request   request::plugins
 //! pick       the pool (the route's, or a plugin's choice)
 //! prepare    the request the upstream gets                      request::upstream_request
@@ -32,7 +33,8 @@ use http::{Request, Response};
 use crate::conn::ConnCtx;
 use crate::error::ProxyError;
 use crate::http::body::ProxyBody;
-use crate::http::headers;
+use crate::http::{forwarded, headers};
+use crate::limit::{self, Admission, KeyParts};
 use crate::observe::access_log::RequestLog;
 use crate::route::{Route, Router, request_host};
 use crate::upgrade::{self, ClientSide};
@@ -45,6 +47,7 @@ pub async fn handle(
     conn: Arc<ConnCtx>,
 ) -> Response<ProxyBody> {
     let mut log = RequestLog::new(&req, &conn);
+    let http1 = req.version() < http::Version::HTTP_2;
     let mut response = if let Some(port) = conn.listener.redirect_https {
         respond::redirect_https(&req, port)
     } else {
@@ -54,6 +57,13 @@ pub async fn handle(
         }
     };
     respond::finish(&mut response, &conn);
+    if conn.counted.over && http1 {
+        // Beyond max_connections: one answer, then the socket is given back.
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     log.emit(response.status());
     response
 }
@@ -72,8 +82,14 @@ async fn proxy(
     } else {
         None
     };
+    if conn.counted.over {
+        return Err(ProxyError::OverCapacity {
+            max: conn.snapshot.max_connections.unwrap_or_default(),
+        });
+    }
     let route = find_route(&req, &conn.listener.router)?;
     log.route = Some(route.name.clone());
+    let admission = check_limits(&req, &route, conn)?;
     upstream_request::ensure_host_header(&mut req);
 
     // What the request asks to upgrade to: known already when airlock read the head itself.
@@ -104,10 +120,16 @@ async fn proxy(
             pool: &members,
             hint: &hint,
             h2_websocket_key,
+            admission,
         };
         upgrade::forward(req, upgrade, client, conn, log).await?
     } else {
-        crate::forward::forward(req, &route, &members, &hint, log).await?
+        let response = crate::forward::forward(req, &route, &members, &hint, log).await?;
+        if admission.is_empty() {
+            response
+        } else {
+            response.map(|body| body.hold(admission))
+        }
     };
     for (name, value) in decision.response_headers {
         response.headers_mut().append(name, value);
@@ -135,6 +157,28 @@ fn find_route(req: &Request<ProxyBody>, router: &Router) -> Result<Arc<Route>, P
             host,
             path: path.to_string(),
         })
+}
+
+/// Phase: limits. Before the plugins, so that a flood is refused before it costs plugin
+/// time. The slots taken are held until the response body or the tunnel ends.
+fn check_limits(
+    req: &Request<ProxyBody>,
+    route: &Route,
+    conn: &ConnCtx,
+) -> Result<Admission, ProxyError> {
+    if route.limits.is_empty() {
+        return Ok(Admission::default());
+    }
+    let parts = KeyParts {
+        client_ip: forwarded::client_ip(req.headers(), conn.peer.ip(), &conn.listener.trusted),
+        headers: req.headers(),
+        route: &route.name,
+    };
+    limit::admit(&route.limits, &parts).map_err(|refusal| ProxyError::Limited {
+        limit: refusal.limit,
+        reason: refusal.kind.reason(),
+        retry_after: refusal.kind.retry_after(),
+    })
 }
 
 /// Where a request goes: a pool. The server within it is the balancer's choice, made

@@ -17,8 +17,20 @@ use crate::route::request_host;
 pub fn for_error(err: ProxyError, log: &mut RequestLog) -> Response<ProxyBody> {
     log.error = Some((err.source_kind().as_str(), chain(&err)));
     log.plugin = err.plugin().map(Into::into);
+    log.limit = err.limit();
     if let ProxyError::PluginFailed { .. } = &err {
         tracing::warn!(request = %log.request_id, error = %chain(&err), "plugin failed; request denied (on_error = \"deny\")");
+    }
+    if let ProxyError::Limited {
+        retry_after: Some(wait),
+        ..
+    } = &err
+    {
+        let mut response = error_response(err.status());
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, retry_after(*wait));
+        return response;
     }
     let ProxyError::PluginRejected { rejection, .. } = err else {
         return error_response(err.status());
@@ -42,6 +54,13 @@ pub fn for_error(err: ProxyError, log: &mut RequestLog) -> Response<ProxyBody> {
         );
     }
     response
+}
+
+/// `Retry-After` in whole seconds (RFC 9110 §10.2.3), rounded up: a client that waits
+/// that long is admitted.
+fn retry_after(wait: std::time::Duration) -> HeaderValue {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
 }
 
 /// What every response on the listener gets, whoever wrote it.

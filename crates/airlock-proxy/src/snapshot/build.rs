@@ -7,6 +7,7 @@ use airlock_config::LoadedConfig;
 
 use super::{Listener, Snapshot};
 use crate::http::forwarded::TrustedProxies;
+use crate::limit::Limit;
 use crate::route::{HostMatch, PathMatch, Route, Router};
 use crate::tls::{TlsError, server::ServerTls};
 use crate::upstream::{Pool, tls::UpstreamTls};
@@ -38,6 +39,16 @@ pub(super) fn build(loaded: &LoadedConfig) -> Result<Snapshot, BuildError> {
     for (name, up) in &config.upstreams {
         pools.insert(name.clone(), Arc::new(build_pool(name, up, loaded)?));
     }
+    let limits: HashMap<String, Arc<Limit>> = config
+        .limits
+        .iter()
+        .map(|(name, l)| {
+            (
+                name.clone(),
+                Arc::new(Limit::from_config(name, l.get_ref())),
+            )
+        })
+        .collect();
     let routes: Vec<(Option<Vec<String>>, Arc<Route>)> = config
         .routes
         .iter()
@@ -46,7 +57,7 @@ pub(super) fn build(loaded: &LoadedConfig) -> Result<Snapshot, BuildError> {
                 .listeners
                 .as_ref()
                 .map(|l| l.iter().map(|n| n.get_ref().clone()).collect());
-            (only, Arc::new(build_route(r, &pools, &plugins)))
+            (only, Arc::new(build_route(r, &pools, &plugins, &limits)))
         })
         .collect();
     let mut listeners = Vec::new();
@@ -59,7 +70,12 @@ pub(super) fn build(loaded: &LoadedConfig) -> Result<Snapshot, BuildError> {
             .collect();
         listeners.push(Arc::new(build_listener(l, mine, loaded)?));
     }
-    Ok(Snapshot { listeners, pools })
+    Ok(Snapshot {
+        listeners,
+        pools,
+        limits,
+        max_connections: config.max_connections.as_ref().map(|m| *m.get_ref()),
+    })
 }
 
 fn build_pool(
@@ -146,6 +162,7 @@ fn build_route(
     r: &airlock_config::Route,
     pools: &HashMap<String, Arc<Pool>>,
     plugins: &HashMap<String, Arc<airlock_plugins::Plugin>>,
+    limits: &HashMap<String, Arc<Limit>>,
 ) -> Route {
     let path = if let Some(p) = &r.path_exact {
         PathMatch::Exact(p.get_ref().clone())
@@ -167,6 +184,11 @@ fn build_route(
                 .map(|p| plugins[p.get_ref()].clone())
                 .collect(),
         ),
+        limits: r
+            .limits
+            .iter()
+            .map(|l| limits[l.get_ref()].clone())
+            .collect(),
         strip_prefix: r.strip_prefix.as_ref().map(|s| s.get_ref().clone()),
         connect_timeout: r.connect_timeout.get(),
         idle_timeout: r.idle_timeout.get(),

@@ -22,6 +22,7 @@ use http::HeaderValue;
 pub use build::BuildError;
 
 use crate::http::forwarded::TrustedProxies;
+use crate::limit::Limit;
 use crate::route::Router;
 use crate::tls::server::ServerTls;
 use crate::upstream::Pool;
@@ -33,6 +34,10 @@ pub struct Snapshot {
     listeners: Vec<Arc<Listener>>,
     /// Every pool by name (routes hold their own; plugins may choose any).
     pools: HashMap<String, Arc<Pool>>,
+    /// Every `[limit.NAME]` by name (routes hold their own).
+    limits: HashMap<String, Arc<Limit>>,
+    /// `max_connections`: client connections open at once in the process.
+    pub max_connections: Option<u32>,
 }
 
 impl Snapshot {
@@ -55,6 +60,13 @@ impl Snapshot {
     /// The pool called `name`.
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.get(name)
+    }
+
+    /// Every limit, sorted by name.
+    pub fn limits_by_name(&self) -> Vec<&Arc<Limit>> {
+        let mut limits: Vec<(&String, &Arc<Limit>)> = self.limits.iter().collect();
+        limits.sort_by_key(|(name, _)| *name);
+        limits.into_iter().map(|(_, l)| l).collect()
     }
 
     /// Every pool, sorted by name.

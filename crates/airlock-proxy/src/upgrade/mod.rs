@@ -30,6 +30,7 @@ use crate::conn::ConnCtx;
 use crate::error::ProxyError;
 use crate::http::body::ProxyBody;
 use crate::http::headers;
+use crate::limit::Admission;
 use crate::observe::access_log::RequestLog;
 use crate::route::Route;
 use crate::upstream::Members;
@@ -46,6 +47,8 @@ pub struct Upgrade<'a> {
     /// Set when the client asked over HTTP/2 (RFC 8441): the key sent upstream, whose
     /// accept value the `101` must carry; the client then gets `200`, not `101`.
     pub h2_websocket_key: Option<HeaderValue>,
+    /// The limits' slots: held by the tunnel, or by the body of any other answer.
+    pub admission: Admission,
 }
 
 pub async fn forward(
@@ -60,6 +63,7 @@ pub async fn forward(
         pool,
         hint,
         h2_websocket_key,
+        admission,
     } = upgrade;
     let started = Instant::now();
     let (server, stream) = pool.connect(route.connect_timeout, hint).await?;
@@ -115,7 +119,7 @@ pub async fn forward(
                 headers::remove_hop_by_hop(&mut parts.headers, None);
                 return Ok(Response::from_parts(
                     parts,
-                    ProxyBody::upstream(body, guard),
+                    ProxyBody::upstream(body, (guard, admission)),
                 ));
             }
             let upgrade = hyper::upgrade::on(&mut response);
@@ -150,6 +154,7 @@ pub async fn forward(
         route,
         server,
         guard: guard.into_tunnel(),
+        admission,
         conn: conn.clone(),
     };
     match client {

@@ -7,6 +7,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
 use crate::conn::ConnCtx;
+use crate::limit::Admission;
 use crate::observe::access_log;
 use crate::route::Route;
 use crate::stream::Stream;
@@ -25,6 +26,8 @@ pub struct Tunnel {
     pub(super) route: Arc<Route>,
     pub(super) server: Server,
     pub(super) guard: ActiveGuard,
+    /// Slots of the route's limits, given back when the tunnel ends.
+    pub(super) admission: Admission,
     pub(super) conn: Arc<ConnCtx>,
 }
 
@@ -47,6 +50,7 @@ impl Tunnel {
         let outcome = tunnel::relay(client, upstream, limits, self.conn.drain.force.clone()).await;
         access_log::tunnel_closed(&route.name, &self.server.addr, self.conn.peer, &outcome);
         drop(self.guard);
+        drop(self.admission);
     }
 }
 

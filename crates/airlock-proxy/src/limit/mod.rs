@@ -1,0 +1,206 @@
+//! Admission limits: `[limit.NAME]` tables (a handshake rate and a count of open tunnels
+//! and requests, per key) and the process-wide `max_connections`.
+//!
+//! A route's limits run before its plugins, so a flood is refused before it costs plugin
+//! time. A request passes all of them or none: a refusal releases the slots the limits
+//! before it took. What passes holds an [`Admission`], kept by the response body (plain
+//! HTTP) or the tunnel (an upgrade) and released when that ends, whatever ends it.
+//!
+//! The pieces: `rate` (GCRA: the rule and its exact semantics), `table` (per-key state,
+//! bounded, with eviction), `connections` (the process's open connections).
+
+mod connections;
+mod rate;
+mod table;
+
+pub use connections::{ConnectionSlot, Connections};
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName};
+
+use rate::Gcra;
+use table::{Ask, Key, Table};
+
+/// One `[limit.NAME]`, with its state. Routes naming it share it.
+#[derive(Debug)]
+pub struct Limit {
+    pub name: Arc<str>,
+    rate: Option<Gcra>,
+    concurrent: Option<u32>,
+    key: KeyRule,
+    table: Table,
+}
+
+#[derive(Debug)]
+enum KeyRule {
+    ClientIp,
+    Header(HeaderName),
+    Route,
+}
+
+/// What a request's keys are made from.
+pub struct KeyParts<'a> {
+    /// The client's address (the trusted-forwarding one).
+    pub client_ip: IpAddr,
+    pub headers: &'a HeaderMap,
+    pub route: &'a str,
+}
+
+impl Limit {
+    pub fn from_config(name: &str, config: &airlock_config::Limit) -> Self {
+        let rate = config.rate.as_ref().map(|r| {
+            let r = r.get_ref();
+            Gcra::new(r.count, r.per, config.burst().unwrap_or(1))
+        });
+        let key = match config.key.get_ref() {
+            airlock_config::LimitKey::ClientIp => KeyRule::ClientIp,
+            airlock_config::LimitKey::Route => KeyRule::Route,
+            airlock_config::LimitKey::Header(h) => match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(h) => KeyRule::Header(h),
+                Err(_) => unreachable!("header names are checked by airlock-config"),
+            },
+        };
+        Self {
+            name: name.into(),
+            rate,
+            concurrent: config.concurrent.as_ref().map(|c| *c.get_ref()),
+            key,
+            table: Table::new(*config.max_keys.get_ref()),
+        }
+    }
+
+    fn key(&self, parts: &KeyParts<'_>) -> Key {
+        match &self.key {
+            KeyRule::ClientIp => Key::Ip(parts.client_ip),
+            // A request without the header is counted by its address, so leaving the
+            // header out is no way around the limit.
+            KeyRule::Header(name) => match parts.headers.get(name) {
+                Some(value) => Key::bytes(value.as_bytes()),
+                None => Key::Ip(parts.client_ip),
+            },
+            KeyRule::Route => Key::bytes(parts.route.as_bytes()),
+        }
+    }
+
+    /// The limit and its keys now, for the admin endpoint.
+    pub fn status(&self) -> serde_json::Value {
+        let key = match &self.key {
+            KeyRule::ClientIp => "client_ip".to_string(),
+            KeyRule::Header(h) => format!("header:{h}"),
+            KeyRule::Route => "route".to_string(),
+        };
+        serde_json::json!({
+            "name": &*self.name,
+            "key": key,
+            "rate_per_second": self.rate.map(|r| r.per_second()),
+            "burst": self.rate.map(|r| r.burst()),
+            "concurrent": self.concurrent,
+            "tracked_keys": self.table.len(),
+            "max_keys": self.table.capacity(),
+        })
+    }
+}
+
+/// Why a request was refused, and by which limit.
+#[derive(Debug)]
+pub struct Refusal {
+    pub limit: Arc<str>,
+    pub kind: Refused,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Over the rate (429): a request from the key would pass after `retry_after`.
+    Rate { retry_after: Duration },
+    /// The key has `concurrent` tunnels and requests open (503).
+    Concurrent,
+    /// The limit tracks `max_keys` keys, each with a tunnel open (503).
+    Full,
+}
+
+impl Refused {
+    /// Why, for the log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Rate { .. } => "over its rate for this key",
+            Self::Concurrent => "this key has `concurrent` tunnels and requests open",
+            Self::Full => "it tracks `max_keys` keys, each with a tunnel open",
+        }
+    }
+
+    /// When a retry would pass: for a rate only.
+    pub fn retry_after(self) -> Option<Duration> {
+        match self {
+            Self::Rate { retry_after } => Some(retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// The open slots one request holds; each is given back when this is dropped.
+#[derive(Debug, Default)]
+pub struct Admission {
+    slots: Vec<Slot>,
+}
+
+impl Admission {
+    /// Whether it holds nothing (no `concurrent` limit on the route).
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    limit: Arc<Limit>,
+    key: Key,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.limit.table.release(&self.key, rate::now());
+    }
+}
+
+/// Check `limits` in order; all pass or the first refusal is returned (and slots taken
+/// by the limits before it are given back).
+pub fn admit(limits: &[Arc<Limit>], parts: &KeyParts<'_>) -> Result<Admission, Refusal> {
+    let mut admission = Admission::default();
+    if limits.is_empty() {
+        return Ok(admission);
+    }
+    let now = rate::now();
+    for limit in limits {
+        let key = limit.key(parts);
+        let ask = Ask {
+            rate: limit.rate.as_ref(),
+            concurrent: limit.concurrent,
+            now,
+        };
+        match limit.table.admit(&key, &ask) {
+            Ok(()) => {
+                if limit.concurrent.is_some() {
+                    admission.slots.push(Slot {
+                        limit: limit.clone(),
+                        key,
+                    });
+                }
+            }
+            Err(refused) => {
+                let kind = match refused {
+                    table::Refused::Rate(retry_after) => Refused::Rate { retry_after },
+                    table::Refused::Concurrent => Refused::Concurrent,
+                    table::Refused::Full => Refused::Full,
+                };
+                return Err(Refusal {
+                    limit: limit.name.clone(),
+                    kind,
+                });
+            }
+        }
+    }
+    Ok(admission)
+}
