@@ -379,3 +379,73 @@ async fn a_flood_of_distinct_keys_is_held_to_max_keys() {
     let recent = get_with(airlock.addr(), "/", &[("x-key", "3-2499")]).await;
     assert_eq!(recent.status, 429);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_at_max_conns_is_passed_over_even_by_a_hash() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let airlock = Airlock::start(&single_route(
+        &[a.addr, b.addr],
+        "",
+        "balance = \"ip_hash\"\nmax_conns = 1",
+    ));
+    // ip_hash sends this client to one server; that one is full after the first tunnel.
+    let (first, _s1, _) = upgrade(airlock.addr(), "/ws", "").await;
+    let (second, _s2, _) = upgrade(airlock.addr(), "/ws", "").await;
+    assert_eq!((first, second), (101, 101));
+    let pools = get(airlock.admin(), "/upstreams").await.json();
+    let tunnels: Vec<_> = pools["upstreams"][0]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tunnels"].clone())
+        .collect();
+    assert_eq!(tunnels, [1, 1], "one tunnel on each server: {pools}");
+    // Both full, no queue_timeout: refused at once.
+    let started = tokio::time::Instant::now();
+    let (third, _, head) = upgrade(airlock.addr(), "/ws", "").await;
+    assert_eq!(third, 503, "{head}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let log = airlock
+        .wait_for_log("the refusal", |v| v["http.response.status_code"] == 503)
+        .await;
+    let message = log["error.message"].as_str().unwrap_or_default();
+    assert!(message.contains("max_conns"), "{log}");
+    let pools = get(airlock.admin(), "/upstreams").await.json();
+    assert_eq!(pools["upstreams"][0]["max_conns"], 1, "{pools}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_in_the_queue_for_a_slot_then_gets_503_after_queue_timeout() {
+    let backend = Backend::start("a").await;
+    let airlock = Airlock::start(&single_route(
+        &[backend.addr],
+        "",
+        "max_conns = 1\nqueue_timeout = \"1500ms\"",
+    ));
+    let (first, s1, _) = upgrade(airlock.addr(), "/ws", "").await;
+    assert_eq!(first, 101);
+    // The second waits; the first tunnel closes 300 ms later and the second gets its slot.
+    let addr = airlock.addr();
+    let waiting = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let (status, stream, _) = upgrade(addr, "/ws", "").await;
+        (status, started.elapsed(), stream)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s1);
+    let (status, waited, _s2) = waiting.await.unwrap();
+    assert_eq!(status, 101);
+    assert!(waited >= Duration::from_millis(250), "waited {waited:?}");
+    // With the slot taken again, the next waits the whole queue_timeout, then 503.
+    let started = tokio::time::Instant::now();
+    let (status, _, _) = upgrade(addr, "/ws", "").await;
+    let waited = started.elapsed();
+    assert_eq!(status, 503);
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(5),
+        "waited {waited:?}"
+    );
+    // A plain request is queued the same way and refused the same way.
+    assert_eq!(get(addr, "/").await.status, 503);
+}

@@ -296,6 +296,14 @@ pub struct Upstream {
     /// How long an idle keep-alive connection is kept. `keepalive_timeout = "60s"`
     #[serde(default = "default_keepalive_timeout")]
     pub keepalive_timeout: Duration,
+    /// `max_conns = 100`: tunnels plus requests in flight one server may have at once;
+    /// a server at the limit is passed over. Unlimited when absent.
+    #[serde(default)]
+    pub max_conns: Option<Spanned<u32>>,
+    /// `queue_timeout = "2s"`: with `max_conns`, how long a request waits for a server
+    /// with room when every one is full; then 503. Default `"0s"`: no wait.
+    #[serde(default)]
+    pub queue_timeout: Option<Spanned<Duration>>,
     /// How often servers given by name are resolved again; every address a name
     /// resolves to is a server. `resolve_interval = "30s"`
     #[serde(default = "default_resolve_interval")]

@@ -390,6 +390,22 @@ fn check_upstreams(config: &Config, p: &mut Problems) {
                 ),
             );
         }
+        if let Some(max) = &up.max_conns
+            && *max.get_ref() == 0
+        {
+            p.at(
+                max,
+                format!(
+                    "upstream `{name}`: `max_conns` must be at least 1 (leave it out for no limit)"
+                ),
+            );
+        }
+        if let (Some(wait), None) = (&up.queue_timeout, &up.max_conns) {
+            p.at(
+                wait,
+                format!("upstream `{name}` has `queue_timeout` but no `max_conns`; requests wait only for a server at `max_conns`"),
+            );
+        }
         if up.connect_attempts == 0 {
             p.at(
                 &up.servers,

@@ -88,6 +88,10 @@ pub enum ProxyError {
         "upstream `{pool}` has no server to try: every one is drained, or its names have not resolved"
     )]
     NoServer { pool: String },
+    #[error(
+        "upstream `{pool}`: every server it may try is at `max_conns`; waited {waited:?} (queue_timeout)"
+    )]
+    QueueTimeout { pool: String, waited: Duration },
     #[error("upstream server {server} failed before sending a response")]
     UpstreamRequest {
         server: String,
@@ -118,6 +122,7 @@ impl ProxyError {
             | Self::UpstreamTls { .. }
             | Self::ConnectTimeout { .. }
             | Self::NoServer { .. }
+            | Self::QueueTimeout { .. }
             | Self::UpstreamRequest { .. }
             | Self::UpstreamIo { .. } => ErrorSource::Upstream,
         }
@@ -148,7 +153,7 @@ impl ProxyError {
             | Self::UpstreamRequest { .. }
             | Self::UpstreamIo { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::NoServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoServer { .. } | Self::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

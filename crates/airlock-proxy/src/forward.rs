@@ -28,8 +28,7 @@ pub async fn forward(
     let mut req = req;
     let mut attempts = pool.attempts(hint);
     let mut last_error = None;
-    while let Some(server) = attempts.next_server() {
-        let guard = server.track();
+    while let Some((server, guard)) = attempts.next_server().await {
         log.server = Some(server.addr.clone());
 
         // An idle connection the upstream closed meanwhile hands the request back unsent;
@@ -67,7 +66,7 @@ pub async fn forward(
             }
         };
     }
-    Err(last_error.unwrap_or_else(|| pool.no_server()))
+    Err(last_error.unwrap_or_else(|| attempts.exhausted()))
 }
 
 enum Sent {

@@ -66,10 +66,9 @@ pub async fn forward(
         admission,
     } = upgrade;
     let started = Instant::now();
-    let (server, stream) = pool.connect(route.connect_timeout, hint).await?;
+    let (server, guard, stream) = pool.connect(route.connect_timeout, hint).await?;
     log.connect_time = Some(started.elapsed());
     log.server = Some(server.addr.clone());
-    let guard = server.track();
 
     let upstream_error = |source| ProxyError::UpstreamRequest {
         server: server.addr.to_string(),

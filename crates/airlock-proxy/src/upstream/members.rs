@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::balance::{Balancer, Hint, HintSource};
-use super::server::Server;
+use super::queue::Queue;
+use super::server::{ActiveGuard, Server};
 use crate::error::ProxyError;
 use crate::stream::Stream;
 
@@ -21,6 +22,8 @@ pub struct Members {
     /// What the balancer reads from a request (hash key, sticky cookie), if anything.
     pub hints: HintSource,
     connect_attempts: usize,
+    /// `max_conns`, when set: a request may wait for a server with room.
+    queue: Option<Arc<Queue>>,
 }
 
 impl Members {
@@ -30,6 +33,7 @@ impl Members {
         balancer: Box<dyn Balancer>,
         hints: HintSource,
         connect_attempts: u32,
+        queue: Option<Arc<Queue>>,
     ) -> Self {
         Self {
             name,
@@ -37,6 +41,7 @@ impl Members {
             servers,
             balancer,
             hints,
+            queue,
         }
     }
 
@@ -48,6 +53,7 @@ impl Members {
             Box::new(super::balance::RoundRobin::new(&[])),
             HintSource::default(),
             1,
+            None,
         )
     }
 
@@ -86,22 +92,24 @@ impl Members {
             hint,
             tried: vec![false; self.servers.len()],
             left: self.connect_attempts,
+            waited: None,
         }
     }
 
-    /// Connect to a server, failing over to the next one on connect errors.
+    /// Connect to a server, failing over to the next one on connect errors. The guard
+    /// counts the request against the server.
     pub async fn connect(
         &self,
         timeout: Duration,
         hint: &Hint,
-    ) -> Result<(Server, Stream), ProxyError> {
+    ) -> Result<(Server, ActiveGuard, Stream), ProxyError> {
         let mut attempts = self.attempts(hint);
         let mut last_error = None;
-        while let Some(server) = attempts.next_server() {
+        while let Some((server, guard)) = attempts.next_server().await {
             match server.connect(timeout).await {
                 Ok(stream) => {
                     server.record_success();
-                    return Ok((server, stream));
+                    return Ok((server, guard, stream));
                 }
                 Err(e) => {
                     server.record_failure(&self.name, &e);
@@ -109,15 +117,7 @@ impl Members {
                 }
             }
         }
-        Err(last_error.unwrap_or_else(|| self.no_server()))
-    }
-
-    /// The error when no server may be tried at all (every one drained, or a name that
-    /// has not resolved yet).
-    pub fn no_server(&self) -> ProxyError {
-        ProxyError::NoServer {
-            pool: self.name.to_string(),
-        }
+        Err(last_error.unwrap_or_else(|| attempts.exhausted()))
     }
 }
 
@@ -127,28 +127,92 @@ pub struct Attempts<'a> {
     hint: &'a Hint,
     tried: Vec<bool>,
     left: usize,
+    /// How long it waited in the queue, when every server was at `max_conns`.
+    waited: Option<Duration>,
+}
+
+/// What one look at the servers found.
+enum Look {
+    Picked(usize, ActiveGuard),
+    /// Servers it may try, each at `max_conns`.
+    Full,
+    /// No server it may try.
+    Nothing,
 }
 
 impl Attempts<'_> {
-    pub fn next_server(&mut self) -> Option<Server> {
+    /// The next server to try, with a slot on it taken; `None` when there is none (then
+    /// [`Attempts::exhausted`] says why).
+    pub async fn next_server(&mut self) -> Option<(Server, ActiveGuard)> {
         if self.left == 0 {
             return None;
         }
+        let queue = self.members.queue.clone();
+        let mut deadline = None;
+        let picked = loop {
+            // Listen before looking, so that a slot freed after the look wakes the wait.
+            let freed = queue.as_ref().map(|q| q.freed());
+            let mut freed = std::pin::pin!(freed);
+            if let Some(freed) = freed.as_mut().as_pin_mut() {
+                freed.enable();
+            }
+            match self.look() {
+                Look::Picked(index, guard) => break (index, guard),
+                Look::Nothing => return None,
+                Look::Full => {
+                    let Some(queue) = &queue else { return None };
+                    let started = *deadline.get_or_insert_with(tokio::time::Instant::now);
+                    let until = started + queue.timeout;
+                    let woken = tokio::time::timeout_at(until, freed.as_pin_mut()?).await;
+                    if woken.is_err() {
+                        self.waited = Some(started.elapsed());
+                        return None;
+                    }
+                }
+            }
+        };
+        let (index, guard) = picked;
+        self.tried[index] = true;
+        self.left -= 1;
+        Some((self.members.servers[index].clone(), guard))
+    }
+
+    fn look(&self) -> Look {
         let servers = &self.members.servers;
         let balancer = &self.members.balancer;
         let tried = &self.tried;
         let hint = self.hint;
+        let untried = |i: usize| !tried[i] && servers[i].has_room();
         let pick = balancer
-            .pick(servers, hint, &|i| !tried[i] && servers[i].is_available())
+            .pick(servers, hint, &|i| untried(i) && servers[i].is_available())
             // When every untried server is marked down, try them anyway: refusing all
             // traffic on stale health data would turn a blip into an outage. Servers an
             // operator drained stay out.
-            .or_else(|| {
-                let undrained = |i: usize| !tried[i] && !servers[i].is_drained();
-                balancer.pick(servers, hint, &undrained)
-            })?;
-        self.tried[pick] = true;
-        self.left -= 1;
-        Some(servers[pick].clone())
+            .or_else(|| balancer.pick(servers, hint, &|i| untried(i) && !servers[i].is_drained()));
+        match pick {
+            Some(index) => match servers[index].try_track() {
+                Some(guard) => Look::Picked(index, guard),
+                // Another request took the last slot between the look and the take.
+                None => Look::Full,
+            },
+            None if (0..servers.len()).any(|i| !tried[i] && !servers[i].is_drained()) => {
+                if self.members.queue.is_some() {
+                    Look::Full
+                } else {
+                    Look::Nothing
+                }
+            }
+            None => Look::Nothing,
+        }
+    }
+
+    /// Why no server is left: the queue timed out, or none may be tried at all (every
+    /// one drained, or a name that has not resolved yet).
+    pub fn exhausted(&self) -> ProxyError {
+        let pool = self.members.name.to_string();
+        match self.waited {
+            Some(waited) => ProxyError::QueueTimeout { pool, waited },
+            None => ProxyError::NoServer { pool },
+        }
     }
 }

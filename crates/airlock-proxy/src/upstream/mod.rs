@@ -9,6 +9,7 @@ mod health;
 mod keepalive;
 mod members;
 mod pool;
+mod queue;
 mod resolve;
 mod server;
 pub mod tls;

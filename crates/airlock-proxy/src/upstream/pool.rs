@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use super::balance::{self, HintSource};
 use super::health::probe;
 use super::members::Members;
+use super::queue::Queue;
 use super::resolve::{self, Address, Entry};
 use super::server::Server;
 use super::tls::UpstreamTls;
@@ -29,6 +30,8 @@ pub struct Pool {
     /// The hint source, kept so that every change of members keeps the sticky key.
     hints: HintSource,
     health_check: Option<Arc<airlock_config::HealthCheck>>,
+    /// `max_conns`, shared by the servers.
+    queue: Option<Arc<Queue>>,
     /// Set once probes run: servers added later get their own probe.
     probing: AtomicBool,
 }
@@ -59,6 +62,7 @@ impl Pool {
                 .health_check
                 .as_ref()
                 .map(|c| Arc::new(c.get_ref().clone())),
+            queue: Queue::from_config(cfg).map(Arc::new),
             probing: AtomicBool::new(false),
         };
         let servers = pool.servers_for(&pool.addresses(), &[]);
@@ -153,6 +157,7 @@ impl Pool {
                             a.weight,
                             &self.cfg,
                             self.tls.as_ref(),
+                            self.queue.as_ref(),
                         )
                     })
             })
@@ -174,6 +179,7 @@ impl Pool {
             balancer,
             hints,
             self.cfg.connect_attempts,
+            self.queue.clone(),
         )
     }
 
@@ -236,6 +242,7 @@ impl Pool {
         serde_json::json!({
             "name": &*self.name,
             "balance": self.cfg.balance.name(),
+            "max_conns": self.queue.as_ref().map(|q| q.max_conns),
             "servers": servers,
             "names": names,
         })

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use super::health::{ActiveHealth, PassiveHealth};
 use super::keepalive::IdleConnections;
+use super::queue::Queue;
 use super::tls::UpstreamTls;
 use crate::error::ProxyError;
 use crate::http::body::ProxyBody;
@@ -45,6 +46,8 @@ struct ServerState {
     /// on while its tunnels do, unprobed.
     retired: AtomicBool,
     idle: IdleConnections,
+    /// `max_conns`, shared by the pool's servers, when set.
+    queue: Option<Arc<Queue>>,
     /// TLS to this server, and the name its certificate must have.
     /// (`None` for the name only if the address has no usable host; `Plan::build` refuses
     /// such a configuration, and connecting fails rather than falling back to plain text.)
@@ -59,6 +62,7 @@ impl Server {
         weight: u32,
         cfg: &airlock_config::Upstream,
         tls: Option<&Arc<UpstreamTls>>,
+        queue: Option<&Arc<Queue>>,
     ) -> Self {
         let addr: Arc<str> = socket.to_string().into();
         // TLS verifies the name the server was configured by, not its address.
@@ -76,6 +80,7 @@ impl Server {
                 drained: AtomicBool::new(false),
                 retired: AtomicBool::new(false),
                 idle: IdleConnections::new(cfg.keepalive, cfg.keepalive_timeout.get()),
+                queue: queue.cloned(),
                 tls,
             }),
         }
@@ -90,6 +95,7 @@ impl Server {
             None,
             weight,
             &cfg,
+            None,
             None,
         )
     }
@@ -120,6 +126,25 @@ impl Server {
             state: self.state.clone(),
             tunnel: false,
         }
+    }
+
+    /// Count a tunnel or request against this server if it is below its `max_conns`.
+    pub(super) fn try_track(&self) -> Option<ActiveGuard> {
+        match &self.state.queue {
+            None => Some(self.track()),
+            Some(queue) => queue.take(&self.state.active).then(|| ActiveGuard {
+                state: self.state.clone(),
+                tunnel: false,
+            }),
+        }
+    }
+
+    /// Below its `max_conns` (always, without one).
+    pub(super) fn has_room(&self) -> bool {
+        self.state
+            .queue
+            .as_ref()
+            .is_none_or(|q| q.has_room(&self.state.active))
     }
 
     /// May get new connections: passive and active health agree, and not drained.
@@ -284,6 +309,9 @@ impl Drop for ActiveGuard {
         self.state.active.fetch_sub(1, Ordering::Relaxed);
         if self.tunnel {
             self.state.tunnels.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(queue) = &self.state.queue {
+            queue.free();
         }
     }
 }
