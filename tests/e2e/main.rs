@@ -12,6 +12,7 @@ mod http;
 mod lifecycle;
 mod limits;
 mod plugins;
+mod shared_limits;
 mod socketio;
 mod tls;
 mod token_auth;

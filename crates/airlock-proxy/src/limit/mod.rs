@@ -7,10 +7,14 @@
 //! HTTP) or the tunnel (an upgrade) and released when that ends, whatever ends it.
 //!
 //! The pieces: `rate` (GCRA: the rule and its exact semantics), `table` (per-key state,
-//! bounded, with eviction), `connections` (the process's open connections).
+//! bounded, with eviction), `shared` (a rate kept in Redis for several instances),
+//! `connections` (the process's open connections). Concurrent counts are always this
+//! instance's own: a count in a shared store would have to be given back by an
+//! instance that may have died holding it.
 
 mod connections;
 mod rate;
+mod shared;
 mod table;
 
 pub use connections::{ConnectionSlot, Connections};
@@ -22,6 +26,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName};
 
 use rate::Gcra;
+use shared::SharedRate;
 use table::{Ask, Key, Table};
 
 /// One `[limit.NAME]`, with its state. Routes naming it share it.
@@ -32,6 +37,9 @@ pub struct Limit {
     concurrent: Option<u32>,
     key: KeyRule,
     table: Table,
+    /// `store = "redis://..."`: the rate is checked there.
+    shared: Option<SharedRate>,
+    on_store_error: airlock_config::OnStoreError,
 }
 
 #[derive(Debug)]
@@ -50,7 +58,11 @@ pub struct KeyParts<'a> {
 }
 
 impl Limit {
-    pub fn from_config(name: &str, config: &airlock_config::Limit) -> Self {
+    /// The limit; an unusable store URL is the error.
+    pub fn from_config(
+        name: &str,
+        config: &airlock_config::Limit,
+    ) -> Result<Self, redis::RedisError> {
         let rate = config.rate.as_ref().map(|r| {
             let r = r.get_ref();
             Gcra::new(r.count, r.per, config.burst().unwrap_or(1))
@@ -63,13 +75,29 @@ impl Limit {
                 Err(_) => unreachable!("header names are checked by airlock-config"),
             },
         };
-        Self {
+        let shared = match config.store.get_ref() {
+            airlock_config::Store::Local => None,
+            airlock_config::Store::Redis(url) => {
+                let timeout = config
+                    .store_timeout
+                    .as_ref()
+                    .map_or(airlock_config::DEFAULT_STORE_TIMEOUT, |t| *t.get_ref());
+                Some(SharedRate::new(name, url, timeout.get())?)
+            }
+        };
+        Ok(Self {
             name: name.into(),
             rate,
             concurrent: config.concurrent.as_ref().map(|c| *c.get_ref()),
             key,
             table: Table::new(*config.max_keys.get_ref()),
-        }
+            shared,
+            on_store_error: config
+                .on_store_error
+                .as_ref()
+                .map(|o| *o.get_ref())
+                .unwrap_or_default(),
+        })
     }
 
     fn key(&self, parts: &KeyParts<'_>) -> Key {
@@ -98,6 +126,7 @@ impl Limit {
             "rate_per_second": self.rate.map(|r| r.per_second()),
             "burst": self.rate.map(|r| r.burst()),
             "concurrent": self.concurrent,
+            "store": if self.shared.is_some() { "redis" } else { "local" },
             "tracked_keys": self.table.len(),
             "max_keys": self.table.capacity(),
         })
@@ -119,6 +148,8 @@ pub enum Refused {
     Concurrent,
     /// The limit tracks `max_keys` keys, each with a tunnel open (503).
     Full,
+    /// The shared store did not answer, and `on_store_error = "deny"` (503).
+    StoreFailed,
 }
 
 impl Refused {
@@ -128,6 +159,9 @@ impl Refused {
             Self::Rate { .. } => "over its rate for this key",
             Self::Concurrent => "this key has `concurrent` tunnels and requests open",
             Self::Full => "it tracks `max_keys` keys, each with a tunnel open",
+            Self::StoreFailed => {
+                "its shared store did not answer in time, and on_store_error = \"deny\""
+            }
         }
     }
 
@@ -167,40 +201,88 @@ impl Drop for Slot {
 
 /// Check `limits` in order; all pass or the first refusal is returned (and slots taken
 /// by the limits before it are given back).
-pub fn admit(limits: &[Arc<Limit>], parts: &KeyParts<'_>) -> Result<Admission, Refusal> {
+pub async fn admit(limits: &[Arc<Limit>], parts: &KeyParts<'_>) -> Result<Admission, Refusal> {
     let mut admission = Admission::default();
     if limits.is_empty() {
         return Ok(admission);
     }
-    let now = rate::now();
     for limit in limits {
         let key = limit.key(parts);
-        let ask = Ask {
-            rate: limit.rate.as_ref(),
-            concurrent: limit.concurrent,
-            now,
+        let refuse = |kind| Refusal {
+            limit: limit.name.clone(),
+            kind,
         };
-        match limit.table.admit(&key, &ask) {
-            Ok(()) => {
-                if limit.concurrent.is_some() {
-                    admission.slots.push(Slot {
-                        limit: limit.clone(),
-                        key,
-                    });
+        let Some(shared) = &limit.shared else {
+            limit
+                .take(&key, limit.rate.as_ref())
+                .map_err(|r| refuse(r.into()))?;
+            admission.hold(limit, key);
+            continue;
+        };
+        // The count here first (it is cheap and local); a refused rate gives it back.
+        limit.take(&key, None).map_err(|r| refuse(r.into()))?;
+        admission.hold(limit, key.clone());
+        let rate = limit
+            .rate
+            .as_ref()
+            .expect("a shared limit has a rate (validated)");
+        match shared.check(&key, rate).await {
+            shared::Answer::Admitted => {}
+            shared::Answer::Wait(retry_after) => return Err(refuse(Refused::Rate { retry_after })),
+            shared::Answer::Failed => match limit.on_store_error {
+                airlock_config::OnStoreError::Allow => {
+                    limit
+                        .table
+                        .admit(
+                            &key,
+                            &Ask {
+                                rate: Some(rate),
+                                concurrent: None,
+                                now: rate::now(),
+                            },
+                        )
+                        .map_err(|r| refuse(r.into()))?;
                 }
-            }
-            Err(refused) => {
-                let kind = match refused {
-                    table::Refused::Rate(retry_after) => Refused::Rate { retry_after },
-                    table::Refused::Concurrent => Refused::Concurrent,
-                    table::Refused::Full => Refused::Full,
-                };
-                return Err(Refusal {
-                    limit: limit.name.clone(),
-                    kind,
-                });
-            }
+                airlock_config::OnStoreError::Deny => return Err(refuse(Refused::StoreFailed)),
+            },
         }
     }
     Ok(admission)
+}
+
+impl Limit {
+    /// Take the count (when the limit has one) and `rate` (when given) in the table.
+    fn take(&self, key: &Key, rate: Option<&Gcra>) -> Result<(), table::Refused> {
+        if rate.is_none() && self.concurrent.is_none() {
+            return Ok(());
+        }
+        let ask = Ask {
+            rate,
+            concurrent: self.concurrent,
+            now: rate::now(),
+        };
+        self.table.admit(key, &ask)
+    }
+}
+
+impl Admission {
+    /// Keep the slot `limit` gave `key`, when it counts.
+    fn hold(&mut self, limit: &Arc<Limit>, key: Key) {
+        if limit.concurrent.is_some() {
+            self.slots.push(Slot {
+                limit: limit.clone(),
+                key,
+            });
+        }
+    }
+}
+
+impl From<table::Refused> for Refused {
+    fn from(refused: table::Refused) -> Self {
+        match refused {
+            table::Refused::Rate(retry_after) => Self::Rate { retry_after },
+            table::Refused::Concurrent => Self::Concurrent,
+            table::Refused::Full => Self::Full,
+        }
+    }
 }

@@ -44,6 +44,12 @@ impl Gcra {
         Ok(tat.saturating_add(self.interval))
     }
 
+    /// `(interval, tolerance)` in whole microseconds, for a shared store (the interval
+    /// rounded up, so a shared rate is never looser than the local one).
+    pub fn micros(&self) -> (u64, u64) {
+        (self.interval.div_ceil(1000), self.tolerance / 1000)
+    }
+
     /// Requests per second, on average.
     pub fn per_second(&self) -> f64 {
         1e9 / self.interval as f64

@@ -89,7 +89,7 @@ async fn proxy(
     }
     let route = find_route(&req, &conn.listener.router)?;
     log.route = Some(route.name.clone());
-    let admission = check_limits(&req, &route, conn)?;
+    let admission = check_limits(&req, &route, conn).await?;
     upstream_request::ensure_host_header(&mut req);
 
     // What the request asks to upgrade to: known already when airlock read the head itself.
@@ -161,7 +161,7 @@ fn find_route(req: &Request<ProxyBody>, router: &Router) -> Result<Arc<Route>, P
 
 /// Phase: limits. Before the plugins, so that a flood is refused before it costs plugin
 /// time. The slots taken are held until the response body or the tunnel ends.
-fn check_limits(
+async fn check_limits(
     req: &Request<ProxyBody>,
     route: &Route,
     conn: &ConnCtx,
@@ -174,7 +174,8 @@ fn check_limits(
         headers: req.headers(),
         route: &route.name,
     };
-    limit::admit(&route.limits, &parts).map_err(|refusal| ProxyError::Limited {
+    let admitted = limit::admit(&route.limits, &parts).await;
+    admitted.map_err(|refusal| ProxyError::Limited {
         limit: refusal.limit,
         reason: refusal.kind.reason(),
         retry_after: refusal.kind.retry_after(),

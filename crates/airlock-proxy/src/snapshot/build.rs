@@ -24,6 +24,8 @@ pub enum BuildError {
         #[source]
         source: TlsError,
     },
+    #[error("limit `{limit}`: its store URL is not usable: {message}")]
+    LimitStore { limit: String, message: String },
     #[error("upstream `{upstream}`: {source}")]
     UpstreamTls {
         upstream: String,
@@ -39,16 +41,14 @@ pub(super) fn build(loaded: &LoadedConfig) -> Result<Snapshot, BuildError> {
     for (name, up) in &config.upstreams {
         pools.insert(name.clone(), Arc::new(build_pool(name, up, loaded)?));
     }
-    let limits: HashMap<String, Arc<Limit>> = config
-        .limits
-        .iter()
-        .map(|(name, l)| {
-            (
-                name.clone(),
-                Arc::new(Limit::from_config(name, l.get_ref())),
-            )
-        })
-        .collect();
+    let mut limits = HashMap::new();
+    for (name, l) in &config.limits {
+        let limit = Limit::from_config(name, l.get_ref()).map_err(|e| BuildError::LimitStore {
+            limit: name.clone(),
+            message: e.to_string(),
+        })?;
+        limits.insert(name.clone(), Arc::new(limit));
+    }
     let routes: Vec<(Option<Vec<String>>, Arc<Route>)> = config
         .routes
         .iter()
