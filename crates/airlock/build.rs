@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The plugin crates to build (workspace members under `plugins/`).
-const PLUGINS: [&str; 5] = [
+const PLUGINS: [&str; 6] = [
     "origin-allowlist",
     "socketio",
     "token-auth",
     "test-guest",
     "compat-v0-1",
+    "compat-v0-2",
 ];
 
 fn main() {

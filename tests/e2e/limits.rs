@@ -449,3 +449,39 @@ async fn a_request_waits_in_the_queue_for_a_slot_then_gets_503_after_queue_timeo
     // A plain request is queued the same way and refused the same way.
     assert_eq!(get(addr, "/").await.status, 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_key_limits_follow_identity_and_0_2_plugins_still_run_beside_it() {
+    let backend = Backend::start("a").await;
+    let config = format!(
+        "{}\n[plugin.old]\nwasm = \"{}\"\nconfig = {{ set_headers = [[\"x-old-ran\", \"1\"]] }}\n\n\
+         [plugin.id]\nwasm = \"{}\"\nconfig = {{ limit_key_header = \"x-user\", require_header = [\"x-old-ran\", \"1\"] }}\n\n\
+         [limit.l]\nrate = \"1/min\"\nkey = \"plugin\"\n",
+        single_route(
+            &[backend.addr],
+            "plugins = [\"old\", \"id\"]\nlimits = [\"l\"]",
+            ""
+        ),
+        plugin_wasm("compat_v0_2.wasm"),
+        plugin_wasm("test_guest.wasm"),
+    );
+    let airlock = Airlock::start(&config);
+    let addr = airlock.addr();
+    let user = |u: &'static str| [("x-user", u)];
+    // One address, two identities: each has its own count.
+    let first = get_with(addr, "/", &user("alice")).await;
+    assert_eq!(
+        first.status, 200,
+        "the 0.2 plugin ran first: {:?}",
+        first.body
+    );
+    assert_eq!(first.json()["headers"]["x-old-ran"], "1");
+    assert_eq!(get_with(addr, "/", &user("alice")).await.status, 429);
+    assert_eq!(get_with(addr, "/", &user("bob")).await.status, 200);
+    // No identity: the address is the key.
+    assert_eq!(get(addr, "/").await.status, 200);
+    assert_eq!(get(addr, "/").await.status, 429);
+    // The identity is not written to the log.
+    let logs = airlock.dump_logs();
+    assert!(!logs.contains("alice"), "{logs}");
+}

@@ -29,7 +29,7 @@ pub struct Limit {
     #[serde(default)]
     pub concurrent: Option<Spanned<u32>>,
     /// What is counted separately: `"client_ip"` (default), `"header:X-Api-Key"`,
-    /// `"route"` (one count per route that names the limit).
+    /// `"plugin"` (the key a plugin set), `"route"` (one count per route that names it).
     #[serde(default = "default_key")]
     pub key: Spanned<LimitKey>,
     /// `max_keys = 100000`: distinct keys tracked at once; idle keys are forgotten first.
@@ -111,6 +111,9 @@ pub enum LimitKey {
     Header(String),
     /// One count per route that names the limit.
     Route,
+    /// The key a plugin of the route set (`limit-key`); a request without one is keyed
+    /// by its client address. Checked after the plugins.
+    Plugin,
 }
 
 impl LimitKey {
@@ -118,6 +121,7 @@ impl LimitKey {
         match s {
             "client_ip" => Some(Self::ClientIp),
             "route" => Some(Self::Route),
+            "plugin" => Some(Self::Plugin),
             _ => {
                 let name = s.strip_prefix("header:")?;
                 let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
@@ -133,7 +137,7 @@ impl<'de> Deserialize<'de> for LimitKey {
         let s = String::deserialize(d)?;
         LimitKey::parse(&s).ok_or_else(|| {
             de::Error::custom(format!(
-                r#"invalid limit key "{s}"; write "client_ip", "header:NAME" (like "header:X-Api-Key") or "route""#
+                r#"invalid limit key "{s}"; write "client_ip", "header:NAME" (like "header:X-Api-Key"), "plugin" or "route""#
             ))
         })
     }

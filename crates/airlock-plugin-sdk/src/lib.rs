@@ -2,7 +2,7 @@
 //!
 //! A plugin implements [`Plugin`] and exports it with [`export!`]; build it with
 //! `cargo build --release --target wasm32-wasip2`. It is built for
-//! `airlock:plugin@0.2.0`: it reads the request through [`Request`], and each value it
+//! `airlock:plugin@0.3.0`: it reads the request through [`Request`], and each value it
 //! reads is copied into its memory then, so it pays only for what it reads.
 //!
 //! Its logic can be unit-tested natively with plain `cargo test`: a [`Handshake`] spells a
@@ -416,6 +416,7 @@ pub fn no_changes() -> Mutations {
         remove_headers: Vec::new(),
         upstream: None,
         affinity_key: None,
+        limit_key: None,
         subprotocol: None,
         response_headers: Vec::new(),
         attributes: Vec::new(),
@@ -462,6 +463,8 @@ pub trait MutationsExt: Sized {
     fn query(self, query: impl Into<String>) -> Self;
     fn upstream(self, pool: impl Into<String>) -> Self;
     fn affinity_key(self, key: impl Into<String>) -> Self;
+    /// Who the request is for limits keyed `"plugin"` (a user or tenant id).
+    fn limit_key(self, key: impl Into<String>) -> Self;
     fn subprotocol(self, protocol: impl Into<String>) -> Self;
     fn response_header(self, name: &str, value: impl Into<String>) -> Self;
     fn attribute(self, key: &str, value: impl Into<String>) -> Self;
@@ -491,6 +494,10 @@ impl MutationsExt for Mutations {
     }
     fn affinity_key(mut self, key: impl Into<String>) -> Self {
         self.affinity_key = Some(key.into());
+        self
+    }
+    fn limit_key(mut self, key: impl Into<String>) -> Self {
+        self.limit_key = Some(key.into());
         self
     }
     fn subprotocol(mut self, protocol: impl Into<String>) -> Self {

@@ -14,13 +14,23 @@ pub(crate) mod v0_1 {
     });
 }
 
-/// `airlock:plugin@0.2.0` (`wit/`): the request is a resource the plugin reads from.
+/// `airlock:plugin@0.2.0` (`wit/v0.2.0/`): the request is a resource the plugin reads from.
 pub(crate) mod v0_2 {
+    wasmtime::component::bindgen!({
+        world: "handshake-plugin",
+        path: "../../wit/v0.2.0",
+        ownership: Borrowing { duplicate_if_necessary: true },
+        // A `request` method called outside the call that received the handle traps.
+        imports: { "airlock:plugin/types": trappable },
+    });
+}
+
+/// `airlock:plugin@0.3.0` (`wit/`): 0.2 with a limit key among the mutations.
+pub(crate) mod v0_3 {
     wasmtime::component::bindgen!({
         world: "handshake-plugin",
         path: "../../wit",
         ownership: Borrowing { duplicate_if_necessary: true },
-        // A `request` method called outside the call that received the handle traps.
         imports: { "airlock:plugin/types": trappable },
     });
 }

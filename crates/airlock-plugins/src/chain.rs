@@ -37,6 +37,8 @@ pub struct Allowed<'a> {
     pub headers_changed: bool,
     pub upstream: Option<String>,
     pub affinity_key: Option<String>,
+    /// What limits keyed `"plugin"` count by (the last plugin that set it).
+    pub limit_key: Option<String>,
     pub subprotocol: Option<String>,
     pub response_headers: Vec<(String, String)>,
     pub attributes: Vec<(String, String)>,
@@ -116,6 +118,7 @@ impl<'a> Allowed<'a> {
             headers_changed: false,
             upstream: None,
             affinity_key: None,
+            limit_key: None,
             subprotocol: None,
             response_headers: Vec::new(),
             attributes: Vec::new(),
@@ -205,6 +208,9 @@ impl<'a> Allowed<'a> {
         if m.affinity_key.is_some() {
             self.affinity_key = m.affinity_key;
         }
+        if m.limit_key.is_some() {
+            self.limit_key = m.limit_key;
+        }
         self.response_headers.extend(m.response_headers);
         self.attributes.extend(m.attributes);
         Ok(())
@@ -260,6 +266,7 @@ mod tests {
             remove_headers: vec![],
             upstream: None,
             affinity_key: None,
+            limit_key: None,
             subprotocol: None,
             response_headers: vec![],
             attributes: vec![],
@@ -286,6 +293,7 @@ mod tests {
             response_headers: vec![("x-a".into(), "1".into())],
             attributes: vec![("user".into(), "alice".into())],
             subprotocol: Some("chat.v2".into()),
+            limit_key: Some("tenant-a".into()),
             ..none()
         })
         .unwrap();
@@ -294,6 +302,7 @@ mod tests {
             query: Some(String::new()),
             response_headers: vec![("x-b".into(), "2".into())],
             affinity_key: Some("sid-1".into()),
+            limit_key: Some("user-bob".into()),
             ..none()
         })
         .unwrap();
@@ -309,6 +318,11 @@ mod tests {
         assert_eq!(a.request.subprotocols, ["chat.v2"]);
         assert_eq!(a.upstream.as_deref(), Some("canary"));
         assert_eq!(a.affinity_key.as_deref(), Some("sid-1"));
+        assert_eq!(
+            a.limit_key.as_deref(),
+            Some("user-bob"),
+            "the last one set wins"
+        );
         assert_eq!(a.response_headers.len(), 2);
         assert_eq!(a.attributes, [("user".to_string(), "alice".to_string())]);
     }

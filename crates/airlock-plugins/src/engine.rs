@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::bindings::{v0_1, v0_2};
+use crate::bindings::{v0_1, v0_2, v0_3};
 use crate::cache::DiskCache;
 use crate::error::PluginError;
 use crate::instance::StoreData;
@@ -80,6 +80,8 @@ impl PluginHost {
         v0_1::HandshakePlugin::add_to_linker::<_, HasSelf<StoreData>>(&mut linker, |data| data)
             .map_err(engine_error)?;
         v0_2::HandshakePlugin::add_to_linker::<_, HasSelf<StoreData>>(&mut linker, |data| data)
+            .map_err(engine_error)?;
+        v0_3::HandshakePlugin::add_to_linker::<_, HasSelf<StoreData>>(&mut linker, |data| data)
             .map_err(engine_error)?;
 
         let weak = engine.weak();

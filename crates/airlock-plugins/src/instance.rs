@@ -10,7 +10,7 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadl
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::v0_1::airlock::plugin::host::{self, Level};
-use crate::bindings::{v0_1, v0_2};
+use crate::bindings::{v0_1, v0_2, v0_3};
 use crate::engine::{PluginHost, Running, Ticker};
 use crate::error::{CallError, PluginError};
 use crate::request::{self, CurrentRequest};
@@ -62,7 +62,17 @@ impl host::Host for StoreData {
 
 impl v0_2::airlock::plugin::host::Host for StoreData {
     fn log(&mut self, level: v0_2::airlock::plugin::host::Level, message: String) {
-        host::Host::log(self, request::level(level), message);
+        host::Host::log(self, request::level_v0_2(level), message);
+    }
+
+    fn now_unix_ms(&mut self) -> u64 {
+        host::Host::now_unix_ms(self)
+    }
+}
+
+impl v0_3::airlock::plugin::host::Host for StoreData {
+    fn log(&mut self, level: v0_3::airlock::plugin::host::Level, message: String) {
+        host::Host::log(self, request::level_v0_3(level), message);
     }
 
     fn now_unix_ms(&mut self) -> u64 {
@@ -74,27 +84,34 @@ impl v0_2::airlock::plugin::host::Host for StoreData {
 enum Pre {
     V0_1(v0_1::HandshakePluginPre<StoreData>),
     V0_2(v0_2::HandshakePluginPre<StoreData>),
+    V0_3(v0_3::HandshakePluginPre<StoreData>),
 }
 
 impl Pre {
     /// The newest version whose exports the component has.
     fn new(pre: InstancePre<StoreData>) -> wasmtime::Result<Self> {
-        match v0_2::HandshakePluginPre::new(pre.clone()) {
-            Ok(v2) => Ok(Self::V0_2(v2)),
-            Err(v2_error) => v0_1::HandshakePluginPre::new(pre)
-                .map(Self::V0_1)
-                .map_err(|v1_error| {
-                    wasmtime::format_err!(
-                        "it is a plugin neither for airlock:plugin@0.2.0 ({v2_error:#}) nor for 0.1.0 ({v1_error:#})"
-                    )
-                }),
-        }
+        let v3_error = match v0_3::HandshakePluginPre::new(pre.clone()) {
+            Ok(v3) => return Ok(Self::V0_3(v3)),
+            Err(e) => e,
+        };
+        let v2_error = match v0_2::HandshakePluginPre::new(pre.clone()) {
+            Ok(v2) => return Ok(Self::V0_2(v2)),
+            Err(e) => e,
+        };
+        v0_1::HandshakePluginPre::new(pre)
+            .map(Self::V0_1)
+            .map_err(|v1_error| {
+                wasmtime::format_err!(
+                    "it is a plugin for none of airlock:plugin@0.3.0 ({v3_error:#}), 0.2.0 ({v2_error:#}) and 0.1.0 ({v1_error:#})"
+                )
+            })
     }
 
     fn engine(&self) -> &Engine {
         match self {
             Self::V0_1(pre) => pre.engine(),
             Self::V0_2(pre) => pre.engine(),
+            Self::V0_3(pre) => pre.engine(),
         }
     }
 
@@ -102,6 +119,7 @@ impl Pre {
         Ok(match self {
             Self::V0_1(pre) => Exports::V0_1(pre.instantiate(store)?),
             Self::V0_2(pre) => Exports::V0_2(pre.instantiate(store)?),
+            Self::V0_3(pre) => Exports::V0_3(pre.instantiate(store)?),
         })
     }
 }
@@ -110,6 +128,7 @@ impl Pre {
 enum Exports {
     V0_1(v0_1::HandshakePlugin),
     V0_2(v0_2::HandshakePlugin),
+    V0_3(v0_3::HandshakePlugin),
 }
 
 struct Instance {
@@ -122,6 +141,7 @@ impl Instance {
         match &self.plugin {
             Exports::V0_1(p) => p.call_configure(&mut self.store, config),
             Exports::V0_2(p) => p.call_configure(&mut self.store, config),
+            Exports::V0_3(p) => p.call_configure(&mut self.store, config),
         }
     }
 
@@ -132,7 +152,7 @@ impl Instance {
             Exports::V0_1(p) => p
                 .call_wanted_headers(&mut self.store)?
                 .map(|names| names.iter().map(|n| n.to_ascii_lowercase()).collect()),
-            Exports::V0_2(_) => None,
+            Exports::V0_2(_) | Exports::V0_3(_) => None,
         })
     }
 
@@ -143,11 +163,14 @@ impl Instance {
         keep: impl Fn(&str) -> bool,
     ) -> wasmtime::Result<Verdict> {
         let plugin = &self.plugin;
-        CurrentRequest::during(&mut self.store, request, |store, handle| match plugin {
-            Exports::V0_1(p) => {
-                request.with_record(keep, |record| p.call_on_handshake(store, record))
-            }
-            Exports::V0_2(p) => p.call_on_handshake(store, handle).map(request::verdict),
+        CurrentRequest::during(&mut self.store, request, |store| match plugin {
+            Exports::V0_1(p) => request
+                .with_record(keep, |record| p.call_on_handshake(store, record))
+                .map(request::verdict_v0_1),
+            Exports::V0_2(p) => p
+                .call_on_handshake(store, request::handle())
+                .map(request::verdict_v0_2),
+            Exports::V0_3(p) => p.call_on_handshake(store, request::handle()),
         })
     }
 }
@@ -449,7 +472,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_component_that_is_no_plugin_is_refused_naming_both_interface_versions() {
+    fn a_component_that_is_no_plugin_is_refused_naming_every_interface_version() {
         // The smallest valid component: a header, no imports, no exports.
         let empty = b"\0asm\x0d\0\x01\0";
         let host = PluginHost::new(1, 1 << 20, None).unwrap();
@@ -466,7 +489,12 @@ mod tests {
         };
         let text = error.to_string();
         assert!(matches!(error, PluginError::Compile { .. }), "{text}");
-        for part in ["plugin `empty`", "airlock:plugin@0.2.0", "nor for 0.1.0"] {
+        for part in [
+            "plugin `empty`",
+            "airlock:plugin@0.3.0",
+            "0.2.0 (",
+            "and 0.1.0 (",
+        ] {
             assert!(text.contains(part), "{part:?} missing from {text}");
         }
     }

@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use bindings::v0_1::airlock::plugin::types::{Mutations, Rejection, Verdict};
+pub use bindings::v0_3::airlock::plugin::types::{Mutations, Rejection, Verdict};
 pub use cache::DiskCache;
 pub use chain::{Chain, ChainOutcome};
 pub use engine::PluginHost;

@@ -1,18 +1,16 @@
-//! The `request` resource of `airlock:plugin@0.2.0`: a 0.2 plugin reads the handshake
-//! through it, field by field, while its `on-handshake` call runs. Only what it reads is
-//! copied into its memory, where a 0.1 plugin gets the whole record, one allocation in
-//! the guest per string. Also here: 0.2's verdicts and log levels in 0.1's types, which
-//! the rest of airlock uses for both versions.
+//! The `request` resource of `airlock:plugin@0.2.0` and `0.3.0` (the same in both): a
+//! plugin reads the handshake through it, field by field, while its `on-handshake` call
+//! runs. Only what it reads is copied into its memory, where a 0.1 plugin gets the whole
+//! record, one allocation in the guest per string. Also here: older versions' verdicts
+//! and log levels in the types the rest of airlock uses (0.3's verdict, 0.1's levels).
 
 use std::ptr::NonNull;
 
 use wasmtime::component::Resource;
 
-use crate::bindings::{v0_1, v0_2};
+use crate::bindings::{v0_1, v0_2, v0_3};
 use crate::handshake::Handshake;
 use crate::instance::StoreData;
-
-use v0_2::airlock::plugin::types::{self as wit, Request};
 
 /// The handshake a running `on-handshake` call decides; empty between calls.
 ///
@@ -33,7 +31,7 @@ impl CurrentRequest {
     pub(crate) fn during<R>(
         store: &mut wasmtime::Store<StoreData>,
         request: &Handshake<'_>,
-        call: impl FnOnce(&mut wasmtime::Store<StoreData>, Resource<Request>) -> R,
+        call: impl FnOnce(&mut wasmtime::Store<StoreData>) -> R,
     ) -> R {
         // Erasing the lifetime is what lets the store ('static) point at it; the pointer
         // is cleared below before `request` can go away.
@@ -48,7 +46,7 @@ impl CurrentRequest {
             }
         }
         let guard = Clear(store);
-        call(&mut *guard.0, Resource::new_borrow(0))
+        call(&mut *guard.0)
     }
 
     fn peek(&self) -> Option<&Handshake<'_>> {
@@ -73,86 +71,131 @@ impl CurrentRequest {
     }
 }
 
-impl wit::Host for StoreData {}
-
-impl wit::HostRequest for StoreData {
-    fn id(&mut self, _: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.current.get()?.id.to_string())
-    }
-
-    fn method(&mut self, _: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.current.get()?.method.to_string())
-    }
-
-    fn scheme(&mut self, _: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.current.get()?.scheme.to_string())
-    }
-
-    fn authority(&mut self, _: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.current.get()?.authority.to_string())
-    }
-
-    fn path(&mut self, _: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.current.get()?.path.to_string())
-    }
-
-    fn query(&mut self, _: Resource<Request>) -> wasmtime::Result<Option<String>> {
-        Ok(self.current.get()?.query.as_deref().map(str::to_string))
-    }
-
-    fn header(&mut self, _: Resource<Request>, name: String) -> wasmtime::Result<Option<String>> {
-        Ok(values(self.current.get()?, &name)
-            .next()
-            .map(str::to_string))
-    }
-
-    fn header_all(&mut self, _: Resource<Request>, name: String) -> wasmtime::Result<Vec<String>> {
-        Ok(values(self.current.get()?, &name)
-            .map(str::to_string)
-            .collect())
-    }
-
-    fn headers(&mut self, _: Resource<Request>) -> wasmtime::Result<Vec<(String, String)>> {
-        let request = self.current.get()?;
-        Ok(request
-            .headers
-            .iter()
-            .map(|(name, value)| (name.to_string(), value.to_string()))
-            .collect())
-    }
-
-    fn client_addr(&mut self, _: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.current.get()?.client_addr.to_string())
-    }
-
-    fn tls(&mut self, _: Resource<Request>) -> wasmtime::Result<Option<wit::TlsInfo>> {
-        Ok(self.current.get()?.tls.as_ref().map(|t| wit::TlsInfo {
-            sni: t.sni.as_deref().map(str::to_string),
-            alpn: t.alpn.as_deref().map(str::to_string),
-            version: t.version.to_string(),
-            client_cert_subject: t.client_cert_subject.as_deref().map(str::to_string),
-            client_cert_sans: t.client_cert_sans.iter().map(|s| s.to_string()).collect(),
-        }))
-    }
-
-    fn route(&mut self, _: Resource<Request>) -> wasmtime::Result<String> {
-        Ok(self.current.get()?.route.to_string())
-    }
-
-    fn upgrade(&mut self, _: Resource<Request>) -> wasmtime::Result<Option<String>> {
-        Ok(self.current.get()?.upgrade.as_deref().map(str::to_string))
-    }
-
-    fn subprotocols(&mut self, _: Resource<Request>) -> wasmtime::Result<Vec<String>> {
-        let request = self.current.get()?;
-        Ok(request.subprotocols.iter().map(|s| s.to_string()).collect())
-    }
-
-    fn drop(&mut self, _: Resource<Request>) -> wasmtime::Result<()> {
-        // Plugins only ever get borrowed handles; there is nothing to free.
-        Ok(())
-    }
+/// The handle a call passes for the current request (its only one, so its number says
+/// nothing).
+pub(crate) fn handle<T: 'static>() -> Resource<T> {
+    Resource::new_borrow(0)
 }
+
+/// The `request` methods, for each version that has the resource.
+macro_rules! request_resource {
+    ($module:ident, $wit:path) => {
+        mod $module {
+            use super::values;
+            use crate::instance::StoreData;
+            use wasmtime::component::Resource;
+            use $wit as wit;
+
+            impl wit::Host for StoreData {}
+
+            impl wit::HostRequest for StoreData {
+                fn id(&mut self, _: Resource<wit::Request>) -> wasmtime::Result<String> {
+                    Ok(self.current.get()?.id.to_string())
+                }
+
+                fn method(&mut self, _: Resource<wit::Request>) -> wasmtime::Result<String> {
+                    Ok(self.current.get()?.method.to_string())
+                }
+
+                fn scheme(&mut self, _: Resource<wit::Request>) -> wasmtime::Result<String> {
+                    Ok(self.current.get()?.scheme.to_string())
+                }
+
+                fn authority(&mut self, _: Resource<wit::Request>) -> wasmtime::Result<String> {
+                    Ok(self.current.get()?.authority.to_string())
+                }
+
+                fn path(&mut self, _: Resource<wit::Request>) -> wasmtime::Result<String> {
+                    Ok(self.current.get()?.path.to_string())
+                }
+
+                fn query(&mut self, _: Resource<wit::Request>) -> wasmtime::Result<Option<String>> {
+                    Ok(self.current.get()?.query.as_deref().map(str::to_string))
+                }
+
+                fn header(
+                    &mut self,
+                    _: Resource<wit::Request>,
+                    name: String,
+                ) -> wasmtime::Result<Option<String>> {
+                    Ok(values(self.current.get()?, &name)
+                        .next()
+                        .map(str::to_string))
+                }
+
+                fn header_all(
+                    &mut self,
+                    _: Resource<wit::Request>,
+                    name: String,
+                ) -> wasmtime::Result<Vec<String>> {
+                    Ok(values(self.current.get()?, &name)
+                        .map(str::to_string)
+                        .collect())
+                }
+
+                fn headers(
+                    &mut self,
+                    _: Resource<wit::Request>,
+                ) -> wasmtime::Result<Vec<(String, String)>> {
+                    let request = self.current.get()?;
+                    Ok(request
+                        .headers
+                        .iter()
+                        .map(|(name, value)| (name.to_string(), value.to_string()))
+                        .collect())
+                }
+
+                fn client_addr(&mut self, _: Resource<wit::Request>) -> wasmtime::Result<String> {
+                    Ok(self.current.get()?.client_addr.to_string())
+                }
+
+                fn tls(
+                    &mut self,
+                    _: Resource<wit::Request>,
+                ) -> wasmtime::Result<Option<wit::TlsInfo>> {
+                    Ok(self.current.get()?.tls.as_ref().map(|t| wit::TlsInfo {
+                        sni: t.sni.as_deref().map(str::to_string),
+                        alpn: t.alpn.as_deref().map(str::to_string),
+                        version: t.version.to_string(),
+                        client_cert_subject: t.client_cert_subject.as_deref().map(str::to_string),
+                        client_cert_sans: t
+                            .client_cert_sans
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect(),
+                    }))
+                }
+
+                fn route(&mut self, _: Resource<wit::Request>) -> wasmtime::Result<String> {
+                    Ok(self.current.get()?.route.to_string())
+                }
+
+                fn upgrade(
+                    &mut self,
+                    _: Resource<wit::Request>,
+                ) -> wasmtime::Result<Option<String>> {
+                    Ok(self.current.get()?.upgrade.as_deref().map(str::to_string))
+                }
+
+                fn subprotocols(
+                    &mut self,
+                    _: Resource<wit::Request>,
+                ) -> wasmtime::Result<Vec<String>> {
+                    let request = self.current.get()?;
+                    Ok(request.subprotocols.iter().map(|s| s.to_string()).collect())
+                }
+
+                fn drop(&mut self, _: Resource<wit::Request>) -> wasmtime::Result<()> {
+                    // Plugins only ever get borrowed handles; there is nothing to free.
+                    Ok(())
+                }
+            }
+        }
+    };
+}
+
+request_resource!(request_v0_2, crate::bindings::v0_2::airlock::plugin::types);
+request_resource!(request_v0_3, crate::bindings::v0_3::airlock::plugin::types);
 
 /// The values of header `name` (any case), in order.
 fn values<'r>(request: &'r Handshake<'_>, name: &'r str) -> impl Iterator<Item = &'r str> {
@@ -163,43 +206,66 @@ fn values<'r>(request: &'r Handshake<'_>, name: &'r str) -> impl Iterator<Item =
         .map(|(_, v)| &**v)
 }
 
-/// A 0.2 verdict in the form the chain takes (0.1's: the two are the same records).
-pub(crate) fn verdict(verdict: wit::Verdict) -> v0_1::airlock::plugin::types::Verdict {
-    use v0_1::airlock::plugin::types as v1;
-    match verdict {
-        wit::Verdict::Allow(m) => v1::Verdict::Allow(v1::Mutations {
-            path: m.path,
-            query: m.query,
-            set_headers: m.set_headers,
-            remove_headers: m.remove_headers,
-            upstream: m.upstream,
-            affinity_key: m.affinity_key,
-            subprotocol: m.subprotocol,
-            response_headers: m.response_headers,
-            attributes: m.attributes,
-        }),
-        wit::Verdict::Reject(r) => v1::Verdict::Reject(v1::Rejection {
-            status: r.status,
-            body: r.body,
-            headers: r.headers,
-        }),
-    }
+/// The verdict types of an older version, as the chain takes them (0.3's). Each version
+/// has the same records but for the fields it lacks, which change nothing.
+macro_rules! verdict_from {
+    ($name:ident, $old:path, $verdict:ty) => {
+        pub(crate) fn $name(verdict: $verdict) -> v0_3::airlock::plugin::types::Verdict {
+            use v0_3::airlock::plugin::types as new;
+            use $old as old;
+            match verdict {
+                old::Verdict::Allow(m) => new::Verdict::Allow(new::Mutations {
+                    path: m.path,
+                    query: m.query,
+                    set_headers: m.set_headers,
+                    remove_headers: m.remove_headers,
+                    upstream: m.upstream,
+                    affinity_key: m.affinity_key,
+                    limit_key: None,
+                    subprotocol: m.subprotocol,
+                    response_headers: m.response_headers,
+                    attributes: m.attributes,
+                }),
+                old::Verdict::Reject(r) => new::Verdict::Reject(new::Rejection {
+                    status: r.status,
+                    body: r.body,
+                    headers: r.headers,
+                }),
+            }
+        }
+    };
 }
 
-/// 0.2's log levels are 0.1's.
-pub(crate) fn level(
-    level: v0_2::airlock::plugin::host::Level,
-) -> v0_1::airlock::plugin::host::Level {
-    use v0_1::airlock::plugin::host::Level as L1;
-    use v0_2::airlock::plugin::host::Level as L2;
-    match level {
-        L2::Trace => L1::Trace,
-        L2::Debug => L1::Debug,
-        L2::Info => L1::Info,
-        L2::Warn => L1::Warn,
-        L2::Error => L1::Error,
-    }
+verdict_from!(
+    verdict_v0_1,
+    v0_1::airlock::plugin::types,
+    v0_1::airlock::plugin::types::Verdict
+);
+verdict_from!(
+    verdict_v0_2,
+    v0_2::airlock::plugin::types,
+    v0_2::airlock::plugin::types::Verdict
+);
+
+/// Log levels of the later versions, as 0.1's (all the same).
+macro_rules! level_from {
+    ($name:ident, $new:path) => {
+        pub(crate) fn $name(level: $new) -> v0_1::airlock::plugin::host::Level {
+            use v0_1::airlock::plugin::host::Level as L1;
+            type L = $new;
+            match level {
+                L::Trace => L1::Trace,
+                L::Debug => L1::Debug,
+                L::Info => L1::Info,
+                L::Warn => L1::Warn,
+                L::Error => L1::Error,
+            }
+        }
+    };
 }
+
+level_from!(level_v0_2, v0_2::airlock::plugin::host::Level);
+level_from!(level_v0_3, v0_3::airlock::plugin::host::Level);
 
 #[cfg(test)]
 mod tests {

@@ -16,8 +16,10 @@ pub struct Route {
     pub pool: Arc<Pool>,
     /// The route's plugins, in order.
     pub chain: airlock_plugins::Chain,
-    /// `limits`, in order; checked before the plugins.
+    /// `limits` checked before the plugins, in order.
     pub limits: Vec<Arc<crate::limit::Limit>>,
+    /// `limits` keyed `"plugin"`, checked after them, in order.
+    pub limits_after_plugins: Vec<Arc<crate::limit::Limit>>,
     pub strip_prefix: Option<String>,
     pub connect_timeout: std::time::Duration,
     pub idle_timeout: std::time::Duration,
@@ -164,6 +166,7 @@ mod tests {
             pool: Pool::for_tests(),
             chain: Default::default(),
             limits: Vec::new(),
+            limits_after_plugins: Vec::new(),
             strip_prefix: None,
             connect_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(1),

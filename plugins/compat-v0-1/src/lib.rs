@@ -1,5 +1,5 @@
 //! A plugin for `airlock:plugin@0.1.0`, the interface that passes the request as a record,
-//! built from `wit/v0.1.0/` without the SDK (which is for 0.2). airlock's tests use it to
+//! built from `wit/v0.1.0/` without the SDK (which is for 0.3). airlock's tests use it to
 //! check that plugins built for 0.1 still load, are sent only the headers they want, and
 //! have their verdicts applied. Its config:
 //!

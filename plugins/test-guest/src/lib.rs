@@ -9,6 +9,7 @@
 //! - `reject = { status = 451, body = "..." }`: reject.
 //! - Mutations: `set_headers`, `remove_headers`, `response_headers`, `attributes`
 //!   (lists of pairs or names), `path`, `query`, `upstream`, `subprotocol`.
+//! - `limit_key_header = "x-user"`: the limit key is that header's value, when present.
 //! - `echo_request_header = "x-seen"`: add a response header with the JSON of what the
 //!   plugin saw (path, query, client address, upgrade, subprotocols, header names).
 
@@ -48,6 +49,8 @@ struct Script {
     subprotocol: Option<String>,
     #[serde(default)]
     echo_request_header: Option<String>,
+    #[serde(default)]
+    limit_key_header: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +151,13 @@ fn mutations(script: &Script, request: Request<'_>) -> Mutations {
             })),
         });
         m = m.response_header(name, seen.to_string());
+    }
+    if let Some(key) = script
+        .limit_key_header
+        .as_ref()
+        .and_then(|name| request.header(name))
+    {
+        m = m.limit_key(key);
     }
     m.path = script.path.clone();
     m.query = script.query.clone();

@@ -432,7 +432,8 @@ impl Policy {
     }
 
     /// The changes for an admitted request: every token carrier removed, the subject
-    /// header set (or a client-supplied one removed).
+    /// header set (or a client-supplied one removed), and the subject as the limit key
+    /// (so a route's `key = "plugin"` limits count per user).
     fn forwarded(&self, c: &Carriers<'_>, subject: Option<String>) -> Mutations {
         let mut m = no_changes();
         for source in &self.sources {
@@ -463,7 +464,7 @@ impl Policy {
             };
         }
         if let Some(sub) = subject {
-            m = m.attribute("subject", sub);
+            m = m.limit_key(sub.clone()).attribute("subject", sub);
         }
         m
     }

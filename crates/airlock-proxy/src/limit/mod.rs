@@ -2,7 +2,7 @@
 //! and requests, per key) and the process-wide `max_connections`.
 //!
 //! A route's limits run before its plugins, so a flood is refused before it costs plugin
-//! time. A request passes all of them or none: a refusal releases the slots the limits
+//! time; only those keyed `"plugin"` run after them, on the key the plugins set. A request passes all of them or none: a refusal releases the slots the limits
 //! before it took. What passes holds an [`Admission`], kept by the response body (plain
 //! HTTP) or the tunnel (an upgrade) and released when that ends, whatever ends it.
 //!
@@ -47,6 +47,7 @@ enum KeyRule {
     ClientIp,
     Header(HeaderName),
     Route,
+    Plugin,
 }
 
 /// What a request's keys are made from.
@@ -55,6 +56,8 @@ pub struct KeyParts<'a> {
     pub client_ip: IpAddr,
     pub headers: &'a HeaderMap,
     pub route: &'a str,
+    /// The key the route's plugins set, once they ran.
+    pub plugin: Option<&'a str>,
 }
 
 impl Limit {
@@ -70,6 +73,7 @@ impl Limit {
         let key = match config.key.get_ref() {
             airlock_config::LimitKey::ClientIp => KeyRule::ClientIp,
             airlock_config::LimitKey::Route => KeyRule::Route,
+            airlock_config::LimitKey::Plugin => KeyRule::Plugin,
             airlock_config::LimitKey::Header(h) => match HeaderName::from_bytes(h.as_bytes()) {
                 Ok(h) => KeyRule::Header(h),
                 Err(_) => unreachable!("header names are checked by airlock-config"),
@@ -110,7 +114,16 @@ impl Limit {
                 None => Key::Ip(parts.client_ip),
             },
             KeyRule::Route => Key::bytes(parts.route.as_bytes()),
+            KeyRule::Plugin => match parts.plugin {
+                Some(key) => Key::bytes(key.as_bytes()),
+                None => Key::Ip(parts.client_ip),
+            },
         }
+    }
+
+    /// Whether it is checked after the plugins (its key is theirs).
+    pub fn after_plugins(&self) -> bool {
+        matches!(self.key, KeyRule::Plugin)
     }
 
     /// The limit and its keys now, for the admin endpoint.
@@ -119,6 +132,7 @@ impl Limit {
             KeyRule::ClientIp => "client_ip".to_string(),
             KeyRule::Header(h) => format!("header:{h}"),
             KeyRule::Route => "route".to_string(),
+            KeyRule::Plugin => "plugin".to_string(),
         };
         serde_json::json!({
             "name": &*self.name,
@@ -181,6 +195,11 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// Hold `other`'s slots too.
+    pub fn join(&mut self, other: Admission) {
+        self.slots.extend(other.slots);
+    }
+
     /// Whether it holds nothing (no `concurrent` limit on the route).
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()

@@ -7,6 +7,7 @@
 //! route      host + path → the route (404 when none)            request::find_route
 //! limits     the route's limits: 429 / 503, or slots held to the end   crate::limit
 //! plugins    the route's chain: reject, or change the request   request::plugins
+//! limits     those keyed "plugin", on the key the plugins set
 //! pick       the pool (the route's, or a plugin's choice)
 //! prepare    the request the upstream gets                      request::upstream_request
 //! affinity   what the pool's balancer reads: hash key, sticky cookie   upstream::balance
@@ -89,7 +90,7 @@ async fn proxy(
     }
     let route = find_route(&req, &conn.listener.router)?;
     log.route = Some(route.name.clone());
-    let admission = check_limits(&req, &route, conn).await?;
+    let mut admission = check_limits(&req, &route.limits, &route, conn, None).await?;
     upstream_request::ensure_host_header(&mut req);
 
     // What the request asks to upgrade to: known already when airlock read the head itself.
@@ -101,6 +102,9 @@ async fn proxy(
     if decision.headers_replaced {
         upgrade = headers::upgrade_request(req.headers());
     }
+    let limit_key = decision.limit_key.as_deref();
+    let after = &route.limits_after_plugins;
+    admission.join(check_limits(&req, after, &route, conn, limit_key).await?);
     let target = pick_upstream(&route, &decision);
     log.upstream = Some(target.pool.name.clone());
 
@@ -160,21 +164,25 @@ fn find_route(req: &Request<ProxyBody>, router: &Router) -> Result<Arc<Route>, P
 }
 
 /// Phase: limits. Before the plugins, so that a flood is refused before it costs plugin
-/// time. The slots taken are held until the response body or the tunnel ends.
+/// time; those keyed "plugin" after them, with `plugin_key`. The slots taken are held
+/// until the response body or the tunnel ends.
 async fn check_limits(
     req: &Request<ProxyBody>,
+    limits: &[Arc<limit::Limit>],
     route: &Route,
     conn: &ConnCtx,
+    plugin_key: Option<&str>,
 ) -> Result<Admission, ProxyError> {
-    if route.limits.is_empty() {
+    if limits.is_empty() {
         return Ok(Admission::default());
     }
     let parts = KeyParts {
         client_ip: forwarded::client_ip(req.headers(), conn.peer.ip(), &conn.listener.trusted),
         headers: req.headers(),
         route: &route.name,
+        plugin: plugin_key,
     };
-    let admitted = limit::admit(&route.limits, &parts).await;
+    let admitted = limit::admit(limits, &parts).await;
     admitted.map_err(|refusal| ProxyError::Limited {
         limit: refusal.limit,
         reason: refusal.kind.reason(),

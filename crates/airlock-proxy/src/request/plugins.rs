@@ -32,6 +32,8 @@ pub struct Decision {
     /// Which server to keep this request with, for balancers that use it. Not logged: it
     /// is often a session id.
     pub affinity_key: Option<String>,
+    /// Who the request is for limits keyed `"plugin"`. Not logged: it is an identity.
+    pub limit_key: Option<String>,
     /// Whether a plugin replaced the request's headers (then whether and to what it asks
     /// to upgrade must be read from them again).
     pub headers_replaced: bool,
@@ -197,6 +199,7 @@ impl Changes {
                 path_rewritten: allowed.path_changed,
                 response_headers,
                 affinity_key: allowed.affinity_key,
+                limit_key: allowed.limit_key,
                 headers_replaced: allowed.headers_changed,
             },
         })

@@ -164,6 +164,13 @@ fn build_route(
     plugins: &HashMap<String, Arc<airlock_plugins::Plugin>>,
     limits: &HashMap<String, Arc<Limit>>,
 ) -> Route {
+    let named = |after_plugins: bool| {
+        r.limits
+            .iter()
+            .map(|l| limits[l.get_ref()].clone())
+            .filter(|l| l.after_plugins() == after_plugins)
+            .collect()
+    };
     let path = if let Some(p) = &r.path_exact {
         PathMatch::Exact(p.get_ref().clone())
     } else if let Some(p) = &r.path_prefix {
@@ -184,11 +191,8 @@ fn build_route(
                 .map(|p| plugins[p.get_ref()].clone())
                 .collect(),
         ),
-        limits: r
-            .limits
-            .iter()
-            .map(|l| limits[l.get_ref()].clone())
-            .collect(),
+        limits: named(false),
+        limits_after_plugins: named(true),
         strip_prefix: r.strip_prefix.as_ref().map(|s| s.get_ref().clone()),
         connect_timeout: r.connect_timeout.get(),
         idle_timeout: r.idle_timeout.get(),
