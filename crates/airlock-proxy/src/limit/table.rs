@@ -6,10 +6,14 @@
 //! state is the rate alone, while a limit here keeps a rate and a concurrent count per
 //! key, changed together under one lock. Why not `dashmap`: the cap is per shard, and
 //! "evict, then insert" must happen under the shard's lock, which dashmap does not
-//! expose without its raw API. So: shards of `std::collections::HashMap` behind a
-//! `Mutex` each (uncontended, a lock is two atomic operations), keyed with std's
-//! `RandomState` (SipHash with a random key: the keys come from clients, and a fixed
-//! hash would let them aim at one bucket).
+//! expose without its raw API. So: shards of `hashbrown::HashTable` behind a `Mutex`
+//! each (uncontended, a lock is two atomic operations). A key is hashed once per
+//! admission, and that one hash picks the shard and finds the entry: `HashTable` takes
+//! the hash from its caller, where std's `HashMap` would hash again on every lookup
+//! (with SipHash, four hashes were most of a limit's ~1,000 instructions per handshake).
+//! The hash is foldhash's `quality` variant with a random seed per table: the keys come
+//! from clients, and a fixed hash would let them aim at one bucket. Both crates were in
+//! the build already (wasmtime uses them).
 //!
 //! Eviction, only when a shard is full and a new key arrives: first every idle entry
 //! (no tunnel open, TAT passed: the same as never seen, so forgetting it changes no
@@ -19,11 +23,12 @@
 //! back down); when every entry of a shard has one, a new key is refused. A sweep frees
 //! at least an eighth of a shard, so its cost is spread over that many inserts.
 
-use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
+
+use foldhash::quality::RandomState;
+use hashbrown::HashTable;
 
 /// What a limit counts separately: a client address, or bytes (a header's value, a route's
 /// name).
@@ -86,8 +91,11 @@ pub struct Ask<'a> {
     pub now: u64,
 }
 
+/// A shard: each entry is a key and its state.
+type Shard = HashTable<(Key, State)>;
+
 pub struct Table {
-    shards: Box<[Mutex<HashMap<Key, State>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     per_shard: usize,
 }
@@ -109,59 +117,50 @@ impl Table {
         let shards = (max_keys / 1024).clamp(1, 64);
         let per_shard = max_keys.div_ceil(shards).max(1);
         Self {
-            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..shards).map(|_| Mutex::new(HashTable::new())).collect(),
+            hasher: RandomState::default(),
             per_shard,
         }
     }
 
-    fn shard(&self, key: &Key) -> &Mutex<HashMap<Key, State>> {
+    /// The key's hash, and its shard.
+    fn shard(&self, key: &Key) -> (u64, &Mutex<Shard>) {
         let hash = self.hasher.hash_one(key);
-        // The high bits: the map itself uses the low ones.
+        // The middle bits: the table uses the low ones for buckets, the top 7 for tags.
         let index = ((hash >> 32) as usize) % self.shards.len();
-        &self.shards[index]
+        (hash, &self.shards[index])
     }
 
     /// Admit one request under `key`: check the rate and the open count together, and
     /// change nothing unless both pass.
     pub fn admit(&self, key: &Key, ask: &Ask<'_>) -> Result<(), Refused> {
-        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-        let known = shard.get(key).copied();
-        if known.is_none() && shard.len() >= self.per_shard {
+        let (hash, shard) = self.shard(key);
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, state)) = shard.find_mut(hash, |(k, _)| k == key) {
+            *state = ask.apply(*state)?;
+            return Ok(());
+        }
+        if shard.len() >= self.per_shard {
             evict(&mut shard, ask.now);
             if shard.len() >= self.per_shard {
                 return Err(Refused::Full);
             }
         }
-        let state = known.unwrap_or_default();
-        if let Some(max) = ask.concurrent
-            && state.open >= max
-        {
-            return Err(Refused::Concurrent);
-        }
-        let tat = match ask.rate {
-            Some(rate) => rate.check(state.tat, ask.now).map_err(Refused::Rate)?,
-            None => state.tat,
-        };
-        let open = state.open + u32::from(ask.concurrent.is_some());
-        let new = State { tat, open };
-        match shard.get_mut(key) {
-            Some(state) => *state = new,
-            None => {
-                shard.insert(key.clone(), new);
-            }
-        }
+        let state = ask.apply(State::default())?;
+        shard.insert_unique(hash, (key.clone(), state), |(k, _)| self.hasher.hash_one(k));
         Ok(())
     }
 
     /// Give back an open slot taken by [`Table::admit`]; the key is forgotten when that
     /// leaves it idle.
     pub fn release(&self, key: &Key, now: u64) {
-        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(state) = shard.get_mut(key) {
+        let (hash, shard) = self.shard(key);
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(mut entry) = shard.find_entry(hash, |(k, _)| k == key) {
+            let state = &mut entry.get_mut().1;
             state.open = state.open.saturating_sub(1);
             if state.idle(now) {
-                shard.remove(key);
+                entry.remove();
             }
         }
     }
@@ -182,24 +181,44 @@ impl Table {
     /// Open slots under `key` (for tests and the admin view).
     #[cfg(test)]
     fn open(&self, key: &Key) -> u32 {
-        let shard = self.shard(key).lock().unwrap();
-        shard.get(key).map_or(0, |s| s.open)
+        let (hash, shard) = self.shard(key);
+        let shard = shard.lock().unwrap();
+        shard
+            .find(hash, |(k, _)| k == key)
+            .map_or(0, |(_, s)| s.open)
+    }
+}
+
+impl Ask<'_> {
+    /// The key's state after this admission, or why it is refused.
+    fn apply(&self, state: State) -> Result<State, Refused> {
+        if let Some(max) = self.concurrent
+            && state.open >= max
+        {
+            return Err(Refused::Concurrent);
+        }
+        let tat = match self.rate {
+            Some(rate) => rate.check(state.tat, self.now).map_err(Refused::Rate)?,
+            None => state.tat,
+        };
+        let open = state.open + u32::from(self.concurrent.is_some());
+        Ok(State { tat, open })
     }
 }
 
 /// Make room in a full shard (see the module doc).
-fn evict(shard: &mut HashMap<Key, State>, now: u64) {
+fn evict(shard: &mut Shard, now: u64) {
     let before = shard.len();
-    shard.retain(|_, s| !s.idle(now));
+    shard.retain(|(_, s)| !s.idle(now));
     let wanted = before.div_ceil(8);
     let freed = before - shard.len();
     if freed >= wanted {
         return;
     }
     let mut tats: Vec<u64> = shard
-        .values()
-        .filter(|s| s.open == 0)
-        .map(|s| s.tat)
+        .iter()
+        .filter(|(_, s)| s.open == 0)
+        .map(|(_, s)| s.tat)
         .collect();
     if tats.is_empty() {
         return;
@@ -207,7 +226,7 @@ fn evict(shard: &mut HashMap<Key, State>, now: u64) {
     let nth = (wanted - freed).min(tats.len()) - 1;
     let (_, threshold, _) = tats.select_nth_unstable(nth);
     let threshold = *threshold;
-    shard.retain(|_, s| s.open > 0 || s.tat > threshold);
+    shard.retain(|(_, s)| s.open > 0 || s.tat > threshold);
 }
 
 #[cfg(test)]
