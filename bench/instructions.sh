@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # User-space instructions airlock executes per WebSocket handshake with 0, 1 and 2 example
-# plugins, counted by valgrind's callgrind. Unlike CPU time on a shared VM, the counts
+# plugins, and with no plugin but one local `[limit]` (a client_ip rate never reached, so
+# every handshake pays the check), counted by valgrind's callgrind. Unlike CPU time on a shared VM, the counts
 # repeat to within about 0.1% between runs, so they show small changes (and where a
 # plugin's cost goes: the dump names every function, Wasm included).
 #
@@ -22,11 +23,15 @@ mkdir -p "$out_dir"
 port=18510
 echo "| plugins | handshakes counted | instructions per handshake |"
 echo "|---|---|---|"
-for n in 0 1 2; do
+for n in 0 1 2 0+limit; do
   # One instance per plugin: wasmtime's pooling allocator reserves address space for
   # every instance slot, and the default (16 per plugin) is more than valgrind allows.
-  airlock_config "$port" "$upstream" "$n" "$work/cache" |
+  airlock_config "$port" "$upstream" "${n%+limit}" "$work/cache" |
     sed '/^wasm = /a instances = 1' > "$work/airlock-$n.toml"
+  if [ "$n" = 0+limit ]; then
+    sed -i '/^upstream = "target"/a limits = ["per_ip"]' "$work/airlock-$n.toml"
+    printf '[limit.per_ip]\nrate = "1000000/s"\n' >> "$work/airlock-$n.toml"
+  fi
   # Compile the plugins natively into the cache first; under valgrind that takes minutes.
   start_airlock "$work/airlock-$n.toml" "$port"
   kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -59,4 +64,4 @@ for n in 0 1 2; do
   port=$((port + 1))
 done
 echo
-echo "callgrind dumps: $out_dir/callgrind.{0,1,2}.out"
+echo "callgrind dumps: $out_dir/callgrind.{0,1,2,0+limit}.out"
