@@ -7,14 +7,21 @@ use crate::support::client::{Response, get};
 use crate::support::redis::Redis;
 use crate::support::{Airlock, Backend, config};
 
+/// Longer than the 5ms default: on a machine busy with the other tests a debug build's
+/// check can take longer than 5ms now and then, and the test is about sharing and
+/// `on_store_error`, not about the default. What it checks of the timeout is that no
+/// handshake waits much longer than it.
+const STORE_TIMEOUT: &str = "100ms";
+
 fn shared_config(backend: std::net::SocketAddr, redis: &Redis) -> String {
     let url = redis.url();
     config(&format!(
         "[[route]]\nname = \"strict\"\npath_prefix = \"/strict\"\nupstream = \"pool\"\nlimits = [\"strict\"]\n\n\
          [[route]]\nname = \"main\"\npath_prefix = \"/\"\nupstream = \"pool\"\nlimits = [\"shared\"]\n\n\
          [upstream.pool]\nservers = [\"{backend}\"]\n\n\
-         [limit.shared]\nrate = \"3/min\"\nstore = \"{url}\"\n\n\
-         [limit.strict]\nrate = \"3/min\"\nstore = \"{url}\"\non_store_error = \"deny\"\n"
+         [limit.shared]\nrate = \"3/min\"\nstore = \"{url}\"\nstore_timeout = \"{STORE_TIMEOUT}\"\n\n\
+         [limit.strict]\nrate = \"3/min\"\nstore = \"{url}\"\nstore_timeout = \"{STORE_TIMEOUT}\"\n\
+         on_store_error = \"deny\"\n"
     ))
 }
 
@@ -68,8 +75,8 @@ async fn two_instances_share_a_rate_in_redis_and_apply_on_store_error_when_it_fa
     // three here, then refusals; never unlimited.
     assert_eq!(fallback, [200, 200, 200, 429, 429]);
     assert!(
-        slowest < Duration::from_millis(500),
-        "a handshake waited {slowest:?} on a silent store (store_timeout is 5ms)"
+        slowest < Duration::from_millis(600),
+        "a handshake waited {slowest:?} on a silent store (store_timeout is {STORE_TIMEOUT})"
     );
     let warned = one
         .wait_for_log("the outage warning", |v| {

@@ -61,6 +61,10 @@ impl Plan {
         for pool in self.snapshot.pools_by_name() {
             pool.resolve_names().await;
         }
+        // Limits shared through a store connect before the first request, too.
+        for limit in self.snapshot.limits_by_name() {
+            limit.warm_up().await;
+        }
         Ok(Bound {
             listeners,
             admin,

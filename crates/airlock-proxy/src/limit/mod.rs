@@ -121,6 +121,13 @@ impl Limit {
         }
     }
 
+    /// Connect to its shared store, if it has one (see [`SharedRate::warm_up`]).
+    pub async fn warm_up(&self) {
+        if let Some(shared) = &self.shared {
+            shared.warm_up().await;
+        }
+    }
+
     /// Whether it is checked after the plugins (its key is theirs).
     pub fn after_plugins(&self) -> bool {
         matches!(self.key, KeyRule::Plugin)

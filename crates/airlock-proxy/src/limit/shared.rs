@@ -30,6 +30,9 @@ use super::table::Key;
 /// How long the store is left alone after it failed.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
+/// How long start-up waits for a store to connect and load the script.
+const WARM_UP: Duration = Duration::from_secs(2);
+
 /// GCRA on Redis's clock. KEYS[1]: the key; ARGV: interval and tolerance in µs. Returns
 /// 0 when admitted, else the wait in µs.
 const SCRIPT: &str = r"
@@ -90,16 +93,44 @@ impl SharedRate {
         })
     }
 
+    /// The connection's settings. Each check has its own `store_timeout` around it; the
+    /// connection's own response timeout is only there to notice a store that went silent,
+    /// and must let the connection's set-up commands and `SCRIPT LOAD` finish.
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(100))))
+            .set_response_timeout(Some(self.timeout.max(Duration::from_secs(1))))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1))
+    }
+
+    /// Connect and load the script before the first request: within a first check's
+    /// `store_timeout` (5ms by default) a new connection, its set-up and `SCRIPT LOAD`
+    /// may not fit, and the first handshakes after a start would get `on_store_error`.
+    /// A store that does not answer within [`WARM_UP`] is logged as failed, and the
+    /// first check connects again.
+    pub async fn warm_up(&self) {
+        let connect = async {
+            let mut c =
+                ConnectionManager::new_with_config(self.client.clone(), self.manager_config())
+                    .await?;
+            self.script.load_async(&mut c).await?;
+            Ok::<_, redis::RedisError>(c)
+        };
+        match tokio::time::timeout(WARM_UP, connect).await {
+            Ok(Ok(c)) => {
+                let _ = self.connection.set(c);
+            }
+            Ok(Err(e)) => self.failed(&e.to_string()),
+            Err(_) => self.failed(&format!("no answer within {WARM_UP:?} at start")),
+        }
+    }
+
     fn connection(&self) -> Option<ConnectionManager> {
         if let Some(c) = self.connection.get() {
             return Some(c.clone());
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(100))))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        match ConnectionManager::new_lazy_with_config(self.client.clone(), config) {
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager_config()) {
             Ok(c) => Some(self.connection.get_or_init(|| c).clone()),
             Err(e) => {
                 self.failed(&e.to_string());
