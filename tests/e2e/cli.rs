@@ -128,6 +128,14 @@ async fn demo_serves_the_page_and_chat_behind_the_origin_allowlist() {
     let pool = &pool["upstreams"][0];
     assert_eq!(pool["balance"], "sticky_cookie", "{pool:#}");
     assert_eq!(pool["servers"].as_array().unwrap().len(), 2, "{pool:#}");
+    // The demo's banner points at /metrics, and the chat handshakes so far are counted.
+    assert!(text.contains(&format!("http://{admin}/metrics")), "{text}");
+    let metrics = crate::support::client::get(admin, "/metrics").await;
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        metrics.contains("airlock_requests_total{route=\"chat\",kind=\"upgrade\",code=\"101\"}"),
+        "{metrics}"
+    );
     assert!(String::from_utf8_lossy(&page.body).contains("new WebSocket("));
     let mut request = format!("ws://{listen}/ws/chat")
         .into_client_request()

@@ -11,6 +11,7 @@ mod health;
 mod http;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod plugins;
 mod shared_limits;
 mod socketio;

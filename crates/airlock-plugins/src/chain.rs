@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::CallError;
 use crate::{Handshake, Mutations, OnError, Plugin, Rejection, Verdict};
@@ -25,6 +26,15 @@ pub enum ChainOutcome<'a> {
     },
     /// A plugin failed and its `on_error` is `deny`.
     Failed { plugin: Arc<str>, error: CallError },
+}
+
+/// How one plugin call went, as [`Chain::run_observed`] reports it.
+#[derive(Debug, Clone, Copy)]
+pub enum Step<'e> {
+    Allowed,
+    Rejected,
+    /// The call failed, or the changes it asked for were refused.
+    Failed(&'e CallError),
 }
 
 /// The request as the chain left it, and what it asked for beyond the request.
@@ -55,28 +65,43 @@ impl Chain {
         self.plugins.is_empty()
     }
 
+    /// The plugins' names, in the order they run.
+    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.plugins.iter().map(|p| &p.name)
+    }
+
     /// Run every plugin on `request`.
     pub fn run<'a>(&self, request: Handshake<'a>) -> ChainOutcome<'a> {
+        self.run_observed(request, |_, _, _| {})
+    }
+
+    /// Run every plugin on `request`, telling `observe` how each call went: the plugin's
+    /// position in the chain, the call's wall time, and its result.
+    pub fn run_observed<'a>(
+        &self,
+        request: Handshake<'a>,
+        mut observe: impl FnMut(usize, Duration, Step<'_>),
+    ) -> ChainOutcome<'a> {
         let mut allowed = Allowed::new(request);
-        for plugin in &self.plugins {
+        for (index, plugin) in self.plugins.iter().enumerate() {
+            let started = Instant::now();
             let verdict = plugin.call(&allowed.request).and_then(check_verdict);
-            match verdict {
-                Ok(Verdict::Allow(mutations)) => {
-                    if let Err(error) = allowed.apply(mutations) {
-                        match plugin.on_error {
-                            OnError::Deny => {
-                                return ChainOutcome::Failed {
-                                    plugin: plugin.name.clone(),
-                                    error,
-                                };
-                            }
-                            OnError::Allow => {
-                                allowed.failed_open.push((plugin.name.clone(), error))
-                            }
-                        }
-                    }
-                }
-                Ok(Verdict::Reject(rejection)) => {
+            let took = started.elapsed();
+            // A rejection, or the changes applied; a bad set of changes fails the call.
+            let result = match verdict {
+                Ok(Verdict::Allow(mutations)) => allowed.apply(mutations).map(|()| None),
+                Ok(Verdict::Reject(rejection)) => Ok(Some(rejection)),
+                Err(error) => Err(error),
+            };
+            let step = match &result {
+                Ok(None) => Step::Allowed,
+                Ok(Some(_)) => Step::Rejected,
+                Err(error) => Step::Failed(error),
+            };
+            observe(index, took, step);
+            match result {
+                Ok(None) => {}
+                Ok(Some(rejection)) => {
                     return ChainOutcome::Rejected {
                         plugin: plugin.name.clone(),
                         rejection,

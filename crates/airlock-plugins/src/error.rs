@@ -42,3 +42,18 @@ pub enum CallError {
     #[error("returned an invalid verdict: {0}")]
     InvalidVerdict(String),
 }
+
+impl CallError {
+    /// A short name for the cause, for metrics: `timeout`, `memory`, `trap`, `busy`,
+    /// `instantiate` or `invalid_output`.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::OutOfMemory(_) => "memory",
+            Self::Trap(_) => "trap",
+            Self::Busy(_) => "busy",
+            Self::Instantiate(_) => "instantiate",
+            Self::InvalidVerdict(_) => "invalid_output",
+        }
+    }
+}

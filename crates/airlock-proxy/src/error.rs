@@ -128,6 +128,33 @@ impl ProxyError {
         }
     }
 
+    /// A short name for what went wrong, for metrics (`airlock_request_errors_total`'s
+    /// `cause` label).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::NoRoute { .. } => "no_route",
+            Self::BadExtendedConnect { .. } => "bad_extended_connect",
+            Self::BadHeaderEncoding { .. } => "bad_header_encoding",
+            Self::BadUpstreamAccept { .. } => "bad_upstream_accept",
+            Self::Connect { .. } => "connect",
+            Self::UpstreamTls { .. } => "upstream_tls",
+            Self::ConnectTimeout { .. } => "connect_timeout",
+            Self::PluginRejected { .. } => "plugin_rejected",
+            Self::PluginFailed { .. } => "plugin_failed",
+            Self::PluginOutput { .. } => "plugin_output",
+            Self::Limited {
+                retry_after: Some(_),
+                ..
+            } => "limit_rate",
+            Self::Limited { .. } => "limit_capacity",
+            Self::OverCapacity { .. } => "max_connections",
+            Self::UnknownUpstream { .. } => "unknown_upstream",
+            Self::NoServer { .. } => "no_server",
+            Self::QueueTimeout { .. } => "queue_timeout",
+            Self::UpstreamRequest { .. } | Self::UpstreamIo { .. } => "upstream_failed",
+        }
+    }
+
     /// The status the client gets for this error.
     pub fn status(&self) -> StatusCode {
         match self {

@@ -1,6 +1,7 @@
 //! airlock's data plane: listeners, routing, the request phases (plugins, upstream
 //! choice, forwarding), upgrades and the byte tunnel, upstream pools with balancing and
-//! passive health, the admin endpoint and graceful shutdown.
+//! passive health, admission limits, Prometheus metrics, the admin endpoint and graceful
+//! shutdown.
 //!
 //! Not here: parsing configuration (`airlock-config`), running Wasm (`airlock-plugins`),
 //! logging setup (`airlock-telemetry`), the command line (`airlock`).
@@ -16,6 +17,7 @@ mod drain;
 mod error;
 mod http;
 mod limit;
+mod metrics;
 mod stream;
 mod tls;
 mod tunnel;

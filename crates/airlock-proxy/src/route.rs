@@ -16,6 +16,10 @@ pub struct Route {
     pub pool: Arc<Pool>,
     /// The route's plugins, in order.
     pub chain: airlock_plugins::Chain,
+    /// The metrics of each plugin of `chain`, in the same order.
+    pub plugin_metrics: Vec<crate::metrics::PluginMetrics>,
+    /// The route's request and tunnel metrics.
+    pub metrics: Arc<crate::metrics::RouteMetrics>,
     /// `limits` checked before the plugins, in order.
     pub limits: Vec<Arc<crate::limit::Limit>>,
     /// `limits` keyed `"plugin"`, checked after them, in order.
@@ -159,8 +163,11 @@ mod tests {
     use crate::upstream::Pool;
 
     fn route(name: &str, host: Option<&str>, path: PathMatch) -> Arc<Route> {
+        let name: Arc<str> = name.into();
         Arc::new(Route {
-            name: name.into(),
+            metrics: Arc::new(crate::metrics::RouteMetrics::new(&name)),
+            plugin_metrics: Vec::new(),
+            name,
             host: HostMatch::parse(host),
             path,
             pool: Pool::for_tests(),

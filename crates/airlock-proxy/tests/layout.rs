@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 /// The areas, lowest first. An area may use only the areas before it.
 const LAYERS: &[&str] = &[
     // Leaves.
+    "metrics",
     "error",
     "drain",
     "stream",

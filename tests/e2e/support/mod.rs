@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod python;
 pub mod redis;
 pub mod socketio;
 pub mod tls;

@@ -1,6 +1,7 @@
 //! The admin endpoint: `GET /healthz` (the process runs), `GET /readyz` (listeners are
 //! bound and the proxy is not draining), `GET /upstreams` (every pool's servers with
-//! their live counts and health, as JSON), `GET /limits` (open connections against
+//! their live counts and health, as JSON), `GET /metrics` (Prometheus, OpenMetrics
+//! text), `GET /limits` (open connections against
 //! `max_connections`, and each limit's tracked keys, as JSON), and `POST /upstreams/NAME/servers/ADDR/drain`
 //! (or `/undrain`) to take a server out of rotation for new connections and back.
 
@@ -58,6 +59,9 @@ fn answer<B>(
         let body = serde_json::json!({ "upstreams": pools.iter().map(|p| p.status()).collect::<Vec<_>>() });
         return json(StatusCode::OK, &body);
     }
+    if get && req.uri().path() == "/metrics" {
+        return metrics(snapshot, connections);
+    }
     if get && req.uri().path() == "/limits" {
         let body = serde_json::json!({
             "connections": { "open": connections.count(), "max": snapshot.max_connections },
@@ -81,10 +85,32 @@ fn answer<B>(
         }
         _ => (
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz, /upstreams or /limits\n",
+            "not found; try /healthz, /readyz, /metrics, /upstreams or /limits\n",
         ),
     };
     text(status, body)
+}
+
+/// `GET /metrics`: every metric, with the scrape-time figures read from the snapshot.
+fn metrics(snapshot: &Snapshot, connections: &Connections) -> Response<Full<Bytes>> {
+    let text = crate::metrics::encode(|m| {
+        m.clear_state();
+        for pool in snapshot.pools_by_name() {
+            for server in pool.members().servers() {
+                m.set_server(&pool.name, &server.addr, server.metric_state());
+            }
+        }
+        for limit in snapshot.limits_by_name() {
+            m.set_limit_keys(&limit.name, limit.tracked_keys());
+        }
+        m.set_connections_open(connections.count());
+    });
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    response
 }
 
 /// `POST /upstreams/NAME/servers/ADDR/drain` or `.../undrain`: the server's new status.

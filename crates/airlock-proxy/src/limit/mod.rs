@@ -133,6 +133,11 @@ impl Limit {
         matches!(self.key, KeyRule::Plugin)
     }
 
+    /// How many keys it tracks now.
+    pub fn tracked_keys(&self) -> usize {
+        self.table.len()
+    }
+
     /// The limit and its keys now, for the admin endpoint.
     pub fn status(&self) -> serde_json::Value {
         let key = match &self.key {
@@ -148,7 +153,7 @@ impl Limit {
             "burst": self.rate.map(|r| r.burst()),
             "concurrent": self.concurrent,
             "store": if self.shared.is_some() { "redis" } else { "local" },
-            "tracked_keys": self.table.len(),
+            "tracked_keys": self.tracked_keys(),
             "max_keys": self.table.capacity(),
         })
     }
@@ -183,6 +188,16 @@ impl Refused {
             Self::StoreFailed => {
                 "its shared store did not answer in time, and on_store_error = \"deny\""
             }
+        }
+    }
+
+    /// The reason's name, for metrics: `rate`, `concurrent`, `full` or `store`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rate { .. } => "rate",
+            Self::Concurrent => "concurrent",
+            Self::Full => "full",
+            Self::StoreFailed => "store",
         }
     }
 

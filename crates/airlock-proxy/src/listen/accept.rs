@@ -32,6 +32,7 @@ pub async fn accept_loop(
     connections: Arc<Connections>,
 ) {
     let bound = listener.local_addr().expect("bound listener");
+    let accepted_count = crate::metrics::global().accepted(&name);
     loop {
         let accepted = tokio::select! {
             _ = drain.stopping.cancelled() => break,
@@ -67,6 +68,7 @@ pub async fn accept_loop(
             client.addr = %peer,
             server.addr = %local,
         );
+        accepted_count.inc();
         let counted = connections.open(current.max_connections);
         let accepted = Accepted {
             counted,

@@ -24,12 +24,16 @@ pub struct RequestLog {
     pub upgrade: bool,
     pub connect_time: Option<Duration>,
     pub header_time: Option<Duration>,
-    pub error: Option<(&'static str, String)>,
+    /// For a failure: its source (`client`, `upstream`, ...), its cause's name (metrics)
+    /// and the whole error chain (the log).
+    pub error: Option<(&'static str, &'static str, String)>,
     /// The plugin that rejected or failed the request.
     pub plugin: Option<std::sync::Arc<str>>,
     pub plugin_time: Option<Duration>,
     /// The limit that refused the request (`[limit.NAME]`, or `max_connections`).
     pub limit: Option<std::sync::Arc<str>>,
+    /// The route's metrics, once a route took the request.
+    pub metrics: Option<std::sync::Arc<crate::metrics::RouteMetrics>>,
     /// Key-value pairs plugins attached.
     pub attributes: Vec<(String, String)>,
     /// The TLS version, on a TLS listener.
@@ -57,6 +61,7 @@ impl RequestLog {
             plugin: None,
             plugin_time: None,
             limit: None,
+            metrics: None,
             attributes: Vec::new(),
             tls_version: tls.map(|t| t.version),
             client_subject: tls
@@ -65,7 +70,9 @@ impl RequestLog {
         }
     }
 
+    /// The request's access-log line, and its metrics.
     pub fn emit(&self, status: http::StatusCode) {
+        self.count(status.as_u16());
         // Formatting the line costs more than checking whether anyone wants it.
         if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
             return;
@@ -93,7 +100,7 @@ impl RequestLog {
             upstream_header_ms = self.header_time.map(millis),
             duration_ms = millis(self.started.elapsed()),
             error.source = self.error.as_ref().map(|e| e.0),
-            error.message = self.error.as_ref().map(|e| e.1.as_str()),
+            error.message = self.error.as_ref().map(|e| e.2.as_str()),
             limit = self.limit.as_deref(),
             plugin = self.plugin.as_deref(),
             plugins_us = self.plugin_time.map(|d| d.as_nanos() as f64 / 1000.0),
@@ -101,6 +108,23 @@ impl RequestLog {
             tls.version = self.tls_version,
             tls.client.subject = self.client_subject.as_deref(),
         );
+    }
+}
+
+impl RequestLog {
+    fn count(&self, code: u16) {
+        let took = self.started.elapsed();
+        match &self.metrics {
+            Some(route) => route.request(self.upgrade, code, took),
+            None => {
+                let metrics = crate::metrics::global();
+                metrics.request(None, self.upgrade, code);
+                metrics.unrouted_duration(self.upgrade, took);
+            }
+        }
+        if let Some((source, cause, _)) = &self.error {
+            crate::metrics::global().request_error(self.route.as_ref(), source, cause);
+        }
     }
 }
 
@@ -127,6 +151,14 @@ pub fn tunnel_closed(route: &str, server: &str, client: SocketAddr, outcome: &Ou
 
 /// A request that never reached a handler: its head was malformed, too large or too slow.
 pub fn rejected_head(client: SocketAddr, status: http::StatusCode, reason: &dyn std::fmt::Display) {
+    let metrics = crate::metrics::global();
+    metrics.request(None, false, status.as_u16());
+    let cause = match status {
+        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "head_too_large",
+        http::StatusCode::REQUEST_TIMEOUT => "head_timeout",
+        _ => "malformed",
+    };
+    metrics.request_error(None, "client", cause);
     tracing::info!(
         target: TARGET,
         event = "request",

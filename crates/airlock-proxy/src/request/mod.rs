@@ -16,7 +16,7 @@
 //!              otherwise:   plain HTTP, streamed both ways              crate::forward
 //! stick      a sticky pool's Set-Cookie for a client it (re)placed
 //! respond    errors mapped to statuses, listener headers        request::respond
-//! log        one access-log line                                crate::observe
+//! log        one access-log line, and the request's metrics    crate::observe
 //! ```
 //!
 //! Every phase may fail with a [`ProxyError`]; the request then skips to `respond`,
@@ -36,6 +36,7 @@ use crate::error::ProxyError;
 use crate::http::body::ProxyBody;
 use crate::http::{forwarded, headers};
 use crate::limit::{self, Admission, KeyParts};
+use crate::metrics;
 use crate::observe::access_log::RequestLog;
 use crate::route::{Route, Router, request_host};
 use crate::upgrade::{self, ClientSide};
@@ -83,6 +84,12 @@ async fn proxy(
     } else {
         None
     };
+    // What the request asks to upgrade to: known already when airlock read the head itself.
+    let mut upgrade = match &client {
+        ClientSide::Direct { upgrade, .. } => Some(upgrade.clone()),
+        ClientSide::Hyper(_) => headers::upgrade_request(req.headers()),
+    };
+    log.upgrade = upgrade.is_some();
     if conn.counted.over {
         return Err(ProxyError::OverCapacity {
             max: conn.snapshot.max_connections.unwrap_or_default(),
@@ -90,14 +97,10 @@ async fn proxy(
     }
     let route = find_route(&req, &conn.listener.router)?;
     log.route = Some(route.name.clone());
+    log.metrics = Some(route.metrics.clone());
     let mut admission = check_limits(&req, &route.limits, &route, conn, None).await?;
     upstream_request::ensure_host_header(&mut req);
 
-    // What the request asks to upgrade to: known already when airlock read the head itself.
-    let mut upgrade = match &client {
-        ClientSide::Direct { upgrade, .. } => Some(upgrade.clone()),
-        ClientSide::Hyper(_) => headers::upgrade_request(req.headers()),
-    };
     let decision = plugins::run(&mut req, upgrade.as_ref(), &route, conn, log)?;
     if decision.headers_replaced {
         upgrade = headers::upgrade_request(req.headers());
@@ -183,10 +186,13 @@ async fn check_limits(
         plugin: plugin_key,
     };
     let admitted = limit::admit(limits, &parts).await;
-    admitted.map_err(|refusal| ProxyError::Limited {
-        limit: refusal.limit,
-        reason: refusal.kind.reason(),
-        retry_after: refusal.kind.retry_after(),
+    admitted.map_err(|refusal| {
+        metrics::global().limit_refused(&refusal.limit, refusal.kind.name());
+        ProxyError::Limited {
+            limit: refusal.limit,
+            reason: refusal.kind.reason(),
+            retry_after: refusal.kind.retry_after(),
+        }
     })
 }
 

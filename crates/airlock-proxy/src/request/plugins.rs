@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use airlock_plugins::chain::Allowed;
+use airlock_plugins::chain::{Allowed, Step};
 use airlock_plugins::{ChainOutcome, Handshake, TlsInfo};
 use http::Request;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::conn::ConnCtx;
 use crate::error::ProxyError;
 use crate::http::forwarded;
+use crate::metrics::CallResult;
 use crate::observe::RequestId;
 use crate::observe::access_log::RequestLog;
 use crate::route::Route;
@@ -54,7 +55,14 @@ pub fn run<B>(
     }
     let started = Instant::now();
     let handshake = handshake(req, upgrade, route, conn, log.request_id)?;
-    let outcome = route.chain.run(handshake);
+    let outcome = route.chain.run_observed(handshake, |index, took, step| {
+        let result = match step {
+            Step::Allowed => CallResult::Allow,
+            Step::Rejected => CallResult::Reject,
+            Step::Failed(error) => CallResult::Error(error.cause()),
+        };
+        route.plugin_metrics[index].call(took, result);
+    });
     log.plugin_time = Some(started.elapsed());
     let changes = match outcome {
         ChainOutcome::Rejected { plugin, rejection } => {

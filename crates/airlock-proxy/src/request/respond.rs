@@ -15,7 +15,7 @@ use crate::route::request_host;
 /// the plugin wrote it; otherwise the status with a short text (details go to the log,
 /// not the client).
 pub fn for_error(err: ProxyError, log: &mut RequestLog) -> Response<ProxyBody> {
-    log.error = Some((err.source_kind().as_str(), chain(&err)));
+    log.error = Some((err.source_kind().as_str(), err.cause(), chain(&err)));
     log.plugin = err.plugin().map(Into::into);
     log.limit = err.limit();
     if let ProxyError::PluginFailed { .. } = &err {

@@ -8,6 +8,7 @@ use airlock_config::LoadedConfig;
 use super::{Listener, Snapshot};
 use crate::http::forwarded::TrustedProxies;
 use crate::limit::Limit;
+use crate::metrics::{PluginMetrics, RouteMetrics};
 use crate::route::{HostMatch, PathMatch, Route, Router};
 use crate::tls::{TlsError, server::ServerTls};
 use crate::upstream::{Pool, tls::UpstreamTls};
@@ -180,17 +181,21 @@ fn build_route(
     } else {
         PathMatch::Prefix("/".into())
     };
+    let name: Arc<str> = r.name.get_ref().as_str().into();
+    let chain = airlock_plugins::Chain::new(
+        r.plugins
+            .iter()
+            .map(|p| plugins[p.get_ref()].clone())
+            .collect(),
+    );
     Route {
-        name: r.name.get_ref().as_str().into(),
+        metrics: Arc::new(RouteMetrics::new(&name)),
+        plugin_metrics: chain.names().map(PluginMetrics::new).collect(),
+        name,
         host: HostMatch::parse(r.host.as_ref().map(|h| h.get_ref().as_str())),
         path,
         pool: pools[r.upstream.get_ref()].clone(),
-        chain: airlock_plugins::Chain::new(
-            r.plugins
-                .iter()
-                .map(|p| plugins[p.get_ref()].clone())
-                .collect(),
-        ),
+        chain,
         limits: named(false),
         limits_after_plugins: named(true),
         strip_prefix: r.strip_prefix.as_ref().map(|s| s.get_ref().clone()),

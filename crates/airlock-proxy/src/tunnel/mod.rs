@@ -64,6 +64,21 @@ pub enum CloseReason {
     Shutdown,
 }
 
+impl CloseReason {
+    /// The reason without detail, for metrics: `closed`, `error`, `idle_timeout`,
+    /// `half_close_timeout`, `max_lifetime` or `shutdown`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Error(_) => "error",
+            Self::IdleTimeout => "idle_timeout",
+            Self::HalfCloseTimeout => "half_close_timeout",
+            Self::MaxLifetime => "max_lifetime",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

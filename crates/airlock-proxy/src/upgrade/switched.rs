@@ -8,6 +8,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::conn::ConnCtx;
 use crate::limit::Admission;
+use crate::metrics::TunnelClose;
 use crate::observe::access_log;
 use crate::route::Route;
 use crate::stream::Stream;
@@ -47,10 +48,21 @@ impl Tunnel {
             max_lifetime: route.max_lifetime,
             half_close_timeout: route.half_close_timeout,
         };
+        let open = route.metrics.tunnel_opened();
         let outcome = tunnel::relay(client, upstream, limits, self.conn.drain.force.clone()).await;
-        access_log::tunnel_closed(&route.name, &self.server.addr, self.conn.peer, &outcome);
+        // Give back what the tunnel held before saying it closed: whoever reads the log
+        // line then sees the server's count and the limits' slots released.
+        drop(open);
         drop(self.guard);
         drop(self.admission);
+        route.metrics.tunnel_closed(TunnelClose {
+            lived: outcome.duration,
+            from_client: outcome.client_to_upstream,
+            from_upstream: outcome.upstream_to_client,
+            closed_by: outcome.closed_by.as_str(),
+            reason: outcome.reason.name(),
+        });
+        access_log::tunnel_closed(&route.name, &self.server.addr, self.conn.peer, &outcome);
     }
 }
 

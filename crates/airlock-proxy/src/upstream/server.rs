@@ -207,6 +207,17 @@ impl Server {
         })
     }
 
+    /// The server's state as `/metrics` shows it.
+    pub fn metric_state(&self) -> crate::metrics::ServerState {
+        let tunnels = self.state.tunnels.load(Ordering::Relaxed);
+        crate::metrics::ServerState {
+            up: self.is_available(),
+            drained: self.is_drained(),
+            in_flight: self.active().saturating_sub(tunnels),
+            tunnels,
+        }
+    }
+
     /// Open a connection to this server (TCP, then TLS when the pool has it) within
     /// `timeout`.
     pub async fn connect(&self, timeout: Duration) -> Result<Stream, ProxyError> {
@@ -258,6 +269,7 @@ impl Server {
 
     pub fn record_failure(&self, pool: &str, err: &ProxyError) {
         let marked_down = self.state.health.record_failure();
+        crate::metrics::global().upstream_failed(pool, &self.addr);
         tracing::warn!(
             upstream = pool,
             server = &*self.addr,

@@ -90,7 +90,8 @@ impl Upstream {
                  \n  open   http://{addr}/            a chat page served through airlock\n  \
                  ws     ws://{addr}/ws/chat       WebSocket, to {servers}\n  \
                  api    http://{addr}/api/whoami  what the upstream sees (X-Forwarded-* headers, its name)\n  \
-                 admin  http://{admin}/upstreams  the pool: sticky cookie, health probes, open tunnels\n\
+                 admin  http://{admin}/upstreams  the pool: sticky cookie, health probes, open tunnels\n  \
+                 admin  http://{admin}/metrics    Prometheus metrics: requests, tunnels, plugin calls\n\
                  \nPress Ctrl-C to stop.\n"
             );
             tokio::spawn(show_origin_check(addr));

@@ -1,0 +1,176 @@
+//! Handles resolved once per route and per plugin when a snapshot is built, so that the
+//! per-request and per-call paths record with an atomic add and no label lookup. A handle
+//! shares its counter with the family: two snapshots naming the same route count into the
+//! same series.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use super::families::kind;
+use super::global;
+use super::labels::*;
+
+/// One route's request and tunnel figures.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    name: Arc<str>,
+    http_duration: Histogram,
+    upgrade_duration: Histogram,
+    tunnels_open: Gauge,
+    tunnel_duration: Histogram,
+    bytes_from_client: Counter,
+    bytes_from_upstream: Counter,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &Arc<str>) -> Self {
+        let m = global();
+        let duration = |upgrade| {
+            m.request_duration
+                .get_or_create(&RouteKind {
+                    route: route.into(),
+                    kind: kind(upgrade),
+                })
+                .clone()
+        };
+        let bytes = |direction| {
+            m.tunnel_bytes
+                .get_or_create(&DirectionLabels {
+                    route: route.into(),
+                    direction,
+                })
+                .clone()
+        };
+        let label = RouteLabel {
+            route: route.into(),
+        };
+        Self {
+            name: route.clone(),
+            http_duration: duration(false),
+            upgrade_duration: duration(true),
+            tunnels_open: m.tunnels_open.get_or_create(&label).clone(),
+            tunnel_duration: m.tunnel_duration.get_or_create(&label).clone(),
+            bytes_from_client: bytes("from_client"),
+            bytes_from_upstream: bytes("from_upstream"),
+        }
+    }
+
+    /// A request of this route answered after `took`.
+    pub fn request(&self, upgrade: bool, code: u16, took: Duration) {
+        global().request(Some(&self.name), upgrade, code);
+        let histogram = if upgrade {
+            &self.upgrade_duration
+        } else {
+            &self.http_duration
+        };
+        histogram.observe(took.as_secs_f64());
+    }
+
+    /// A tunnel of this route opened; the guard counts it until dropped.
+    pub fn tunnel_opened(&self) -> TunnelOpen {
+        self.tunnels_open.inc();
+        TunnelOpen(self.tunnels_open.clone())
+    }
+
+    /// A tunnel of this route closed.
+    pub fn tunnel_closed(&self, close: TunnelClose) {
+        self.tunnel_duration.observe(close.lived.as_secs_f64());
+        self.bytes_from_client.inc_by(close.from_client);
+        self.bytes_from_upstream.inc_by(close.from_upstream);
+        global()
+            .tunnel_closes
+            .get_or_create(&CloseLabels {
+                route: (&self.name).into(),
+                closed_by: close.closed_by,
+                reason: close.reason,
+            })
+            .inc();
+    }
+}
+
+/// What a closed tunnel did.
+pub struct TunnelClose {
+    pub lived: Duration,
+    pub from_client: u64,
+    pub from_upstream: u64,
+    pub closed_by: &'static str,
+    pub reason: &'static str,
+}
+
+/// An open tunnel in its route's `airlock_tunnels_open`; dropping it (however the tunnel
+/// ends, a panic included) takes it out.
+#[derive(Debug)]
+pub struct TunnelOpen(Gauge);
+
+impl Drop for TunnelOpen {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One plugin's call figures.
+#[derive(Debug, Clone)]
+pub struct PluginMetrics {
+    name: Arc<str>,
+    allow: Counter,
+    reject: Counter,
+    error: Counter,
+    duration: Histogram,
+}
+
+/// How one plugin call ended, for its metrics.
+#[derive(Debug, Clone, Copy)]
+pub enum CallResult {
+    Allow,
+    Reject,
+    /// Failed, with the cause's name.
+    Error(&'static str),
+}
+
+impl PluginMetrics {
+    pub fn new(plugin: &Arc<str>) -> Self {
+        let m = global();
+        let calls = |result| {
+            m.plugin_calls
+                .get_or_create(&PluginResult {
+                    plugin: plugin.into(),
+                    result,
+                })
+                .clone()
+        };
+        Self {
+            name: plugin.clone(),
+            allow: calls("allow"),
+            reject: calls("reject"),
+            error: calls("error"),
+            duration: m
+                .plugin_duration
+                .get_or_create(&PluginLabel {
+                    plugin: plugin.into(),
+                })
+                .clone(),
+        }
+    }
+
+    pub fn call(&self, took: Duration, result: CallResult) {
+        self.duration.observe(took.as_secs_f64());
+        match result {
+            CallResult::Allow => self.allow.inc(),
+            CallResult::Reject => self.reject.inc(),
+            CallResult::Error(cause) => {
+                global()
+                    .plugin_errors
+                    .get_or_create(&PluginCause {
+                        plugin: (&self.name).into(),
+                        cause,
+                    })
+                    .inc();
+                self.error.inc()
+            }
+        };
+    }
+}
