@@ -149,6 +149,44 @@ async fn demo_serves_the_page_and_chat_behind_the_origin_allowlist() {
         ws.next().await.unwrap().unwrap(),
         Message::text("hello, airlock")
     );
+
+    // The banner names the demo's configuration file; edited and reloaded, the plugin
+    // admits the origin it refused at start, and the open WebSocket carries on.
+    let config = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("airlock reload --config "))
+        .expect("the banner shows how to reload")
+        .to_string();
+    let edited = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("allow = [", "allow = [\"https://evil.example\", ");
+    std::fs::write(&config, edited).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        airlock_cmd()
+            .args(["reload", "--config", &config])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut evil = format!("ws://{listen}/ws/chat")
+        .into_client_request()
+        .unwrap();
+    evil.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    tokio_tungstenite::connect_async(evil)
+        .await
+        .expect("the reloaded allowlist admits https://evil.example");
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

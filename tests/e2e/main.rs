@@ -13,6 +13,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod plugins;
+mod reload;
 mod shared_limits;
 mod socketio;
 mod tls;

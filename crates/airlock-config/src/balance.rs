@@ -123,7 +123,7 @@ impl<'de> Deserialize<'de> for HashKey {
 }
 
 /// `cookie = { ... }` of a `sticky_cookie` pool.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StickyCookie {
     /// `name = "airlock_server"`

@@ -14,7 +14,7 @@ pub const DEFAULT_HEALTH_RISE: u32 = 2;
 pub const DEFAULT_HEALTH_FALL: u32 = 3;
 
 /// `health_check = { path = "/healthz", interval = "5s", timeout = "1s", rise = 2, fall = 3 }`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// `kind = "http"` (a GET whose status must pass) or `"websocket"` (a WebSocket

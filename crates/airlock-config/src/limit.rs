@@ -14,7 +14,7 @@ pub const DEFAULT_LIMIT_MAX_KEYS: usize = 100_000;
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration(std::time::Duration::from_millis(5));
 
 /// `[limit.per_ip]` with `rate = "10/s"`, `burst = 20`, `concurrent = 5`, `key = "client_ip"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limit {
     /// `rate = "10/s"` (or `/min`, `/h`): handshakes and requests admitted per key, on

@@ -44,7 +44,7 @@ pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration(std::time::Duration::from_
 pub const DEFAULT_PLUGIN_MAX_MEMORY: ByteSize = ByteSize(16 << 20);
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// How long open tunnels may keep running after SIGTERM/SIGINT before they are closed.
@@ -90,7 +90,7 @@ fn default_shutdown_grace() -> Duration {
 }
 
 /// `[admin]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// `bind = "127.0.0.1:9900"`; port 0 picks a free port (logged at start).
@@ -98,7 +98,7 @@ pub struct Admin {
 }
 
 /// `[[listener]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// `name = "public"`; unique among listeners.
@@ -132,7 +132,7 @@ pub struct Listener {
 }
 
 /// `[listener.tls]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
     /// `certificates = [{ cert = "a.pem", key = "a-key.pem" }]`: PEM files, relative to the
@@ -160,7 +160,7 @@ pub struct ListenerTls {
 pub const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
 
 /// One certificate chain and its private key: `{ cert = "a.pem", key = "a-key.pem" }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateFiles {
     /// PEM: the server certificate first, then intermediates.
@@ -199,7 +199,7 @@ fn default_handshake_timeout() -> Duration {
 }
 
 /// `[[route]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// `name = "chat"`; unique among routes; appears in logs.
@@ -257,7 +257,7 @@ fn default_idle_timeout() -> Duration {
 }
 
 /// `[upstream.NAME]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// `servers = ["127.0.0.1:9001", { addr = "backend:9002", weight = 2 }]`
@@ -315,7 +315,7 @@ pub struct Upstream {
 }
 
 /// `tls = { ... }` of an upstream.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// `ca = "internal-ca.pem"`: trust these CA certificates instead of the system's.
@@ -441,7 +441,7 @@ pub enum OnError {
 }
 
 /// `[plugin.NAME]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plugin {
     /// `wasm = "plugins/origin_allowlist.wasm"`, relative to the config file.

@@ -42,6 +42,30 @@ pub struct Plugin {
     pub name: Arc<str>,
     pub on_error: OnError,
     pool: InstancePool,
+    /// What it was loaded from: a reload keeps the plugin when this is the same.
+    source: Source,
+}
+
+/// A plugin's settings and the SHA-256 of its component file.
+#[derive(Debug, Clone, PartialEq)]
+struct Source {
+    settings: PluginSettings,
+    wasm_sha256: [u8; 32],
+}
+
+impl Source {
+    fn read(wasm: &Path, settings: PluginSettings) -> Result<Self, PluginError> {
+        use sha2::Digest as _;
+        let bytes = std::fs::read(wasm).map_err(|source| PluginError::Read {
+            plugin: settings.name.clone(),
+            path: wasm.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            settings,
+            wasm_sha256: sha2::Sha256::digest(&bytes).into(),
+        })
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -53,7 +77,7 @@ impl std::fmt::Debug for Plugin {
 }
 
 /// Settings of one plugin, from its `[plugin.NAME]` table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PluginSettings {
     pub name: String,
     pub timeout: Duration,
@@ -97,11 +121,18 @@ impl Plugin {
         wasm: &Path,
         settings: PluginSettings,
     ) -> Result<Self, PluginError> {
-        let pool = InstancePool::new(host, wasm, &settings)?;
+        let source = Source::read(wasm, settings)?;
+        Self::load_source(host, wasm, source)
+    }
+
+    fn load_source(host: &PluginHost, wasm: &Path, source: Source) -> Result<Self, PluginError> {
+        let settings = &source.settings;
+        let pool = InstancePool::new(host, wasm, settings)?;
         Ok(Self {
-            name: settings.name.into(),
+            name: settings.name.as_str().into(),
             on_error: settings.on_error,
             pool,
+            source,
         })
     }
 
@@ -124,32 +155,43 @@ impl Plugin {
 pub fn load_all(
     loaded: &airlock_config::LoadedConfig,
 ) -> Result<HashMap<String, Arc<Plugin>>, PluginError> {
-    let plugins = &loaded.config.plugins;
-    if plugins.is_empty() {
-        return Ok(HashMap::new());
+    load_all_reusing(loaded, &HashMap::new())
+}
+
+/// [`load_all`] for a reload: a plugin of `previous` whose name, settings and component
+/// file are the same is kept as it is (compiled, its warm instances and their state);
+/// the others are loaded, sharing one new engine sized for them.
+pub fn load_all_reusing(
+    loaded: &airlock_config::LoadedConfig,
+    previous: &HashMap<String, Arc<Plugin>>,
+) -> Result<HashMap<String, Arc<Plugin>>, PluginError> {
+    let mut plugins = HashMap::new();
+    let mut to_load = Vec::new();
+    for (name, cfg) in &loaded.config.plugins {
+        let path = loaded.resolve(cfg.wasm.get_ref());
+        let source = Source::read(&path, PluginSettings::from_config(name, cfg))?;
+        match previous.get(name) {
+            Some(plugin) if plugin.source == source => {
+                plugins.insert(name.clone(), plugin.clone());
+            }
+            _ => to_load.push((path, source)),
+        }
     }
-    let settings: Vec<_> = plugins
+    if to_load.is_empty() {
+        return Ok(plugins);
+    }
+    let total = to_load.iter().map(|(_, s)| s.settings.instances).sum();
+    let max_memory = to_load
         .iter()
-        .map(|(name, cfg)| {
-            (
-                loaded.resolve(cfg.wasm.get_ref()),
-                PluginSettings::from_config(name, cfg),
-            )
-        })
-        .collect();
-    let total = settings.iter().map(|(_, s)| s.instances).sum();
-    let max_memory = settings
-        .iter()
-        .map(|(_, s)| s.max_memory)
+        .map(|(_, s)| s.settings.max_memory)
         .max()
         .unwrap_or(0);
     let host = PluginHost::new(total, max_memory, disk_cache(loaded))?;
-    let mut loaded_plugins = HashMap::new();
-    for (path, s) in settings {
-        let name = s.name.clone();
-        loaded_plugins.insert(name, Arc::new(Plugin::load(&host, &path, s)?));
+    for (path, source) in to_load {
+        let name = source.settings.name.clone();
+        plugins.insert(name, Arc::new(Plugin::load_source(&host, &path, source)?));
     }
-    Ok(loaded_plugins)
+    Ok(plugins)
 }
 
 /// The disk cache a configuration asks for (`plugin_cache_dir`), if it can be used; a

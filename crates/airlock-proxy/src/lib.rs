@@ -38,6 +38,8 @@ mod upgrade;
 // Around the data plane.
 mod admin;
 mod lifecycle;
+mod reload;
 
 pub use error::{ErrorSource, ProxyError};
 pub use lifecycle::{Bound, Plan, Running, StartError};
+pub use reload::{ReloadError, Reloaded};

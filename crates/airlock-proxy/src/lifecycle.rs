@@ -3,6 +3,7 @@
 //! draining).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::drain::Drain;
 use crate::limit::Connections;
+use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::snapshot::{self, BuildError, Snapshot};
 use crate::tls::server::ServerTls;
 use crate::{admin, listen};
@@ -34,6 +36,8 @@ pub struct Plan {
     snapshot: Snapshot,
     admin: Option<SocketAddr>,
     shutdown_grace: Duration,
+    /// The file a reload reads again.
+    config_path: Option<PathBuf>,
 }
 
 impl Plan {
@@ -43,7 +47,15 @@ impl Plan {
             snapshot: Snapshot::build(loaded)?,
             admin: loaded.config.admin.as_ref().map(|a| a.bind.get_ref().0),
             shutdown_grace: loaded.config.shutdown_grace.get(),
+            config_path: None,
         })
+    }
+
+    /// Reload from `path` when asked (SIGHUP, `POST /reload`); without it a reload is
+    /// refused.
+    pub fn reloadable_from(mut self, path: PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
     }
 
     /// Bind every listener and the admin endpoint. Nothing is served until `start`.
@@ -70,6 +82,7 @@ impl Plan {
             admin,
             snapshot: snapshot::Shared::new(self.snapshot),
             shutdown_grace: self.shutdown_grace,
+            config_path: self.config_path,
         })
     }
 }
@@ -90,6 +103,7 @@ pub struct Bound {
     admin: Option<TcpListener>,
     snapshot: snapshot::Shared,
     shutdown_grace: Duration,
+    config_path: Option<PathBuf>,
 }
 
 impl Bound {
@@ -112,6 +126,7 @@ impl Bound {
             tracing::info!(listener = name, addr = %addr, "listening");
         }
         let connections = Arc::new(Connections::default());
+        let reloader = Arc::new(Reloader::new(self.snapshot.clone(), self.config_path));
         if let Some(admin) = self.admin {
             if let Ok(addr) = admin.local_addr() {
                 tracing::info!(addr = %addr, "admin listening");
@@ -121,18 +136,10 @@ impl Bound {
                 drain.clone(),
                 self.snapshot.clone(),
                 connections.clone(),
+                reloader.clone(),
             ));
         }
-        let tls: Arc<[Arc<ServerTls>]> = self
-            .snapshot
-            .load()
-            .listeners()
-            .iter()
-            .filter_map(|l| l.tls.clone())
-            .collect();
-        if !tls.is_empty() {
-            tokio::spawn(watch_certificates(tls.clone(), drain.clone()));
-        }
+        tokio::spawn(watch_certificates(self.snapshot.clone(), drain.clone()));
         for pool in self.snapshot.load().pools_by_name() {
             pool.start();
         }
@@ -149,7 +156,8 @@ impl Bound {
         Running {
             drain,
             shutdown_grace: self.shutdown_grace,
-            tls,
+            snapshot: self.snapshot,
+            reloader,
         }
     }
 }
@@ -158,8 +166,9 @@ impl Bound {
 const CERT_POLL: Duration = Duration::from_secs(2);
 
 /// Reload a listener's certificates when its files change (a renewal by certbot or
-/// cert-manager), so that no signal is needed.
-async fn watch_certificates(tls: Arc<[Arc<ServerTls>]>, drain: Drain) {
+/// cert-manager), so that no signal is needed. The listeners are those of the current
+/// snapshot: a reload's new TLS settings are watched from then on.
+async fn watch_certificates(snapshot: snapshot::Shared, drain: Drain) {
     let mut tick = tokio::time::interval(CERT_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -167,18 +176,28 @@ async fn watch_certificates(tls: Arc<[Arc<ServerTls>]>, drain: Drain) {
             _ = tick.tick() => {}
             _ = drain.stopping.cancelled() => return,
         }
-        for listener in tls.iter() {
+        for listener in tls_listeners(&snapshot) {
             // File reads block; they are few and small.
             tokio::task::block_in_place(|| listener.reload_if_changed());
         }
     }
 }
 
+fn tls_listeners(snapshot: &snapshot::Shared) -> Vec<Arc<ServerTls>> {
+    snapshot
+        .load()
+        .listeners()
+        .iter()
+        .filter_map(|l| l.tls.clone())
+        .collect()
+}
+
 /// A serving proxy.
 pub struct Running {
     drain: Drain,
     pub shutdown_grace: Duration,
-    tls: Arc<[Arc<ServerTls>]>,
+    snapshot: snapshot::Shared,
+    reloader: Arc<Reloader>,
 }
 
 impl Running {
@@ -186,9 +205,14 @@ impl Running {
     /// open connections and tunnels are untouched. A listener whose new files are unusable
     /// keeps its current certificates, and the log says why.
     pub fn reload_certificates(&self) {
-        for listener in self.tls.iter() {
+        for listener in tls_listeners(&self.snapshot) {
             listener.reload_and_log("reload requested");
         }
+    }
+
+    /// Reload the configuration file (SIGHUP); see [`Reloader`]. The outcome is logged.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        self.reloader.reload().await
     }
 
     /// Stop accepting, report not-ready, close idle connections, let in-flight requests

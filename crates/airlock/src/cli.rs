@@ -10,6 +10,7 @@ Examples:
   airlock demo                                  # try it: open http://127.0.0.1:8080/
   airlock check --config airlock.toml           # validate a configuration, exit 64 on errors
   airlock run --config airlock.toml             # serve until SIGTERM/SIGINT
+  airlock reload --config airlock.toml          # apply an edited file; open tunnels stay
   AIRLOCK_LOG=debug airlock run --config airlock.toml --log-format json
 ";
 
@@ -41,6 +42,18 @@ pub enum Command {
         /// The TOML configuration file.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Make a running airlock read its configuration file again (through its admin
+    /// endpoint's `POST /reload`): 0 when it took effect, 64 with the errors when refused.
+    Reload {
+        /// The configuration file the running airlock was started with; its `[admin]`
+        /// table says where to reach it.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// The admin endpoint's address, when the file's `[admin] bind` is not enough
+        /// (port 0, or another host's view).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
     },
     /// Run airlock in front of a built-in chat server, with a web page to try it.
     Demo(DemoArgs),

@@ -6,6 +6,7 @@
 mod cli;
 mod demo;
 mod plugin_test;
+mod reload;
 
 use std::process::ExitCode;
 
@@ -52,9 +53,10 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run { config } => match load(&config) {
-            Ok(loaded) => serve(loaded, None),
+            Ok(loaded) => serve(loaded, Some(config), None),
             Err(code) => code,
         },
+        Command::Reload { config, admin } => reload::run(&config, admin),
         Command::Plugin(cli::PluginCommand::Test(args)) => match plugin_test::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -63,7 +65,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo(args) => match demo::prepare(&args) {
-            Ok((loaded, upstream)) => serve(loaded, Some(upstream)),
+            Ok((loaded, path, upstream)) => serve(loaded, Some(path), Some(upstream)),
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
@@ -86,7 +88,11 @@ fn load(path: &std::path::Path) -> Result<airlock_config::LoadedConfig, ExitCode
     Ok(loaded)
 }
 
-fn serve(loaded: airlock_config::LoadedConfig, demo: Option<demo::Upstream>) -> ExitCode {
+fn serve(
+    loaded: airlock_config::LoadedConfig,
+    path: Option<std::path::PathBuf>,
+    demo: Option<demo::Upstream>,
+) -> ExitCode {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all().thread_name("airlock-worker");
     if let Some(n) = loaded.config.worker_threads {
@@ -95,7 +101,7 @@ fn serve(loaded: airlock_config::LoadedConfig, demo: Option<demo::Upstream>) -> 
     let result = runtime
         .build()
         .context("cannot start the Tokio runtime")
-        .and_then(|rt| rt.block_on(run(loaded, demo)));
+        .and_then(|rt| rt.block_on(run(loaded, path, demo)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -108,13 +114,16 @@ fn serve(loaded: airlock_config::LoadedConfig, demo: Option<demo::Upstream>) -> 
 
 async fn run(
     loaded: airlock_config::LoadedConfig,
+    path: Option<std::path::PathBuf>,
     demo: Option<demo::Upstream>,
 ) -> anyhow::Result<()> {
-    let plan = airlock_proxy::Plan::build(&loaded)?;
-    let bound = plan.bind().await?;
-    if let Some(demo) = demo {
-        demo.start(&bound)?;
+    let mut plan = airlock_proxy::Plan::build(&loaded)?;
+    if let Some(path) = path {
+        plan = plan.reloadable_from(path);
     }
+    let bound = plan.bind().await?;
+    // The demo's files go when it ends.
+    let _demo_dir = demo.map(|demo| demo.start(&bound)).transpose()?;
     let running = bound.start();
 
     let mut signals = Signals::new()?;
@@ -156,12 +165,16 @@ impl Signals {
         })
     }
 
-    /// The next SIGTERM or SIGINT; a SIGHUP meanwhile reloads certificates.
+    /// The next SIGTERM or SIGINT; a SIGHUP meanwhile reloads the configuration file and
+    /// the certificates (also when the file is refused: a renewed certificate should not
+    /// wait for a fixed config).
     async fn next_stop(&mut self, running: &airlock_proxy::Running) -> &'static str {
         loop {
             match self.next().await {
                 "SIGHUP" => {
-                    tracing::info!("SIGHUP: reloading certificates");
+                    tracing::info!("SIGHUP: reloading the configuration and certificates");
+                    // The outcome is logged by the reload itself.
+                    let _ = running.reload().await;
                     running.reload_certificates();
                 }
                 stop => return stop,

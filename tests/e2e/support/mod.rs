@@ -77,6 +77,7 @@ pub struct Airlock {
     logs: Arc<Mutex<Vec<Value>>>,
     listeners: Vec<(String, SocketAddr)>,
     admin: Option<SocketAddr>,
+    config: PathBuf,
     _dir: TempDir,
 }
 
@@ -110,6 +111,7 @@ impl Airlock {
             logs,
             listeners: Vec::new(),
             admin: None,
+            config: path,
             _dir: dir,
         };
         let deadline = Instant::now() + START_WAIT;
@@ -158,6 +160,11 @@ impl Airlock {
             .find(|(n, _)| n == name)
             .unwrap_or_else(|| panic!("no listener {name}"))
             .1
+    }
+
+    /// The configuration file it runs (rewrite it, then reload).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
     }
 
     pub fn admin(&self) -> SocketAddr {

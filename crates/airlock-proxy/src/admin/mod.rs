@@ -3,7 +3,8 @@
 //! their live counts and health, as JSON), `GET /metrics` (Prometheus, OpenMetrics
 //! text), `GET /limits` (open connections against
 //! `max_connections`, and each limit's tracked keys, as JSON), and `POST /upstreams/NAME/servers/ADDR/drain`
-//! (or `/undrain`) to take a server out of rotation for new connections and back.
+//! (or `/undrain`) to take a server out of rotation for new connections and back, and
+//! `POST /reload` to read the configuration file again.
 
 use std::convert::Infallible;
 
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 use crate::drain::Drain;
 use crate::limit::Connections;
+use crate::reload::{ReloadError, Reloader};
 use crate::snapshot::{self, Snapshot};
 
 pub async fn serve(
@@ -26,6 +28,7 @@ pub async fn serve(
     drain: Drain,
     snapshot: snapshot::Shared,
     connections: Arc<Connections>,
+    reloader: Arc<Reloader>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -35,10 +38,21 @@ pub async fn serve(
         let drain = drain.clone();
         let snapshot = snapshot.clone();
         let connections = connections.clone();
+        let reloader = reloader.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let response = answer(&req, &drain, &snapshot.load(), &connections);
-                async move { Ok::<_, Infallible>(response) }
+                let wants_reload = (req.uri().path() == "/reload").then(|| reloader.clone());
+                let response = match wants_reload {
+                    None => Ok(answer(&req, &drain, &snapshot.load(), &connections)),
+                    Some(_) if req.method() != Method::POST => Ok(use_post()),
+                    Some(reloader) => Err(reloader),
+                };
+                async move {
+                    Ok::<_, Infallible>(match response {
+                        Ok(response) => response,
+                        Err(reloader) => reload(&reloader).await,
+                    })
+                }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -85,10 +99,41 @@ fn answer<B>(
         }
         _ => (
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz, /metrics, /upstreams or /limits\n",
+            "not found; try /healthz, /readyz, /metrics, /upstreams, /limits or POST /reload\n",
         ),
     };
     text(status, body)
+}
+
+/// `POST /reload`: read the configuration file again. 200 with the new generation, or
+/// 422 with the errors (as `airlock check` prints them) and the running configuration
+/// unchanged; 409 when the proxy has no file to read.
+async fn reload(reloader: &Reloader) -> Response<Full<Bytes>> {
+    match reloader.reload().await {
+        Ok(done) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "generation": done.generation,
+                "kept": {
+                    "pools": done.kept.pools,
+                    "limits": done.kept.limits,
+                    "plugins": done.kept.plugins,
+                },
+            }),
+        ),
+        Err(ReloadError::NoFile) => {
+            text(StatusCode::CONFLICT, &format!("{}\n", ReloadError::NoFile))
+        }
+        Err(error) => text(StatusCode::UNPROCESSABLE_ENTITY, &format!("{error}\n")),
+    }
+}
+
+fn use_post() -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+    response
 }
 
 /// `GET /metrics`: every metric, with the scrape-time figures read from the snapshot.
@@ -123,11 +168,7 @@ fn server_action(method: &Method, rest: &str, snapshot: &Snapshot) -> Response<F
         );
     };
     if method != Method::POST {
-        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
-        response
-            .headers_mut()
-            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
-        return response;
+        return use_post();
     }
     let Some(pool) = snapshot
         .pools_by_name()

@@ -40,6 +40,9 @@ pub struct Limit {
     /// `store = "redis://..."`: the rate is checked there.
     shared: Option<SharedRate>,
     on_store_error: airlock_config::OnStoreError,
+    /// What it was built from: a reload keeps the limit, and its counts, when this is the
+    /// same.
+    config: airlock_config::Limit,
 }
 
 #[derive(Debug)]
@@ -101,7 +104,13 @@ impl Limit {
                 .as_ref()
                 .map(|o| *o.get_ref())
                 .unwrap_or_default(),
+            config: config.clone(),
         })
+    }
+
+    /// Whether it was built from `config`.
+    pub fn has_config(&self, config: &airlock_config::Limit) -> bool {
+        &self.config == config
     }
 
     fn key(&self, parts: &KeyParts<'_>) -> Key {

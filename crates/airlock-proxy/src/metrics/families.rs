@@ -60,6 +60,8 @@ pub struct Metrics {
     server_drained: Family<ServerLabels, Gauge>,
     connections_accepted: Family<ListenerLabel, Counter>,
     connections_open: Gauge,
+    reloads: Family<ReloadResult, Counter>,
+    generation: Gauge,
 }
 
 impl Metrics {
@@ -90,6 +92,8 @@ impl Metrics {
             server_drained: Family::default(),
             connections_accepted: Family::default(),
             connections_open: Gauge::default(),
+            reloads: Family::default(),
+            generation: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -192,6 +196,17 @@ impl Metrics {
             "Client connections open now, on every listener",
             metrics.connections_open.clone(),
         );
+        r.register(
+            "config_reloads",
+            "Reloads of the configuration, by result (ok, refused)",
+            metrics.reloads.clone(),
+        );
+        r.register(
+            "config_generation",
+            "The running configuration's generation: 1 at start, one more per reload",
+            metrics.generation.clone(),
+        );
+        metrics.generation.set(1);
         Self {
             registry,
             ..metrics
@@ -263,6 +278,13 @@ impl Metrics {
                 kind: kind(upgrade),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// A reload: whether it took effect, and the generation running after it.
+    pub fn reloaded(&self, ok: bool, generation: u64) {
+        let result = if ok { "ok" } else { "refused" };
+        self.reloads.get_or_create(&ReloadResult { result }).inc();
+        self.generation.set(generation as i64);
     }
 
     // Scrape-time figures: cleared and set again by each scrape, so that a server or limit

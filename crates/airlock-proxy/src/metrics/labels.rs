@@ -114,3 +114,9 @@ pub struct ServerLabels {
 pub struct ListenerLabel {
     pub listener: Name,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReloadResult {
+    /// `ok` or `refused`.
+    pub result: &'static str,
+}

@@ -6,9 +6,11 @@
 //! - **Counted as things happen**: requests, errors, tunnels, bytes, plugin calls, limit
 //!   refusals, connect failures. The per-request and per-call paths use handles resolved
 //!   once per route and plugin when the snapshot is built ([`RouteMetrics`],
-//!   [`PluginMetrics`]): an increment is an atomic add, with no label lookup. A label
-//!   lookup (a read lock and a hash) is paid only where a label is known late: the status
-//!   code of a request, the reason a tunnel closed, an error's cause.
+//!   [`PluginMetrics`]): an increment is an atomic add, with no label lookup. Labels
+//!   known only when counting (a request's status code, who closed a tunnel and why) are
+//!   kept at hand per route once used; a label lookup (a hash and the family's read
+//!   lock, about 500 instructions) is paid for the first of each, for rare codes, and
+//!   for errors' causes.
 //! - **Read at scrape time**: per-server health, in-flight requests and tunnels, tracked
 //!   limit keys, open connections. These are already counted where the proxy needs them;
 //!   the admin endpoint copies them in before it encodes ([`encode`]'s `refresh`), so they

@@ -35,20 +35,61 @@ pub enum BuildError {
     },
 }
 
-pub(super) fn build(loaded: &LoadedConfig) -> Result<Snapshot, BuildError> {
+/// What a reload kept of the previous snapshot: how many pools, limits and plugins.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Kept {
+    pub pools: usize,
+    pub limits: usize,
+    pub plugins: usize,
+}
+
+pub(super) fn build(
+    loaded: &LoadedConfig,
+    previous: Option<&Snapshot>,
+) -> Result<(Snapshot, Kept), BuildError> {
     let config = &loaded.config;
-    let plugins = airlock_plugins::load_all(loaded)?;
+    let mut kept = Kept::default();
+    let plugins = match previous {
+        Some(previous) => airlock_plugins::load_all_reusing(loaded, &previous.plugins)?,
+        None => airlock_plugins::load_all(loaded)?,
+    };
+    if let Some(previous) = previous {
+        kept.plugins = plugins
+            .iter()
+            .filter(|(name, p)| {
+                previous
+                    .plugins
+                    .get(*name)
+                    .is_some_and(|old| Arc::ptr_eq(old, p))
+            })
+            .count();
+    }
     let mut pools = HashMap::new();
     for (name, up) in &config.upstreams {
-        pools.insert(name.clone(), Arc::new(build_pool(name, up, loaded)?));
+        let pool = match previous.and_then(|p| p.pools.get(name)) {
+            Some(old) if old.has_config(up) => {
+                kept.pools += 1;
+                old.clone()
+            }
+            _ => Arc::new(build_pool(name, up, loaded)?),
+        };
+        pools.insert(name.clone(), pool);
     }
     let mut limits = HashMap::new();
     for (name, l) in &config.limits {
-        let limit = Limit::from_config(name, l.get_ref()).map_err(|e| BuildError::LimitStore {
-            limit: name.clone(),
-            message: e.to_string(),
-        })?;
-        limits.insert(name.clone(), Arc::new(limit));
+        let limit = match previous.and_then(|p| p.limits.get(name)) {
+            Some(old) if old.has_config(l.get_ref()) => {
+                kept.limits += 1;
+                old.clone()
+            }
+            _ => Arc::new(Limit::from_config(name, l.get_ref()).map_err(|e| {
+                BuildError::LimitStore {
+                    limit: name.clone(),
+                    message: e.to_string(),
+                }
+            })?),
+        };
+        limits.insert(name.clone(), limit);
     }
     let routes: Vec<(Option<Vec<String>>, Arc<Route>)> = config
         .routes
@@ -71,12 +112,14 @@ pub(super) fn build(loaded: &LoadedConfig) -> Result<Snapshot, BuildError> {
             .collect();
         listeners.push(Arc::new(build_listener(l, mine, loaded)?));
     }
-    Ok(Snapshot {
+    let snapshot = Snapshot {
         listeners,
         pools,
         limits,
+        plugins,
         max_connections: config.max_connections.as_ref().map(|m| *m.get_ref()),
-    })
+    };
+    Ok((snapshot, kept))
 }
 
 fn build_pool(

@@ -19,7 +19,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
-pub use build::BuildError;
+pub use build::{BuildError, Kept};
 
 use crate::http::forwarded::TrustedProxies;
 use crate::limit::Limit;
@@ -36,6 +36,8 @@ pub struct Snapshot {
     pools: HashMap<String, Arc<Pool>>,
     /// Every `[limit.NAME]` by name (routes hold their own).
     limits: HashMap<String, Arc<Limit>>,
+    /// Every `[plugin.NAME]` by name (routes hold their chains), for a reload to keep.
+    plugins: HashMap<String, Arc<airlock_plugins::Plugin>>,
     /// `max_connections`: client connections open at once in the process.
     pub max_connections: Option<u32>,
 }
@@ -45,7 +47,17 @@ impl Snapshot {
     /// network: pools, plugins (compiled and configured), routes, listener settings and
     /// their TLS certificates.
     pub fn build(loaded: &airlock_config::LoadedConfig) -> Result<Self, BuildError> {
-        build::build(loaded)
+        Ok(build::build(loaded, None)?.0)
+    }
+
+    /// [`Snapshot::build`] for a reload: pools, limits and plugins of `previous` whose
+    /// configuration did not change are kept (the same objects, with their state: server
+    /// health and counts, idle connections, limit counts, warm plugin instances).
+    pub fn build_after(
+        loaded: &airlock_config::LoadedConfig,
+        previous: &Snapshot,
+    ) -> Result<(Self, Kept), BuildError> {
+        build::build(loaded, Some(previous))
     }
 
     pub fn listeners(&self) -> &[Arc<Listener>] {
@@ -94,6 +106,13 @@ pub struct Listener {
     pub redirect_https: Option<u16>,
     /// `h2c`: a plain-text connection that starts with the HTTP/2 preface gets HTTP/2.
     pub h2c: bool,
+}
+
+impl Shared {
+    /// Make `snapshot` the current one; later connections take it.
+    pub fn store(&self, snapshot: Arc<Snapshot>) {
+        self.0.store(snapshot);
+    }
 }
 
 /// The current snapshot, shared by the accept loops and the admin endpoint, and swapped

@@ -77,6 +77,11 @@ impl Pool {
         Arc::new(Self::from_config("test", &cfg, None))
     }
 
+    /// Whether it was built from `cfg` (a reload keeps it, with its servers' state).
+    pub fn has_config(&self, cfg: &airlock_config::Upstream) -> bool {
+        &self.cfg == cfg
+    }
+
     /// The servers now. A request takes them once and keeps them for its life.
     pub fn members(&self) -> Arc<Members> {
         self.members.load_full()

@@ -26,12 +26,15 @@ const SERVERS: [&str; 2] = ["chat-1", "chat-2"];
 /// addresses can go into the configuration.
 pub struct Upstream {
     listeners: Vec<std::net::TcpListener>,
-    /// Holds the plugin file until the proxy has loaded it.
-    plugin_dir: std::path::PathBuf,
+    /// The demo's configuration file and its plugin, kept while the demo runs so that it
+    /// can be edited and reloaded.
+    dir: std::path::PathBuf,
 }
 
 /// Bind the built-in chat server and produce the demo configuration pointing at it.
-pub fn prepare(args: &DemoArgs) -> anyhow::Result<(airlock_config::LoadedConfig, Upstream)> {
+pub fn prepare(
+    args: &DemoArgs,
+) -> anyhow::Result<(airlock_config::LoadedConfig, std::path::PathBuf, Upstream)> {
     let mut listeners = Vec::new();
     let mut text = CONFIG_TEMPLATE
         .replace("{listen}", &args.listen.to_string())
@@ -47,31 +50,21 @@ pub fn prepare(args: &DemoArgs) -> anyhow::Result<(airlock_config::LoadedConfig,
         );
         listeners.push(listener);
     }
-    let config = airlock_config::parse(&text, "<embedded demo config>")
-        .context("the embedded demo configuration is invalid")?;
-    let plugin_dir = std::env::temp_dir().join(format!("airlock-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&plugin_dir)
-        .context("cannot create a directory for the demo plugin")?;
-    std::fs::write(plugin_dir.join("origin_allowlist.wasm"), ORIGIN_ALLOWLIST)
+    // Written out, so that it can be edited and reloaded like any configuration.
+    let dir = std::env::temp_dir().join(format!("airlock-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).context("cannot create a directory for the demo")?;
+    std::fs::write(dir.join("origin_allowlist.wasm"), ORIGIN_ALLOWLIST)
         .context("cannot write the demo plugin")?;
-    let loaded = airlock_config::LoadedConfig {
-        config,
-        base_dir: plugin_dir.clone(),
-    };
-    Ok((
-        loaded,
-        Upstream {
-            listeners,
-            plugin_dir,
-        },
-    ))
+    let path = dir.join("airlock.toml");
+    std::fs::write(&path, text).context("cannot write the demo configuration")?;
+    let loaded = airlock_config::load_file(&path)
+        .map_err(|e| anyhow::anyhow!("the embedded demo configuration is invalid: {e}"))?;
+    Ok((loaded, path, Upstream { listeners, dir }))
 }
 
 impl Upstream {
     /// Serve the chat server and tell the user where to look.
-    pub fn start(self, proxy: &airlock_proxy::Bound) -> anyhow::Result<()> {
-        // The proxy has loaded the plugin; its file is no longer needed.
-        let _ = std::fs::remove_dir_all(&self.plugin_dir);
+    pub fn start(self, proxy: &airlock_proxy::Bound) -> anyhow::Result<DemoDir> {
         let room = chat::room();
         let mut servers = Vec::new();
         for (listener, name) in self.listeners.into_iter().zip(SERVERS) {
@@ -92,11 +85,24 @@ impl Upstream {
                  api    http://{addr}/api/whoami  what the upstream sees (X-Forwarded-* headers, its name)\n  \
                  admin  http://{admin}/upstreams  the pool: sticky cookie, health probes, open tunnels\n  \
                  admin  http://{admin}/metrics    Prometheus metrics: requests, tunnels, plugin calls\n\
-                 \nPress Ctrl-C to stop.\n"
+                 \nIts configuration is {config}: edit it (add an origin to the plugin's `allow`,\n\
+                 a route, a server), then apply it without dropping a WebSocket:\n  \
+                 airlock reload --config {config}\n\
+                 \nPress Ctrl-C to stop.\n",
+                config = self.dir.join("airlock.toml").display(),
             );
             tokio::spawn(show_origin_check(addr));
         }
-        Ok(())
+        Ok(DemoDir(self.dir))
+    }
+}
+
+/// The demo's directory, removed when the demo ends.
+pub struct DemoDir(std::path::PathBuf);
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
