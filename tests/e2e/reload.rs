@@ -57,6 +57,17 @@ async fn reload(airlock: &Airlock) -> (Option<i32>, String, String) {
     .unwrap()
 }
 
+/// The log line of the reload that took effect.
+async fn reloaded(airlock: &Airlock) -> serde_json::Value {
+    airlock
+        .wait_for_log("the reload", |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("configuration reloaded"))
+        })
+        .await
+}
+
 async fn open_ws(
     addr: SocketAddr,
     origin: &str,
@@ -173,13 +184,7 @@ async fn a_reload_changes_routes_servers_and_plugins_while_open_tunnels_carry_on
     for ws in open {
         crate::support::client::close_ws(ws).await;
     }
-    let line = airlock
-        .wait_for_log("the reload", |v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("configuration reloaded"))
-        })
-        .await;
+    let line = reloaded(&airlock).await;
     assert_eq!(line["generation"], 2, "{line}");
     assert_eq!(line["pools_kept"], 0, "the pool's servers changed: {line}");
     assert_eq!(
@@ -287,13 +292,7 @@ async fn sighup_reloads_and_what_did_not_change_keeps_its_state() {
     )
     .unwrap();
     airlock.signal("HUP");
-    let line = airlock
-        .wait_for_log("the reload", |v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("configuration reloaded"))
-        })
-        .await;
+    let line = reloaded(&airlock).await;
     assert_eq!(line["pools_kept"], 1, "{line}");
     assert_eq!(line["plugins_kept"], 1, "{line}");
     assert_eq!(get(addr, "/new").await.status, 200);
