@@ -57,6 +57,15 @@ async fn reload(airlock: &Airlock) -> (Option<i32>, String, String) {
     .unwrap()
 }
 
+/// `config` with a second listener, `extra`, on `bind`.
+fn with_extra_listener(config: &str, bind: &str) -> String {
+    config.replacen(
+        "[[route]]",
+        &format!("[[listener]]\nname = \"extra\"\nbind = \"{bind}\"\n\n[[route]]"),
+        1,
+    )
+}
+
 /// The log line of the reload that took effect.
 async fn reloaded(airlock: &Airlock) -> serde_json::Value {
     airlock
@@ -210,12 +219,14 @@ async fn a_broken_configuration_is_refused_with_its_errors_and_the_running_one_s
         ),
     );
     assert_ne!(refusing_guest, good);
-    let moved_listener = good.replacen(
-        "bind = \"127.0.0.1:0\"\n\n[[route]]",
-        "bind = \"127.0.0.2:0\"\n\n[[route]]",
+    // A listener added on an address in use (the backend's).
+    let taken = with_extra_listener(&good, &a.addr.to_string());
+    let moved_admin = good.replacen(
+        "[admin]\nbind = \"127.0.0.1:0\"",
+        "[admin]\nbind = \"127.0.0.2:0\"",
         1,
     );
-    assert_ne!(moved_listener, good);
+    assert_ne!(moved_admin, good);
     let cases = [
         (
             "an unknown key",
@@ -232,10 +243,11 @@ async fn a_broken_configuration_is_refused_with_its_errors_and_the_running_one_s
             refusing_guest,
             "plugin `origin` refused its configuration",
         ),
+        ("an address in use", taken, "cannot bind listener `extra`"),
         (
-            "a moved listener",
-            moved_listener,
-            "listeners cannot change on a reload (`public` moved",
+            "a moved admin endpoint",
+            moved_admin,
+            "the admin endpoint cannot change on a reload",
         ),
     ];
     for (what, text, needle) in cases {
@@ -262,7 +274,7 @@ async fn a_broken_configuration_is_refused_with_its_errors_and_the_running_one_s
         "{metrics}"
     );
     assert!(
-        metrics.contains("airlock_config_reloads_total{result=\"refused\"} 5\n"),
+        metrics.contains("airlock_config_reloads_total{result=\"refused\"} 6\n"),
         "{metrics}"
     );
 
@@ -309,4 +321,85 @@ async fn sighup_reloads_and_what_did_not_change_keeps_its_state() {
         .cloned()
         .unwrap();
     assert_eq!(b_status["drained"], true, "{b_status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_come_and_go_with_a_reload_and_their_tunnels_stay() {
+    let a = Backend::start("a").await;
+    let first = version(&[a.addr], &[ONE], "old");
+    let airlock = Airlock::start(&first);
+    let public = airlock.addr();
+    let mut tunnel = open_ws(public, ONE).await;
+
+    // A listener added: it serves as soon as the reload returns.
+    std::fs::write(
+        airlock.config_path(),
+        with_extra_listener(&first, "127.0.0.1:0"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = reload(&airlock).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let line = airlock
+        .wait_for_log("the new listener", |v| {
+            v["message"] == "listening" && v["listener"] == "extra"
+        })
+        .await;
+    let extra: SocketAddr = line["addr"].as_str().unwrap().parse().unwrap();
+    assert_eq!(backend_of(extra).await, "a");
+    assert_eq!(
+        backend_of(public).await,
+        "a",
+        "an unchanged listener keeps serving"
+    );
+
+    // The first listener removed: its socket closes, the tunnel it accepted carries on.
+    // (`extra` keeps its configured address, port 0, so it is the same listener.)
+    let only_extra = with_extra_listener(&first, "127.0.0.1:0").replacen(
+        "[[listener]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n",
+        "",
+        1,
+    );
+    assert!(!only_extra.contains("\"public\""), "{only_extra}");
+    std::fs::write(airlock.config_path(), only_extra).unwrap();
+    let (code, stdout, stderr) = reload(&airlock).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let refused = tokio::net::TcpStream::connect(public).await;
+    assert!(refused.is_err(), "the removed listener still accepts");
+    assert_eq!(backend_of(extra).await, "a");
+    tunnel.send(Message::text("still open")).await.unwrap();
+    assert_eq!(
+        tunnel.next().await.unwrap().unwrap(),
+        Message::text("still open")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_config_reloads_when_the_file_changes() {
+    let a = Backend::start("a").await;
+    let watched =
+        |extra: &str| format!("watch_config = true\n{}", version(&[a.addr], &[ONE], extra));
+    let airlock = Airlock::start(&watched("old"));
+    let addr = airlock.addr();
+    assert_eq!(
+        get(addr, "/new").await.status,
+        403,
+        "the chat route's, without an Origin"
+    );
+
+    // A broken write is refused (and logged); the running configuration stays.
+    std::fs::write(airlock.config_path(), "watch_config = true\n[[route]\n").unwrap();
+    airlock
+        .wait_for_log("the refusal", |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("reload refused"))
+        })
+        .await;
+    assert_eq!(backend_of(addr).await, "a");
+
+    // Fixed, with a new route: applied without a command.
+    std::fs::write(airlock.config_path(), watched("new")).unwrap();
+    let line = reloaded(&airlock).await;
+    assert_eq!(line["generation"], 2, "{line}");
+    assert_eq!(get(addr, "/new").await.status, 200);
 }

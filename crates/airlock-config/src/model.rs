@@ -83,6 +83,10 @@ pub struct Config {
     /// `plugin_cache_dir = "/var/cache/airlock"`
     #[serde(default)]
     pub plugin_cache_dir: Option<String>,
+    /// Reload when the configuration file changes (checked every second), as
+    /// `airlock reload` would. `watch_config = true`
+    #[serde(default)]
+    pub watch_config: bool,
 }
 
 fn default_shutdown_grace() -> Duration {

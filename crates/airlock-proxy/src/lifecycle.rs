@@ -10,12 +10,12 @@ use std::time::Duration;
 use airlock_config::LoadedConfig;
 use tokio::net::TcpListener;
 
+use crate::admin;
 use crate::drain::Drain;
 use crate::limit::Connections;
 use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::snapshot::{self, BuildError, Snapshot};
 use crate::tls::server::ServerTls;
-use crate::{admin, listen};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +83,7 @@ impl Plan {
             snapshot: snapshot::Shared::new(self.snapshot),
             shutdown_grace: self.shutdown_grace,
             config_path: self.config_path,
+            admin_bind: self.admin,
         })
     }
 }
@@ -104,6 +105,8 @@ pub struct Bound {
     snapshot: snapshot::Shared,
     shutdown_grace: Duration,
     config_path: Option<PathBuf>,
+    /// The admin endpoint's configured address.
+    admin_bind: Option<SocketAddr>,
 }
 
 impl Bound {
@@ -122,11 +125,14 @@ impl Bound {
     /// Start serving on the current Tokio runtime.
     pub fn start(self) -> Running {
         let drain = Drain::default();
-        for (name, addr) in self.listener_addrs() {
-            tracing::info!(listener = name, addr = %addr, "listening");
-        }
         let connections = Arc::new(Connections::default());
-        let reloader = Arc::new(Reloader::new(self.snapshot.clone(), self.config_path));
+        let reloader = Arc::new(Reloader::new(
+            self.snapshot.clone(),
+            self.config_path,
+            self.admin_bind,
+            drain.clone(),
+            connections.clone(),
+        ));
         if let Some(admin) = self.admin {
             if let Ok(addr) = admin.local_addr() {
                 tracing::info!(addr = %addr, "admin listening");
@@ -143,14 +149,13 @@ impl Bound {
         for pool in self.snapshot.load().pools_by_name() {
             pool.start();
         }
+        tokio::spawn(reloader.clone().watch(drain.stopping.clone()));
+        let current = self.snapshot.load();
         for (name, listener) in self.listeners {
-            tokio::spawn(listen::accept_loop(
-                listener,
-                name,
-                self.snapshot.clone(),
-                drain.clone(),
-                connections.clone(),
-            ));
+            let configured = current
+                .listener(&name)
+                .expect("a bound listener is configured");
+            reloader.serve(&name, configured.bind, listener);
         }
         drain.set_ready();
         Running {

@@ -9,30 +9,53 @@
 //! plugins and their warm instances); the rest are built new and brought up (names
 //! resolved, shared stores connected, probes started) before the swap, so the first
 //! request after it finds them ready. A configuration that fails anywhere (syntax,
-//! validation, a plugin that does not load or refuses its config, a listener change) is
-//! refused with the same located errors as `airlock check`, and the running one stays.
+//! validation, a plugin that does not load or refuses its config, an address that cannot
+//! be bound) is refused with the same located errors as `airlock check`, and the running
+//! one stays.
 //!
-//! Not yet: adding, removing or moving listeners (their sockets are bound once, at
-//! start); such a reload is refused and says so.
+//! Listeners: one whose name and address stay keeps its socket (it never stops
+//! accepting); an added one is bound before the swap and serves after it; a removed one
+//! stops accepting at the swap (its connections carry on); a moved one is both. The
+//! admin endpoint cannot move on a reload.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::snapshot::{self, BuildError, Kept, Snapshot};
+use crate::{drain::Drain, limit::Connections, listen};
 
-/// Reloads the configuration of a running proxy; one at a time.
+/// How often `watch_config` looks at the file.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reloads the configuration of a running proxy, one reload at a time, and runs its
+/// listeners' accept loops.
 #[derive(Debug)]
 pub struct Reloader {
     snapshot: snapshot::Shared,
-    /// The file the proxy was started from; `None` (the demo) cannot reload.
+    /// The file the proxy was started from; `None` cannot reload.
     path: Option<PathBuf>,
-    /// The listeners bound at start, by name, with their configured addresses.
-    listeners: Vec<(String, SocketAddr)>,
+    /// The admin endpoint's configured address (it cannot move).
+    admin: Option<SocketAddr>,
+    /// The listeners accepting now.
+    serving: Mutex<Vec<Serving>>,
+    drain: Drain,
+    connections: Arc<Connections>,
     /// 1 for the configuration the proxy started with, then one more per reload.
     generation: AtomicU64,
     one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+/// A listener accepting now: its configured address, and what stops its accept loop.
+#[derive(Debug)]
+struct Serving {
+    name: String,
+    addr: SocketAddr,
+    stop: CancellationToken,
 }
 
 /// Why a reload was refused. The running configuration is unchanged.
@@ -49,10 +72,22 @@ pub enum ReloadError {
         #[source]
         source: BuildError,
     },
+    #[error("error: {path}: cannot bind listener `{listener}` to {addr}: {source}")]
+    Bind {
+        path: String,
+        listener: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
-        "error: {path}: listeners cannot change on a reload ({change}); restart airlock to change them"
+        "error: {path}: the admin endpoint cannot change on a reload (from {from} to {to}); restart airlock to move it"
     )]
-    Listeners { path: String, change: String },
+    Admin {
+        path: String,
+        from: String,
+        to: String,
+    },
 }
 
 /// A reload that took effect.
@@ -63,19 +98,86 @@ pub struct Reloaded {
 }
 
 impl Reloader {
-    pub(crate) fn new(snapshot: snapshot::Shared, path: Option<PathBuf>) -> Self {
-        let listeners = snapshot
-            .load()
-            .listeners()
-            .iter()
-            .map(|l| (l.name.to_string(), l.bind))
-            .collect();
+    pub(crate) fn new(
+        snapshot: snapshot::Shared,
+        path: Option<PathBuf>,
+        admin: Option<SocketAddr>,
+        drain: Drain,
+        connections: Arc<Connections>,
+    ) -> Self {
         Self {
             snapshot,
             path,
-            listeners,
+            admin,
+            serving: Mutex::new(Vec::new()),
+            drain,
+            connections,
             generation: AtomicU64::new(1),
             one_at_a_time: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Accept connections on `listener`, the socket of the configured listener `name`
+    /// (configured address `addr`), until shutdown or a reload that removes or moves it.
+    pub(crate) fn serve(&self, name: &str, addr: SocketAddr, listener: TcpListener) {
+        if let Ok(bound) = listener.local_addr() {
+            tracing::info!(listener = name, addr = %bound, "listening");
+        }
+        let stop = self.drain.stopping.child_token();
+        tokio::spawn(listen::accept_loop(
+            listener,
+            name.into(),
+            self.snapshot.clone(),
+            self.drain.clone(),
+            self.connections.clone(),
+            stop.clone(),
+        ));
+        self.serving_now().push(Serving {
+            name: name.to_string(),
+            addr,
+            stop,
+        });
+    }
+
+    fn serving_now(&self) -> std::sync::MutexGuard<'_, Vec<Serving>> {
+        self.serving.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// With `watch_config = true`, reload when the file changes: it is checked every
+    /// [`WATCH_EVERY`], and reloaded once it has held still for one more check (an
+    /// editor or a deploy tool may write it in several steps). A change that is refused
+    /// is logged like any refused reload; the next change is tried again.
+    pub(crate) async fn watch(self: Arc<Self>, stopping: CancellationToken) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        // One stat a second: too small to hand to the blocking pool.
+        let stamp = || {
+            let meta = std::fs::metadata(&path).ok()?;
+            Some((meta.modified().ok(), meta.len()))
+        };
+        let mut seen = stamp();
+        let mut settled = true;
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopping.cancelled() => return,
+            }
+            let now = stamp();
+            if !self.snapshot.load().watch_config {
+                (seen, settled) = (now, true);
+                continue;
+            }
+            if now != seen {
+                (seen, settled) = (now, false);
+            } else if !settled {
+                settled = true;
+                tracing::info!(path = %path.display(), "the configuration file changed; reloading");
+                // The outcome is logged by the reload itself.
+                let _ = self.reload().await;
+            }
         }
     }
 
@@ -115,69 +217,87 @@ impl Reloader {
     async fn reload_now(&self) -> Result<Reloaded, ReloadError> {
         let path = self.path.clone().ok_or(ReloadError::NoFile)?;
         let previous = self.snapshot.load();
-        let listeners = self.listeners.clone();
+        let admin = self.admin;
         // Compiling plugins takes CPU for a while: off the threads that serve traffic.
         let built = {
-            let previous = previous.clone();
-            tokio::task::spawn_blocking(move || build(&path, &previous, &listeners))
+            let (previous, path) = (previous.clone(), path.clone());
+            tokio::task::spawn_blocking(move || build(&path, &previous, admin))
         };
         let (next, kept) = match built.await {
             Ok(result) => result?,
             Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
         };
+        let wanted: Vec<(String, SocketAddr)> = next
+            .listeners()
+            .iter()
+            .map(|l| (l.name.to_string(), l.bind))
+            .collect();
+        let added = self.bind_added(&wanted, &path).await?;
         bring_up(&next, &previous).await;
+        // Listeners that go stop accepting; the swap; then the new ones serve it.
+        self.serving_now().retain(|s| {
+            let stays = wanted.iter().any(|(n, a)| *n == s.name && *a == s.addr);
+            if !stays {
+                s.stop.cancel();
+                tracing::info!(listener = s.name, addr = %s.addr, "stopped listening");
+            }
+            stays
+        });
         self.snapshot.store(Arc::new(next));
+        for (name, addr, listener) in added {
+            self.serve(&name, addr, listener);
+        }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         Ok(Reloaded { generation, kept })
+    }
+
+    /// Bind the listeners of `wanted` that are not serving yet (new, or moved).
+    async fn bind_added(
+        &self,
+        wanted: &[(String, SocketAddr)],
+        path: &Path,
+    ) -> Result<Vec<(String, SocketAddr, TcpListener)>, ReloadError> {
+        let serving: Vec<(String, SocketAddr)> = self
+            .serving_now()
+            .iter()
+            .map(|s| (s.name.clone(), s.addr))
+            .collect();
+        let mut added = Vec::new();
+        for (name, addr) in wanted.iter().filter(|w| !serving.contains(w)) {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ReloadError::Bind {
+                    path: path.display().to_string(),
+                    listener: name.clone(),
+                    addr: *addr,
+                    source,
+                })?;
+            added.push((name.clone(), *addr, listener));
+        }
+        Ok(added)
     }
 }
 
 /// Load, validate and build the file's configuration, keeping what did not change.
 fn build(
-    path: &std::path::Path,
+    path: &Path,
     previous: &Snapshot,
-    listeners: &[(String, SocketAddr)],
+    admin: Option<SocketAddr>,
 ) -> Result<(Snapshot, Kept), ReloadError> {
     let loaded = airlock_config::load_file(path).map_err(|e| ReloadError::Config(e.to_string()))?;
-    let wanted: Vec<(String, SocketAddr)> = loaded
-        .config
-        .listeners
-        .iter()
-        .map(|l| (l.name.get_ref().clone(), l.bind.get_ref().0))
-        .collect();
-    if let Some(change) = listener_change(listeners, &wanted) {
-        return Err(ReloadError::Listeners {
+    let wanted_admin = loaded.config.admin.as_ref().map(|a| a.bind.get_ref().0);
+    if wanted_admin != admin {
+        let show = |a: Option<SocketAddr>| a.map_or_else(|| "none".to_string(), |a| a.to_string());
+        return Err(ReloadError::Admin {
             path: path.display().to_string(),
-            change,
+            from: show(admin),
+            to: show(wanted_admin),
         });
     }
     Snapshot::build_after(&loaded, previous).map_err(|source| ReloadError::Build {
         path: path.display().to_string(),
         source,
     })
-}
-
-/// How the listeners of `wanted` differ from those bound, if they do.
-fn listener_change(
-    bound: &[(String, SocketAddr)],
-    wanted: &[(String, SocketAddr)],
-) -> Option<String> {
-    let mut changes = Vec::new();
-    for (name, addr) in wanted {
-        match bound.iter().find(|(n, _)| n == name) {
-            None => changes.push(format!("`{name}` added")),
-            Some((_, old)) if old != addr => {
-                changes.push(format!("`{name}` moved from {old} to {addr}"))
-            }
-            Some(_) => {}
-        }
-    }
-    for (name, _) in bound {
-        if !wanted.iter().any(|(n, _)| n == name) {
-            changes.push(format!("`{name}` removed"));
-        }
-    }
-    (!changes.is_empty()).then(|| changes.join(", "))
 }
 
 /// Bring up what the new snapshot did not take over from the previous one: pools resolve
@@ -197,25 +317,5 @@ async fn bring_up(next: &Snapshot, previous: &Snapshot) {
         if !old_limits.iter().any(|old| Arc::ptr_eq(old, limit)) {
             limit.warm_up().await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    #[test]
-    fn listener_changes_are_named() {
-        let bound = vec![("a".to_string(), addr(1)), ("b".to_string(), addr(2))];
-        assert_eq!(listener_change(&bound, &bound), None);
-        let wanted = vec![("a".to_string(), addr(3)), ("c".to_string(), addr(4))];
-        assert_eq!(
-            listener_change(&bound, &wanted).unwrap(),
-            "`a` moved from 127.0.0.1:1 to 127.0.0.1:3, `c` added, `b` removed"
-        );
     }
 }

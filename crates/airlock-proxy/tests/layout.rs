@@ -342,7 +342,8 @@ fn the_checker_sees_the_edges_it_polices() {
         has(&["request"], &["request", "plugins"]),
         "child by bare name"
     );
-    assert!(has(&["lifecycle"], &["listen"]), "grouped use");
+    assert!(has(&["reload"], &["listen"]), "grouped use");
+    assert!(has(&["reload"], &["limit"]), "grouped use with a path");
     let edges: usize = graph.values().map(BTreeSet::len).sum();
     assert!(
         edges > 60,

@@ -9,6 +9,7 @@ use futures_util::FutureExt as _;
 use futures_util::future::OptionFuture;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::direct::{self, First};
@@ -22,20 +23,23 @@ use crate::tls::server::{ServerTls, SessionFacts};
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Accept connections on the listener called `name` until shutdown begins; each runs in
-/// its own tracked task, with the snapshot current when it was accepted.
+/// Accept connections on the listener called `name` until `stop` (shutdown, or a reload
+/// that removes or moves the listener); each runs in its own tracked task, with the
+/// snapshot current when it was accepted. Stopping closes the listening socket; the
+/// connections it accepted carry on.
 pub async fn accept_loop(
     listener: TcpListener,
     name: Arc<str>,
     snapshot: snapshot::Shared,
     drain: Drain,
     connections: Arc<Connections>,
+    stop: CancellationToken,
 ) {
     let bound = listener.local_addr().expect("bound listener");
     let accepted_count = crate::metrics::global().accepted(&name);
     loop {
         let accepted = tokio::select! {
-            _ = drain.stopping.cancelled() => break,
+            _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {

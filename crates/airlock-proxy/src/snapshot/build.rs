@@ -118,6 +118,7 @@ pub(super) fn build(
         limits,
         plugins,
         max_connections: config.max_connections.as_ref().map(|m| *m.get_ref()),
+        watch_config: config.watch_config,
     };
     Ok((snapshot, kept))
 }

@@ -40,6 +40,8 @@ pub struct Snapshot {
     plugins: HashMap<String, Arc<airlock_plugins::Plugin>>,
     /// `max_connections`: client connections open at once in the process.
     pub max_connections: Option<u32>,
+    /// `watch_config`: reload when the configuration file changes.
+    pub watch_config: bool,
 }
 
 impl Snapshot {
