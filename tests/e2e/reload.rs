@@ -196,6 +196,14 @@ async fn a_reload_changes_routes_servers_and_plugins_while_open_tunnels_carry_on
     let line = reloaded(&airlock).await;
     assert_eq!(line["generation"], 2, "{line}");
     assert_eq!(line["pools_kept"], 0, "the pool's servers changed: {line}");
+    let running = get(airlock.admin(), "/config").await.json();
+    assert_eq!(running["generation"], 2, "{running:#}");
+    assert_eq!(
+        running["listeners"][0]["routes"],
+        serde_json::json!(["new", "chat"]),
+        "{running:#}"
+    );
+    assert_eq!(running["path"], airlock.config_path().display().to_string());
     assert_eq!(
         line["plugins_kept"], 0,
         "the plugin's config changed: {line}"

@@ -181,6 +181,11 @@ impl Reloader {
         }
     }
 
+    /// The file a reload reads.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
     /// The generation of the running configuration.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)

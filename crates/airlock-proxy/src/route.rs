@@ -123,6 +123,11 @@ impl Router {
     }
 
     /// `host` must be lowercase and without a port.
+    /// The routes, in file order.
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
     pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
         let mut best: Option<(Specificity, &Arc<Route>)> = None;
         for route in &self.routes {

@@ -4,7 +4,8 @@
 //! text), `GET /limits` (open connections against
 //! `max_connections`, and each limit's tracked keys, as JSON), and `POST /upstreams/NAME/servers/ADDR/drain`
 //! (or `/undrain`) to take a server out of rotation for new connections and back, and
-//! `POST /reload` to read the configuration file again.
+//! `POST /reload` to read the configuration file again (`GET /config` says which
+//! generation runs and what it holds).
 
 use std::convert::Infallible;
 
@@ -43,6 +44,9 @@ pub async fn serve(
             let service = service_fn(move |req| {
                 let wants_reload = (req.uri().path() == "/reload").then(|| reloader.clone());
                 let response = match wants_reload {
+                    None if req.uri().path() == "/config" && req.method() == Method::GET => {
+                        Ok(config(&snapshot, &reloader))
+                    }
                     None => Ok(answer(&req, &drain, &snapshot.load(), &connections)),
                     Some(_) if req.method() != Method::POST => Ok(use_post()),
                     Some(reloader) => Err(reloader),
@@ -99,7 +103,7 @@ fn answer<B>(
         }
         _ => (
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz, /metrics, /upstreams, /limits or POST /reload\n",
+            "not found; try /healthz, /readyz, /metrics, /config, /upstreams, /limits or POST /reload\n",
         ),
     };
     text(status, body)
@@ -126,6 +130,14 @@ async fn reload(reloader: &Reloader) -> Response<Full<Bytes>> {
         }
         Err(error) => text(StatusCode::UNPROCESSABLE_ENTITY, &format!("{error}\n")),
     }
+}
+
+/// `GET /config`: the running configuration's generation and what it holds.
+fn config(snapshot: &snapshot::Shared, reloader: &Reloader) -> Response<Full<Bytes>> {
+    let mut body = snapshot.load().summary();
+    body["generation"] = reloader.generation().into();
+    body["path"] = reloader.path().map(|p| p.display().to_string()).into();
+    json(StatusCode::OK, &body)
 }
 
 fn use_post() -> Response<Full<Bytes>> {

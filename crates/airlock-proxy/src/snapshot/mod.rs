@@ -83,6 +83,25 @@ impl Snapshot {
         limits.into_iter().map(|(_, l)| l).collect()
     }
 
+    /// What it holds, for the admin endpoint's `GET /config`.
+    pub fn summary(&self) -> serde_json::Value {
+        let mut plugins: Vec<&String> = self.plugins.keys().collect();
+        plugins.sort();
+        serde_json::json!({
+            "listeners": self.listeners.iter().map(|l| serde_json::json!({
+                "name": &*l.name,
+                "bind": l.bind.to_string(),
+                "tls": l.tls.is_some(),
+                "routes": l.router.routes().iter().map(|r| &*r.name).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "upstreams": self.pools_by_name().iter().map(|p| &*p.name).collect::<Vec<_>>(),
+            "plugins": plugins,
+            "limits": self.limits_by_name().iter().map(|l| &*l.name).collect::<Vec<_>>(),
+            "max_connections": self.max_connections,
+            "watch_config": self.watch_config,
+        })
+    }
+
     /// Every pool, sorted by name.
     pub fn pools_by_name(&self) -> Vec<&Arc<Pool>> {
         let mut pools: Vec<(&String, &Arc<Pool>)> = self.pools.iter().collect();
