@@ -56,6 +56,8 @@ struct Serving {
     name: String,
     addr: SocketAddr,
     stop: CancellationToken,
+    /// The accept loop; it closes the socket when it ends.
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// Why a reload was refused. The running configuration is unchanged.
@@ -124,7 +126,7 @@ impl Reloader {
             tracing::info!(listener = name, addr = %bound, "listening");
         }
         let stop = self.drain.stopping.child_token();
-        tokio::spawn(listen::accept_loop(
+        let task = tokio::spawn(listen::accept_loop(
             listener,
             name.into(),
             self.snapshot.clone(),
@@ -136,6 +138,7 @@ impl Reloader {
             name: name.to_string(),
             addr,
             stop,
+            task,
         });
     }
 
@@ -239,15 +242,21 @@ impl Reloader {
             .collect();
         let added = self.bind_added(&wanted, &path).await?;
         bring_up(&next, &previous).await;
-        // Listeners that go stop accepting; the swap; then the new ones serve it.
-        self.serving_now().retain(|s| {
-            let stays = wanted.iter().any(|(n, a)| *n == s.name && *a == s.addr);
-            if !stays {
-                s.stop.cancel();
-                tracing::info!(listener = s.name, addr = %s.addr, "stopped listening");
-            }
-            stays
-        });
+        // Listeners that go stop accepting (their sockets closed by the time the reload
+        // returns); the swap; then the new ones serve it.
+        let going: Vec<Serving> = {
+            let mut serving = self.serving_now();
+            let (stay, go) = std::mem::take(&mut *serving)
+                .into_iter()
+                .partition(|s| wanted.iter().any(|(n, a)| *n == s.name && *a == s.addr));
+            *serving = stay;
+            go
+        };
+        for listener in going {
+            listener.stop.cancel();
+            let _ = listener.task.await;
+            tracing::info!(listener = listener.name, addr = %listener.addr, "stopped listening");
+        }
         self.snapshot.store(Arc::new(next));
         for (name, addr, listener) in added {
             self.serve(&name, addr, listener);
