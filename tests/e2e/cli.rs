@@ -157,6 +157,7 @@ async fn demo_serves_the_page_and_chat_behind_the_origin_allowlist() {
         .find_map(|l| l.trim().strip_prefix("airlock reload --config "))
         .expect("the banner shows how to reload")
         .to_string();
+    let demo_config = config.clone();
     let edited = std::fs::read_to_string(&config)
         .unwrap()
         .replace("allow = [", "allow = [\"https://evil.example\", ");
@@ -187,6 +188,25 @@ async fn demo_serves_the_page_and_chat_behind_the_origin_allowlist() {
         ws.next().await.unwrap().unwrap(),
         Message::text("still here")
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    // Stopped as an operator would (SIGTERM), the demo removes its files.
+    drop(ws);
+    let dir = std::path::Path::new(&demo_config)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(dir.exists());
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not exit on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!dir.exists(), "the demo left {} behind", dir.display());
 }
