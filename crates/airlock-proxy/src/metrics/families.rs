@@ -213,11 +213,12 @@ impl Metrics {
         }
     }
 
-    /// A request answered: `route` is `None` when no route matched.
-    pub fn request(&self, route: Option<&Arc<str>>, upgrade: bool, code: u16) {
+    /// A request answered before any route took it (no route matched, or its head was
+    /// refused); a route's requests are counted by [`super::RouteMetrics`].
+    pub fn unrouted_request(&self, upgrade: bool, code: u16) {
         self.requests
             .get_or_create(&RequestLabels {
-                route: route_name(route),
+                route: route_name(None),
                 kind: kind(upgrade),
                 code: Code(code),
             })

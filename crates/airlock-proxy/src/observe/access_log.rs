@@ -118,7 +118,7 @@ impl RequestLog {
             Some(route) => route.request(self.upgrade, code, took),
             None => {
                 let metrics = crate::metrics::global();
-                metrics.request(None, self.upgrade, code);
+                metrics.unrouted_request(self.upgrade, code);
                 metrics.unrouted_duration(self.upgrade, took);
             }
         }
@@ -152,7 +152,7 @@ pub fn tunnel_closed(route: &str, server: &str, client: SocketAddr, outcome: &Ou
 /// A request that never reached a handler: its head was malformed, too large or too slow.
 pub fn rejected_head(client: SocketAddr, status: http::StatusCode, reason: &dyn std::fmt::Display) {
     let metrics = crate::metrics::global();
-    metrics.request(None, false, status.as_u16());
+    metrics.unrouted_request(false, status.as_u16());
     let cause = match status {
         http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "head_too_large",
         http::StatusCode::REQUEST_TIMEOUT => "head_timeout",
