@@ -13,12 +13,13 @@ use crate::support::{Airlock, Backend, single_route};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// airlock with the given `shutdown_grace`, and one WebSocket open through it.
-async fn with_open_tunnel(grace: &str) -> (Backend, Airlock, Ws) {
+/// airlock with the given `shutdown_grace` and `drain_spread`, and one WebSocket open
+/// through it. (The drain closes a lone tunnel half-way through the spread.)
+async fn with_open_tunnel(grace: &str, spread: &str) -> (Backend, Airlock, Ws) {
     let backend = Backend::start("a").await;
     let cfg = single_route(&[backend.addr], "", "").replace(
         "shutdown_grace = \"5s\"",
-        &format!("shutdown_grace = \"{grace}\""),
+        &format!("shutdown_grace = \"{grace}\"\ndrain_spread = \"{spread}\""),
     );
     let airlock = Airlock::start(&cfg);
     let (mut ws, _) = connect_async(format!("ws://{}/", airlock.addr()))
@@ -53,7 +54,8 @@ async fn admin_reports_health_and_readiness() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_keeps_open_tunnels_until_they_close_then_exits() {
-    let (_backend, mut airlock, mut ws) = with_open_tunnel("5s").await;
+    // The drain would close the tunnel after 2.5 s; the client finishes before.
+    let (_backend, mut airlock, mut ws) = with_open_tunnel("5s", "5s").await;
     airlock.signal("TERM");
     airlock
         .wait_for_log("shutdown", |v| message_starts(v, "shutting down"))
@@ -85,7 +87,9 @@ async fn sigterm_keeps_open_tunnels_until_they_close_then_exits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_still_open_when_the_grace_period_ends_are_closed() {
-    let (_backend, mut airlock, mut ws) = with_open_tunnel("300ms").await;
+    // The drain sends its close frame at 150 ms, but the client never reads it, so never
+    // answers: the close handshake is still waiting when the grace ends.
+    let (_backend, mut airlock, mut ws) = with_open_tunnel("300ms", "300ms").await;
     airlock.signal("TERM");
     let status = airlock.wait_exit(Duration::from_secs(5)).await;
     assert!(status.success(), "{status}");
@@ -102,7 +106,7 @@ async fn tunnels_still_open_when_the_grace_period_ends_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
-    let (_backend, mut airlock, _ws) = with_open_tunnel("1h").await;
+    let (_backend, mut airlock, _ws) = with_open_tunnel("1h", "1h").await;
     airlock.signal("TERM");
     airlock
         .wait_for_log("shutdown", |v| message_starts(v, "shutting down"))

@@ -7,6 +7,7 @@ mod bad_input;
 mod balance;
 mod cli;
 mod dns;
+mod drain;
 mod health;
 mod http;
 mod lifecycle;

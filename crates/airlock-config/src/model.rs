@@ -16,6 +16,8 @@ use crate::units::{ByteSize, Duration};
 
 /// `shutdown_grace` when unset: how long open tunnels may run after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `drain_close_code` when unset: 1001, going away (RFC 6455 §7.4.1).
+pub const DEFAULT_DRAIN_CLOSE_CODE: u16 = 1001;
 /// `max_header_bytes` when unset.
 pub const DEFAULT_MAX_HEADER_BYTES: ByteSize = ByteSize(32 * 1024);
 /// `handshake_timeout` when unset.
@@ -51,6 +53,16 @@ pub struct Config {
     /// `shutdown_grace = "30s"`
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Duration,
+    /// Over how long open tunnels are closed when a drain starts (SIGTERM, or a server
+    /// drained through the admin API), at a steady rate, so that clients reconnect
+    /// gradually. At most `shutdown_grace`; half of it when unset. `drain_spread = "10s"`
+    #[serde(default)]
+    pub drain_spread: Option<Spanned<Duration>>,
+    /// The close code WebSocket clients and upstreams get when a drain closes their
+    /// tunnel: `1001` (going away) or `1012` (service restart), or an application code
+    /// 4000-4999. `drain_close_code = 1012`
+    #[serde(default = "default_drain_close_code")]
+    pub drain_close_code: Spanned<u16>,
     /// Threads that run connections; defaults to the number of CPUs.
     /// `worker_threads = 2`
     #[serde(default)]
@@ -91,6 +103,19 @@ pub struct Config {
 
 fn default_shutdown_grace() -> Duration {
     DEFAULT_SHUTDOWN_GRACE
+}
+
+fn default_drain_close_code() -> Spanned<u16> {
+    Spanned::new(0..0, DEFAULT_DRAIN_CLOSE_CODE)
+}
+
+impl Config {
+    /// `drain_spread`, or its default: half of `shutdown_grace`.
+    pub fn drain_spread(&self) -> std::time::Duration {
+        self.drain_spread
+            .as_ref()
+            .map_or(self.shutdown_grace.get() / 2, |d| d.get_ref().get())
+    }
 }
 
 /// `[admin]`

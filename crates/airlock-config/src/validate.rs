@@ -45,6 +45,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     if config.worker_threads == Some(0) {
         p.whole_file("`worker_threads` must be at least 1");
     }
+    check_drain(config, &mut p);
     p.0
 }
 
@@ -556,6 +557,32 @@ fn check_plugins(config: &Config, p: &mut Problems) {
                 format!("plugin `{name}`: `timeout` must be greater than zero"),
             );
         }
+    }
+}
+
+fn check_drain(config: &Config, p: &mut Problems) {
+    if let Some(spread) = &config.drain_spread
+        && spread.get_ref().get() > config.shutdown_grace.get()
+    {
+        p.at(
+            spread,
+            format!(
+                "`drain_spread` ({}) must not be longer than `shutdown_grace` ({}): tunnels \
+                 still open when the grace ends are closed at once",
+                humantime::format_duration(spread.get_ref().get()),
+                humantime::format_duration(config.shutdown_grace.get()),
+            ),
+        );
+    }
+    let code = *config.drain_close_code.get_ref();
+    if !matches!(code, 1001 | 1012 | 4000..=4999) {
+        p.at(
+            &config.drain_close_code,
+            format!(
+                "`drain_close_code` {code} is not a code to close with on a drain; use 1001 \
+                 (going away), 1012 (service restart) or an application code 4000-4999"
+            ),
+        );
     }
 }
 

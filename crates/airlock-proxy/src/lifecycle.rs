@@ -221,10 +221,11 @@ impl Running {
     }
 
     /// Stop accepting, report not-ready, close idle connections, let in-flight requests
-    /// and open tunnels continue.
+    /// finish, and close open tunnels over `drain_spread` (WebSocket tunnels with close
+    /// frames).
     pub fn begin_shutdown(&self) {
-        self.drain.stopping.cancel();
-        self.drain.tasks.close();
+        let settings = self.snapshot.load().drain;
+        self.drain.begin(settings.spread, settings.close_code);
     }
 
     /// Close every tunnel and connection that is still open.

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -23,10 +23,14 @@ use tokio_tungstenite::tungstenite::protocol::{Message, Role};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
+pub type CloseCodes = Arc<Mutex<Vec<u16>>>;
+
 pub struct Backend {
     pub addr: SocketAddr,
     /// TCP connections accepted.
     pub connections: Arc<AtomicUsize>,
+    /// The code of every close frame a WebSocket client sent it, in order.
+    pub close_codes: CloseCodes,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -52,6 +56,8 @@ impl Backend {
         let connections = Arc::new(AtomicUsize::new(0));
         let name_owned: Arc<str> = name.into();
         let counter = connections.clone();
+        let close_codes = CloseCodes::default();
+        let closes = close_codes.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -60,12 +66,13 @@ impl Backend {
                 counter.fetch_add(1, Ordering::Relaxed);
                 let name = name_owned.clone();
                 let tls = tls.clone();
+                let closes = closes.clone();
                 tokio::spawn(async move {
                     match tls {
-                        None => serve(stream, name).await,
+                        None => serve(stream, name, closes).await,
                         Some(tls) => {
                             if let Ok(stream) = tls.accept(stream).await {
-                                serve(stream, name).await;
+                                serve(stream, name, closes).await;
                             }
                         }
                     }
@@ -75,18 +82,20 @@ impl Backend {
         Self {
             addr,
             connections,
+            close_codes,
             task,
         }
     }
 }
 
-async fn serve<S>(stream: S, name: Arc<str>)
+async fn serve<S>(stream: S, name: Arc<str>, closes: CloseCodes)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let service = service_fn(move |req| {
         let name = name.clone();
-        async move { Ok::<_, Infallible>(answer(req, &name).await) }
+        let closes = closes.clone();
+        async move { Ok::<_, Infallible>(answer(req, &name, closes).await) }
     });
     let _ = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
@@ -104,7 +113,7 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
-async fn answer(mut req: Request<Incoming>, name: &str) -> Response<Body> {
+async fn answer(mut req: Request<Incoming>, name: &str, closes: CloseCodes) -> Response<Body> {
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
@@ -116,7 +125,7 @@ async fn answer(mut req: Request<Incoming>, name: &str) -> Response<Body> {
         return r;
     }
     match upgrade.as_deref() {
-        Some("websocket") => return websocket(req),
+        Some("websocket") => return websocket(req, closes),
         Some("raw-echo") => return raw_echo(req),
         Some("server-fin") => return server_fin(req),
         _ => {}
@@ -170,7 +179,7 @@ fn switching(protocol: &str) -> Response<Body> {
     r
 }
 
-fn websocket(mut req: Request<Incoming>) -> Response<Body> {
+fn websocket(mut req: Request<Incoming>, closes: CloseCodes) -> Response<Body> {
     let key = req
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
@@ -194,7 +203,9 @@ fn websocket(mut req: Request<Incoming>) -> Response<Body> {
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         let _ = ws.send(Message::text(greeting)).await;
         while let Some(Ok(msg)) = ws.next().await {
-            if msg.is_close() {
+            if let Message::Close(frame) = msg {
+                let code = frame.map_or(1005, |f| u16::from(f.code));
+                closes.lock().unwrap().push(code);
                 break;
             }
             if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {

@@ -3,7 +3,8 @@
 //! their live counts and health, as JSON), `GET /metrics` (Prometheus, OpenMetrics
 //! text), `GET /limits` (open connections against
 //! `max_connections`, and each limit's tracked keys, as JSON), and `POST /upstreams/NAME/servers/ADDR/drain`
-//! (or `/undrain`) to take a server out of rotation for new connections and back, and
+//! (or `/undrain`) to take a server out of rotation for new connections and back (a drain
+//! also closes its tunnels over `drain_spread`, unless `?tunnels=keep`), and
 //! `POST /reload` to read the configuration file again (`GET /config` says which
 //! generation runs and what it holds).
 
@@ -88,7 +89,7 @@ fn answer<B>(
         return json(StatusCode::OK, &body);
     }
     if let Some(rest) = req.uri().path().strip_prefix("/upstreams/") {
-        return server_action(req.method(), rest, snapshot);
+        return server_action(req.method(), rest, req.uri().query(), snapshot);
     }
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
@@ -171,7 +172,13 @@ fn metrics(snapshot: &Snapshot, connections: &Connections) -> Response<Full<Byte
 }
 
 /// `POST /upstreams/NAME/servers/ADDR/drain` or `.../undrain`: the server's new status.
-fn server_action(method: &Method, rest: &str, snapshot: &Snapshot) -> Response<Full<Bytes>> {
+/// A drain also closes the server's tunnels over `drain_spread`, unless `?tunnels=keep`.
+fn server_action(
+    method: &Method,
+    rest: &str,
+    query: Option<&str>,
+    snapshot: &Snapshot,
+) -> Response<Full<Bytes>> {
     let parts: Vec<&str> = rest.split('/').collect();
     let [pool, "servers", addr, action @ ("drain" | "undrain")] = parts[..] else {
         return text(
@@ -198,10 +205,16 @@ fn server_action(method: &Method, rest: &str, snapshot: &Snapshot) -> Response<F
     };
     let drained = action == "drain";
     server.set_drained(drained);
+    // Its tunnels close too, gradually, unless the operator keeps them.
+    let close_tunnels = drained && query != Some("tunnels=keep");
+    if close_tunnels {
+        server.drain_tunnels(snapshot.drain.spread, snapshot.drain.close_code);
+    }
     tracing::info!(
         upstream = &*pool.name,
         server = addr,
         drained,
+        close_tunnels,
         "upstream server {} by the admin API",
         if drained {
             "drained"

@@ -22,13 +22,14 @@ const COMMON_CODES: [u16; 23] = [
     500, 502, 503, 504,
 ];
 const CLOSED_BY: [&str; 3] = ["client", "upstream", "proxy"];
-const CLOSE_REASONS: [&str; 6] = [
+const CLOSE_REASONS: [&str; 7] = [
     "closed",
     "error",
     "idle_timeout",
     "half_close_timeout",
     "max_lifetime",
     "shutdown",
+    "drain",
 ];
 
 /// Counters of one family for label values known only when counting, each made (and its

@@ -146,6 +146,7 @@ pub fn tunnel_closed(route: &str, server: &str, client: SocketAddr, outcome: &Ou
         bytes_from_upstream = outcome.upstream_to_client,
         closed_by = outcome.closed_by.as_str(),
         reason = %outcome.reason,
+        close_code = outcome.close_code,
     );
 }
 

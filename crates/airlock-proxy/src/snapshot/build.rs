@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use airlock_config::LoadedConfig;
 
-use super::{Listener, Snapshot};
+use super::{DrainSettings, Listener, Snapshot};
 use crate::http::forwarded::TrustedProxies;
 use crate::limit::Limit;
 use crate::metrics::{PluginMetrics, RouteMetrics};
@@ -119,6 +119,10 @@ pub(super) fn build(
         plugins,
         max_connections: config.max_connections.as_ref().map(|m| *m.get_ref()),
         watch_config: config.watch_config,
+        drain: DrainSettings {
+            spread: config.drain_spread(),
+            close_code: *config.drain_close_code.get_ref(),
+        },
     };
     Ok((snapshot, kept))
 }

@@ -42,6 +42,17 @@ pub struct Snapshot {
     pub max_connections: Option<u32>,
     /// `watch_config`: reload when the configuration file changes.
     pub watch_config: bool,
+    /// `drain_spread` and `drain_close_code`.
+    pub drain: DrainSettings,
+}
+
+/// How a drain closes open tunnels.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainSettings {
+    /// Over how long, at a steady rate.
+    pub spread: Duration,
+    /// The close code WebSocket tunnels get.
+    pub close_code: u16,
 }
 
 impl Snapshot {
@@ -99,6 +110,8 @@ impl Snapshot {
             "limits": self.limits_by_name().iter().map(|l| &*l.name).collect::<Vec<_>>(),
             "max_connections": self.max_connections,
             "watch_config": self.watch_config,
+            "drain_spread": humantime::format_duration(self.drain.spread).to_string(),
+            "drain_close_code": self.drain.close_code,
         })
     }
 

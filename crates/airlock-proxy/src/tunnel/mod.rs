@@ -6,11 +6,20 @@
 //! it are the leftover bytes copied to the heap, and that copy is freed as soon as it is
 //! written. Half-close is propagated: when one side finishes sending, the other side's
 //! write half is shut down and the opposite direction keeps flowing.
+//!
+//! A WebSocket tunnel also follows frame boundaries in both directions, from frame
+//! headers alone ([`frames`]), so that a drain can close it properly: a close frame
+//! goes to each side between two of that side's frames, the proxy waits (at most
+//! [`CLOSE_HANDSHAKE_TIMEOUT`]) for each side's own close frame, and then closes TCP.
 
+mod dormant;
+mod frames;
 mod relay;
 
 use std::fmt;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -62,6 +71,9 @@ pub enum CloseReason {
     MaxLifetime,
     /// The proxy is shutting down and the grace period ran out.
     Shutdown,
+    /// A drain closed it (shutdown began, or its server was drained): with a close
+    /// handshake on WebSocket tunnels, a plain close on others.
+    Drain,
 }
 
 impl CloseReason {
@@ -75,6 +87,7 @@ impl CloseReason {
             Self::HalfCloseTimeout => "half_close_timeout",
             Self::MaxLifetime => "max_lifetime",
             Self::Shutdown => "shutdown",
+            Self::Drain => "drain",
         }
     }
 }
@@ -88,6 +101,7 @@ impl fmt::Display for CloseReason {
             Self::HalfCloseTimeout => f.write_str("half_close_timeout"),
             Self::MaxLifetime => f.write_str("max_lifetime"),
             Self::Shutdown => f.write_str("shutdown"),
+            Self::Drain => f.write_str("drain"),
         }
     }
 }
@@ -99,7 +113,21 @@ pub struct Outcome {
     pub upstream_to_client: u64,
     pub closed_by: Side,
     pub reason: CloseReason,
+    /// The close code the proxy sent both sides of a WebSocket tunnel, if it closed one.
+    pub close_code: Option<u16>,
     pub duration: Duration,
+}
+
+/// How long a drain waits for both sides of a WebSocket tunnel to answer its close
+/// frames before it closes TCP.
+pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the proxy may ask of a running tunnel.
+pub struct Signals {
+    /// Resolves when a drain closes the tunnel, with the close code for a WebSocket.
+    pub drain: Pin<Box<dyn Future<Output = u16> + Send>>,
+    /// Cancelled when the grace period is over: the tunnel closes at once.
+    pub force: CancellationToken,
 }
 
 /// Bytes already read from one side before the tunnel started (for example what followed
@@ -110,12 +138,16 @@ pub struct Endpoint {
 }
 
 /// Relay bytes between `client` and `upstream` until both finish, one fails, a limit is
-/// reached or `shutdown` is cancelled.
+/// reached or a signal ends it. `websocket`: the bytes are WebSocket frames (RFC 6455).
 pub async fn relay(
     client: Endpoint,
     upstream: Endpoint,
     limits: Limits,
-    shutdown: CancellationToken,
+    websocket: bool,
+    signals: Signals,
 ) -> Outcome {
-    relay::Relay::new(client, upstream, limits, shutdown).await
+    relay::Relay::new(client, upstream, limits, websocket, signals).await
 }
+
+#[cfg(test)]
+mod tests;

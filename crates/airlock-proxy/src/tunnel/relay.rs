@@ -1,5 +1,5 @@
-//! The relay itself: one future that moves bytes both ways, watches the timers and ends
-//! with an [`Outcome`].
+//! The relay itself: one future that moves bytes both ways, watches the timers and the
+//! drain, and ends with an [`Outcome`].
 
 use std::future::Future;
 use std::io;
@@ -11,13 +11,31 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
-use super::{CloseReason, Endpoint, Limits, Outcome, Side};
+use super::dormant::Dormant;
+use super::frames::{Frames, close_frame};
+use super::{CLOSE_HANDSHAKE_TIMEOUT, CloseReason, Endpoint, Limits, Outcome, Side, Signals};
 use crate::stream::Stream;
 
 /// Bytes read per system call.
 const CHUNK: usize = 16 * 1024;
+
+/// The reason text of the proxy's close frames.
+const CLOSE_REASON_TEXT: &str = "draining";
+
+/// Where a direction stands in a close the proxy started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// No close started: bytes are relayed.
+    Open,
+    /// A close frame with this code goes to the destination at the next frame boundary;
+    /// bytes up to it are relayed.
+    Want(u16),
+    /// The destination has its close frame (the proxy's, or the source's own): nothing
+    /// more is relayed. The source is read on, for its close frame.
+    Sent,
+}
 
 struct Direction {
     /// The side bytes come from and the side they go to.
@@ -30,10 +48,19 @@ struct Direction {
     /// Finished: the source ended and the destination's write half is shut.
     eof: bool,
     bytes: u64,
+    /// Frame boundaries of the source's bytes, on a WebSocket tunnel.
+    frames: Option<Frames>,
+    /// A frame of the proxy's own, written after `pending`.
+    own: Bytes,
+    close: Close,
 }
 
 impl Direction {
-    fn new(from: Side, to: Side, already_read: Bytes) -> Self {
+    fn new(from: Side, to: Side, already_read: Bytes, websocket: bool) -> Self {
+        let mut frames = websocket.then(Frames::default);
+        if let Some(frames) = &mut frames {
+            frames.track(&already_read);
+        }
         Self {
             from,
             to,
@@ -41,7 +68,34 @@ impl Direction {
             src_done: false,
             eof: false,
             bytes: 0,
+            frames,
+            own: Bytes::new(),
+            close: Close::Open,
         }
+    }
+
+    /// Start a close: a close frame with `code` for the destination, unless it has one
+    /// already or can take no more.
+    fn start_close(&mut self, code: u16) {
+        let has_one = self.frames.as_ref().is_some_and(|f| f.saw_close());
+        self.close = if self.src_done || self.eof || has_one {
+            Close::Sent
+        } else {
+            Close::Want(code)
+        };
+    }
+
+    /// The close is complete in this direction: the destination has its close frame and
+    /// the source has sent its own (or finished).
+    fn close_settled(&self) -> bool {
+        self.close == Close::Sent
+            && self.pending.is_empty()
+            && self.own.is_empty()
+            && (self.src_done || self.frames.as_ref().is_some_and(|f| f.saw_close()))
+    }
+
+    fn frames_lost(&self) -> bool {
+        self.frames.as_ref().is_some_and(|f| f.lost())
     }
 }
 
@@ -59,8 +113,37 @@ pub(super) struct Relay {
     last_activity: Instant,
     idle: Pin<Box<Sleep>>,
     lifetime: Option<Pin<Box<Sleep>>>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Resolves when a drain or the end of the grace period closes the tunnel; after a
+    /// drain began closing it, the end of the grace period alone.
+    signal: Dormant<Signal>,
+    /// Cancelled when the grace period is over.
+    force: CancellationToken,
+    /// The close code sent, once a drain has started closing a WebSocket tunnel.
+    closing: Option<u16>,
     started: Instant,
+}
+
+/// What the proxy asks of the tunnel.
+enum Signal {
+    /// Close now: the grace period is over.
+    Force,
+    /// Close gracefully, with this close code for a WebSocket.
+    Drain(u16),
+}
+
+/// Resolves with [`Signal::Force`] when `force` is cancelled.
+async fn forced(force: CancellationToken) -> Signal {
+    force.cancelled_owned().await;
+    Signal::Force
+}
+
+/// Resolves with the first of the two signals.
+async fn either(force: CancellationToken, drain: impl Future<Output = u16>) -> Signal {
+    tokio::select! {
+        biased;
+        _ = force.cancelled() => Signal::Force,
+        code = drain => Signal::Drain(code),
+    }
 }
 
 impl Relay {
@@ -68,21 +151,35 @@ impl Relay {
         client: Endpoint,
         upstream: Endpoint,
         limits: Limits,
-        shutdown: CancellationToken,
+        websocket: bool,
+        signals: Signals,
     ) -> Self {
         let started = Instant::now();
+        let force = signals.force;
         Self {
             client: client.stream,
             upstream: upstream.stream,
-            to_upstream: Direction::new(Side::Client, Side::Upstream, client.already_read),
-            to_client: Direction::new(Side::Upstream, Side::Client, upstream.already_read),
+            to_upstream: Direction::new(
+                Side::Client,
+                Side::Upstream,
+                client.already_read,
+                websocket,
+            ),
+            to_client: Direction::new(
+                Side::Upstream,
+                Side::Client,
+                upstream.already_read,
+                websocket,
+            ),
             first_eof: None,
             idle_timeout: limits.idle_timeout,
             half_close_timeout: limits.half_close_timeout,
             last_activity: started,
             idle: Box::pin(tokio::time::sleep(limits.idle_timeout)),
             lifetime: limits.max_lifetime.map(|d| Box::pin(tokio::time::sleep(d))),
-            shutdown: Box::pin(shutdown.cancelled_owned()),
+            signal: Dormant::new(Box::pin(either(force.clone(), signals.drain))),
+            force,
+            closing: None,
             started,
         }
     }
@@ -93,8 +190,25 @@ impl Relay {
             upstream_to_client: self.to_client.bytes,
             closed_by,
             reason,
+            close_code: self.closing,
             duration: self.started.elapsed(),
         }
+    }
+
+    /// A drain asks the tunnel to close. A WebSocket tunnel whose frames are followed
+    /// starts a close handshake (`true`); any other is closed at once (`false`).
+    fn start_close(&mut self, code: u16) -> bool {
+        let websocket = self.to_upstream.frames.is_some();
+        if !websocket || self.to_upstream.frames_lost() || self.to_client.frames_lost() {
+            return false;
+        }
+        self.closing = Some(code);
+        self.to_upstream.start_close(code);
+        self.to_client.start_close(code);
+        self.idle
+            .as_mut()
+            .reset(Instant::now() + CLOSE_HANDSHAKE_TIMEOUT);
+        true
     }
 }
 
@@ -105,6 +219,17 @@ impl Future for Relay {
         let this = &mut *self;
         let mut moved = false;
         let mut failure = None;
+
+        while let Poll::Ready(signal) = this.signal.poll(cx) {
+            let Signal::Drain(code) = signal else {
+                return Poll::Ready(this.outcome(Side::Proxy, CloseReason::Shutdown));
+            };
+            // From here on only the end of the grace period.
+            this.signal = Dormant::new(Box::pin(forced(this.force.clone())));
+            if !this.start_close(code) {
+                return Poll::Ready(this.outcome(Side::Proxy, CloseReason::Drain));
+            }
+        }
 
         for from in [Side::Client, Side::Upstream] {
             let (src, dst, dir, reverse) = match from {
@@ -138,21 +263,44 @@ impl Future for Relay {
         if let Some((side, kind)) = failure {
             return Poll::Ready(this.outcome(side, CloseReason::Error(kind)));
         }
+        if this.closing.is_some() {
+            if this.to_upstream.frames_lost() || this.to_client.frames_lost() {
+                return Poll::Ready(this.outcome(Side::Proxy, CloseReason::Drain));
+            }
+            if this.to_upstream.close_settled() && this.to_client.close_settled() {
+                // Both sides have answered: push out what a TLS or HTTP/2 stream still
+                // holds, then close TCP.
+                for stream in [&mut this.client, &mut this.upstream] {
+                    if Pin::new(stream).poll_flush(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                return Poll::Ready(this.outcome(Side::Proxy, CloseReason::Drain));
+            }
+        }
         if this.to_upstream.eof && this.to_client.eof {
             let by = this.first_eof.unwrap_or(Side::Client);
-            return Poll::Ready(this.outcome(by, CloseReason::Closed));
+            let reason = match this.closing {
+                Some(_) => CloseReason::Drain,
+                None => CloseReason::Closed,
+            };
+            return Poll::Ready(this.outcome(by, reason));
         }
 
         if moved {
             this.last_activity = Instant::now();
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(this.outcome(Side::Proxy, CloseReason::Shutdown));
-        }
         if let Some(lifetime) = &mut this.lifetime
             && lifetime.as_mut().poll(cx).is_ready()
         {
             return Poll::Ready(this.outcome(Side::Proxy, CloseReason::MaxLifetime));
+        }
+        if this.closing.is_some() {
+            // The close handshake's time is up.
+            if this.idle.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(this.outcome(Side::Proxy, CloseReason::Drain));
+            }
+            return Poll::Pending;
         }
         let (quiet_limit, reason) = match this.first_eof {
             Some(_) if this.half_close_timeout < this.idle_timeout => {
@@ -201,6 +349,26 @@ fn pump(
         // The copy is written: let its memory go before waiting for more.
         dir.pending = Bytes::new();
 
+        if !dir.own.is_empty() {
+            while dir.own.has_remaining() {
+                let n = ready!(Pin::new(&mut *dst).poll_write(cx, &dir.own))
+                    .and_then(nonzero_write)
+                    .map_err(|e| Failure(to, e))?;
+                dir.own.advance(n);
+            }
+            dir.own = Bytes::new();
+            if let Poll::Ready(Err(e)) = Pin::new(&mut *dst).poll_flush(cx) {
+                return Poll::Ready(Err(Failure(to, e)));
+            }
+        }
+        if let Close::Want(code) = dir.close
+            && dir.frames.as_ref().is_some_and(|f| f.at_boundary())
+        {
+            dir.own = close_frame(code, CLOSE_REASON_TEXT, to == Side::Upstream);
+            dir.close = Close::Sent;
+            continue;
+        }
+
         if dir.src_done {
             // The last end of a plain TCP tunnel: closing `dst`, which comes next, sends
             // the same FIN as a shutdown would. It cannot turn into a reset: `dst`'s
@@ -244,6 +412,28 @@ fn pump(
             continue;
         }
         *moved = true;
+        let read = match (&mut dir.frames, dir.close) {
+            (None, _) => read,
+            (Some(frames), Close::Open) => {
+                frames.track(read);
+                read
+            }
+            // Relay up to the next frame boundary; the close frame goes there.
+            (Some(frames), Close::Want(code)) => match frames.track_to_boundary(read) {
+                Some(at) => {
+                    frames.track(&read[at..]);
+                    dir.own = close_frame(code, CLOSE_REASON_TEXT, to == Side::Upstream);
+                    dir.close = Close::Sent;
+                    &read[..at]
+                }
+                None => read,
+            },
+            // The destination has its close frame: the source's bytes go no further.
+            (Some(frames), Close::Sent) => {
+                frames.track(read);
+                &read[..0]
+            }
+        };
         let mut written = 0;
         while written < read.len() {
             match Pin::new(&mut *dst).poll_write(cx, &read[written..]) {

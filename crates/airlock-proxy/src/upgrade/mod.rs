@@ -65,6 +65,11 @@ pub async fn forward(
         h2_websocket_key,
         admission,
     } = upgrade;
+    let websocket = h2_websocket_key.is_some()
+        || req
+            .headers()
+            .get(UPGRADE)
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
     let started = Instant::now();
     let (server, guard, stream) = pool.connect(route.connect_timeout, hint).await?;
     log.connect_time = Some(started.elapsed());
@@ -155,6 +160,7 @@ pub async fn forward(
         guard: guard.into_tunnel(),
         admission,
         conn: conn.clone(),
+        websocket,
     };
     match client {
         ClientSide::Direct { switch, .. } => *switch = Some(Switch { tunnel, lines }),

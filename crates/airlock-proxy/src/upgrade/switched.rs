@@ -7,12 +7,13 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
 use crate::conn::ConnCtx;
+use crate::drain::Spread;
 use crate::limit::Admission;
 use crate::metrics::TunnelClose;
 use crate::observe::access_log;
 use crate::route::Route;
 use crate::stream::Stream;
-use crate::tunnel::{self, Endpoint, Limits};
+use crate::tunnel::{self, Endpoint, Limits, Signals};
 use crate::upstream::{ActiveGuard, Server};
 
 /// The upstream end of a tunnel: ready, or once hyper's client completes the upgrade.
@@ -30,6 +31,8 @@ pub struct Tunnel {
     /// Slots of the route's limits, given back when the tunnel ends.
     pub(super) admission: Admission,
     pub(super) conn: Arc<ConnCtx>,
+    /// The upgrade is to WebSocket: the tunnel follows its frames.
+    pub(super) websocket: bool,
 }
 
 impl Tunnel {
@@ -49,10 +52,19 @@ impl Tunnel {
             half_close_timeout: route.half_close_timeout,
         };
         let open = route.metrics.tunnel_opened();
-        let outcome = tunnel::relay(client, upstream, limits, self.conn.drain.force.clone()).await;
+        let counted = self.conn.drain.tunnel_opened();
+        let signals = Signals {
+            drain: Box::pin(drain_turn(
+                self.conn.drain.spread.clone(),
+                self.server.tunnel_drain().clone(),
+            )),
+            force: self.conn.drain.force.clone(),
+        };
+        let outcome = tunnel::relay(client, upstream, limits, self.websocket, signals).await;
         // Give back what the tunnel held before saying it closed: whoever reads the log
         // line then sees the server's count and the limits' slots released.
         drop(open);
+        drop(counted);
         drop(self.guard);
         drop(self.admission);
         route.metrics.tunnel_closed(TunnelClose {
@@ -64,6 +76,21 @@ impl Tunnel {
         });
         access_log::tunnel_closed(&route.name, &self.server.addr, self.conn.peer, &outcome);
     }
+}
+
+/// The tunnel's turn to close in a drain of the whole process or of its server. Until a
+/// drain begins it holds only a small wait (see [`Spread::began`]); the wait for a turn
+/// is allocated then.
+async fn drain_turn(process: Arc<Spread>, server: Arc<Spread>) -> u16 {
+    Spread::began(&[&process, &server]).await;
+    Box::pin(async move {
+        tokio::select! {
+            biased;
+            code = process.turn() => code,
+            code = server.turn() => code,
+        }
+    })
+    .await
 }
 
 pub(super) fn abandoned(route: &Route, error: &dyn std::fmt::Display) {

@@ -15,6 +15,7 @@ use super::health::{ActiveHealth, PassiveHealth};
 use super::keepalive::IdleConnections;
 use super::queue::Queue;
 use super::tls::UpstreamTls;
+use crate::drain::Spread;
 use crate::error::ProxyError;
 use crate::http::body::ProxyBody;
 use crate::stream::Stream;
@@ -42,6 +43,8 @@ struct ServerState {
     probes: ActiveHealth,
     /// Out of rotation for new connections by an operator (`POST .../drain`).
     drained: AtomicBool,
+    /// Closes this server's tunnels gradually when an operator drains it.
+    tunnel_drain: Arc<Spread>,
     /// No longer one of its pool's servers (its name stopped resolving to it); it lives
     /// on while its tunnels do, unprobed.
     retired: AtomicBool,
@@ -78,6 +81,7 @@ impl Server {
                 health: PassiveHealth::new(cfg.max_fails, cfg.fail_timeout.get()),
                 probes: ActiveHealth::new(cfg.health_check.as_ref().map(|c| c.get_ref())),
                 drained: AtomicBool::new(false),
+                tunnel_drain: Arc::default(),
                 retired: AtomicBool::new(false),
                 idle: IdleConnections::new(cfg.keepalive, cfg.keepalive_timeout.get()),
                 queue: queue.cloned(),
@@ -160,6 +164,22 @@ impl Server {
     /// open tunnels and requests are not touched.
     pub fn set_drained(&self, drained: bool) {
         self.state.drained.store(drained, Ordering::Relaxed);
+        if !drained {
+            self.state.tunnel_drain.stop();
+        }
+    }
+
+    /// Close this server's open tunnels over `spread`, WebSocket tunnels with close frames
+    /// carrying `code` (after `set_drained(true)`, so that their clients reconnect
+    /// elsewhere). Returning the server to rotation stops it.
+    pub fn drain_tunnels(&self, spread: Duration, code: u16) {
+        let tunnels = self.state.tunnels.load(Ordering::Relaxed);
+        self.state.tunnel_drain.begin(tunnels, spread, code);
+    }
+
+    /// The schedule on which an operator's drain closes this server's tunnels.
+    pub fn tunnel_drain(&self) -> &Arc<Spread> {
+        &self.state.tunnel_drain
     }
 
     /// The pool no longer has this server; its probe stops.

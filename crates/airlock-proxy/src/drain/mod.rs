@@ -2,9 +2,13 @@
 //! left when the grace period ends. Every connection and tunnel task starts here, so this
 //! is also where a timer is kept due while any is open (see [`keep_a_timer_due`]).
 
+mod spread;
+
+pub use spread::Spread;
+
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -16,6 +20,10 @@ pub struct Drain {
     pub stopping: CancellationToken,
     /// Cancelled when the grace period is over: open tunnels are closed.
     pub force: CancellationToken,
+    /// Closes open tunnels gradually once shutdown begins.
+    pub spread: Arc<Spread>,
+    /// Tunnels open in the process.
+    tunnels: Arc<AtomicUsize>,
     /// Every connection and tunnel task.
     pub tasks: TaskTracker,
     ready: Arc<AtomicBool>,
@@ -28,6 +36,8 @@ impl Default for Drain {
         Self {
             stopping: CancellationToken::new(),
             force: CancellationToken::new(),
+            spread: Arc::default(),
+            tunnels: Arc::default(),
             tasks: TaskTracker::new(),
             ready: Arc::new(AtomicBool::new(false)),
             timer_floor: Arc::new(AtomicBool::new(false)),
@@ -44,6 +54,21 @@ impl Drain {
         self.ready.store(true, Ordering::Relaxed);
     }
 
+    /// Stop accepting and report not ready; close open tunnels over `spread`, WebSocket
+    /// tunnels with close frames carrying `code`.
+    pub fn begin(&self, spread: Duration, code: u16) {
+        self.stopping.cancel();
+        self.tasks.close();
+        self.spread
+            .begin(self.tunnels.load(Ordering::Relaxed), spread, code);
+    }
+
+    /// Count a tunnel as open until the guard is dropped.
+    pub fn tunnel_opened(&self) -> OpenTunnel {
+        self.tunnels.fetch_add(1, Ordering::Relaxed);
+        OpenTunnel(self.tunnels.clone())
+    }
+
     /// Run a connection or tunnel task, tracked for shutdown. Boxed: Tokio copies a task's
     /// future whole each time the task changes state, and these futures (a tunnel's, or
     /// a connection's that holds one) are about a kilobyte.
@@ -57,6 +82,15 @@ impl Drain {
             ));
         }
         self.tasks.spawn(Box::pin(task));
+    }
+}
+
+/// An open tunnel, counted for the drain's spread.
+pub struct OpenTunnel(Arc<AtomicUsize>);
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
