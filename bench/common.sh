@@ -129,3 +129,28 @@ handshake_row() {
   echo "| $label | $(field per_second "$out") | $(field p50_us "$out") | $(field p99_us "$out") | $cpu |"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
+
+# callgrind_run DUMP CONFIG PORT SECS: run airlock on CONFIG under callgrind (its pid in
+# $pid), warm it up with the caller's `load DURATION`, count instructions only during
+# `load SECS` (its output in $result), stop airlock, and set $total to the count.
+callgrind_run() {
+  local dump=$1 config=$2 port=$3 secs=$4
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dump" \
+    "$bin" --log warn run --config "$config" 2> "$work/valgrind.log" &
+  pid=$!
+  for _ in $(seq 600); do
+    (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+  done
+  load 2s > /dev/null # warm-up: instances, buffers and caches reach their steady state
+  callgrind_control -i on "$pid" > /dev/null 2>&1
+  result=$(load "${secs}s")
+  callgrind_control -i off "$pid" > /dev/null 2>&1
+  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t { gsub(",", "", $1); t = $1 } END { print t }')
+  if [ -z "$total" ]; then
+    echo "no instruction count; valgrind said:" >&2
+    tail -20 "$work/valgrind.log" >&2
+    exit 1
+  fi
+}

@@ -37,27 +37,14 @@ for n in 0 1 2 0+limit; do
   kill "$pid"; wait "$pid" 2>/dev/null || true
 
   dump=$out_dir/callgrind.$n.out
-  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dump" \
-    "$bin" --log warn run --config "$work/airlock-$n.toml" 2> "$work/valgrind.log" &
-  pid=$!
-  for _ in $(seq 600); do
-    (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-  done
   load() {
     "$bench" --connect "127.0.0.1:$port" handshakes --connections 16 --duration "$1" \
       --url "ws://127.0.0.1:$port$sio_path" -H "Origin: https://app.example.com"
   }
-  load 2s > /dev/null # warm-up: instances, buffers and caches reach their steady state
-  callgrind_control -i on "$pid" > /dev/null 2>&1
-  result=$(load "${secs}s")
-  callgrind_control -i off "$pid" > /dev/null 2>&1
-  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+  callgrind_run "$dump" "$work/airlock-$n.toml" "$port" "$secs"
   handshakes=$(field handshakes "$result")
-  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t { gsub(",", "", $1); t = $1 } END { print t }')
-  if [ -z "$total" ] || [ -z "$handshakes" ] || [ "$handshakes" -eq 0 ]; then
-    echo "no count for $n plugins; valgrind said:" >&2
-    tail -20 "$work/valgrind.log" >&2
+  if [ -z "$handshakes" ] || [ "$handshakes" -eq 0 ]; then
+    echo "no handshakes counted for $n plugins: $result" >&2
     exit 1
   fi
   echo "| $n | $handshakes | $((total / handshakes)) |"
