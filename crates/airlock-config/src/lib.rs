@@ -15,6 +15,7 @@ mod limit;
 mod model;
 mod units;
 mod validate;
+mod websocket;
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,7 @@ pub use health::*;
 pub use limit::*;
 pub use model::*;
 pub use units::{ByteSize, Duration};
+pub use websocket::WebSocket;
 
 /// A configuration that parsed and passed validation, with the file it came from.
 #[derive(Debug, Clone)]

@@ -272,6 +272,10 @@ pub struct Route {
     /// tunnel is closed when no bytes move for this long.
     #[serde(default = "default_half_close_timeout")]
     pub half_close_timeout: Duration,
+    /// `websocket = { max_message = "1MiB", message_rate = "100/s" }`: frame-aware
+    /// WebSocket tunnels; see [`crate::WebSocket`]. Blind byte tunnels when absent.
+    #[serde(default)]
+    pub websocket: Option<Spanned<crate::WebSocket>>,
 }
 
 fn default_half_close_timeout() -> Duration {

@@ -226,6 +226,9 @@ fn names<T>(map: &std::collections::BTreeMap<String, T>) -> String {
 
 fn check_route(config: &Config, route: &Route, p: &mut Problems) {
     let name = route.name.get_ref();
+    if let Some(ws) = &route.websocket {
+        check_websocket(name, ws.get_ref(), p);
+    }
     if !config.upstreams.contains_key(route.upstream.get_ref()) {
         p.at(
             &route.upstream,
@@ -555,6 +558,49 @@ fn check_plugins(config: &Config, p: &mut Problems) {
             p.at(
                 &plugin.wasm,
                 format!("plugin `{name}`: `timeout` must be greater than zero"),
+            );
+        }
+    }
+}
+
+fn check_websocket(route: &str, ws: &crate::WebSocket, p: &mut Problems) {
+    for size in [&ws.max_message, &ws.max_frame].into_iter().flatten() {
+        if size.get_ref().0 == 0 {
+            p.at(
+                size,
+                format!("route `{route}`: a WebSocket size limit must be at least 1 byte"),
+            );
+        }
+    }
+    if let (Some(message), Some(frame)) = (&ws.max_message, &ws.max_frame)
+        && frame.get_ref().0 > message.get_ref().0
+    {
+        p.at(
+            frame,
+            format!(
+                "route `{route}`: `max_frame` is larger than `max_message`, so it never applies; \
+                 make it smaller or leave it out"
+            ),
+        );
+    }
+    if let Some(rate) = &ws.message_rate
+        && rate.get_ref().count == 0
+    {
+        p.at(
+            rate,
+            format!("route `{route}`: `message_rate` must allow at least 1 message"),
+        );
+    }
+    if let Some(burst) = &ws.burst {
+        if ws.message_rate.is_none() {
+            p.at(
+                burst,
+                format!("route `{route}`: `burst` needs a `message_rate`"),
+            );
+        } else if *burst.get_ref() == 0 {
+            p.at(
+                burst,
+                format!("route `{route}`: `burst` must be at least 1"),
             );
         }
     }
