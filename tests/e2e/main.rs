@@ -8,6 +8,7 @@ mod balance;
 mod cli;
 mod dns;
 mod drain;
+mod frames;
 mod health;
 mod http;
 mod lifecycle;

@@ -29,6 +29,8 @@ pub struct Route {
     pub idle_timeout: std::time::Duration,
     pub max_lifetime: Option<std::time::Duration>,
     pub half_close_timeout: std::time::Duration,
+    /// `websocket = {...}`: the rules of a frame-aware route.
+    pub frame_rules: Option<Arc<crate::tunnel::FrameRules>>,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +186,7 @@ mod tests {
             idle_timeout: std::time::Duration::from_secs(1),
             max_lifetime: None,
             half_close_timeout: std::time::Duration::from_secs(1),
+            frame_rules: None,
         })
     }
 

@@ -206,7 +206,9 @@ fn websocket(mut req: Request<Incoming>, closes: CloseCodes) -> Response<Body> {
             if let Message::Close(frame) = msg {
                 let code = frame.map_or(1005, |f| u16::from(f.code));
                 closes.lock().unwrap().push(code);
-                break;
+                // Read on: that sends the close frame the library queued in answer,
+                // and ends the stream.
+                continue;
             }
             if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
                 break;

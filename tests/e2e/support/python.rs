@@ -24,7 +24,7 @@ pub fn python() -> PathBuf {
     }
     let installed = || {
         Command::new(&python)
-            .args(["-c", "import prometheus_client"])
+            .args(["-c", "import prometheus_client, websockets"])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
@@ -35,7 +35,7 @@ pub fn python() -> PathBuf {
             .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
             .args(["--require-hashes", "-r"])
             .arg(tests_python().join("requirements.txt")));
-        assert!(installed(), "prometheus_client did not install");
+        assert!(installed(), "the Python packages did not install");
     }
     *ready = true;
     python

@@ -22,7 +22,7 @@ const COMMON_CODES: [u16; 23] = [
     500, 502, 503, 504,
 ];
 const CLOSED_BY: [&str; 3] = ["client", "upstream", "proxy"];
-const CLOSE_REASONS: [&str; 7] = [
+const CLOSE_REASONS: [&str; 10] = [
     "closed",
     "error",
     "idle_timeout",
@@ -30,6 +30,9 @@ const CLOSE_REASONS: [&str; 7] = [
     "max_lifetime",
     "shutdown",
     "drain",
+    "message_too_big",
+    "message_rate",
+    "protocol_error",
 ];
 
 /// Counters of one family for label values known only when counting, each made (and its

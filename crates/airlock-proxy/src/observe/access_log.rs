@@ -135,6 +135,8 @@ fn millis(d: Duration) -> f64 {
 
 /// Facts about a tunnel, logged when it closes.
 pub fn tunnel_closed(route: &str, server: &str, client: SocketAddr, outcome: &Outcome) {
+    let frames = outcome.frames.as_ref();
+    let peer_close = frames.and_then(|f| f.peer_close.as_ref());
     tracing::info!(
         target: TARGET,
         event = "tunnel_close",
@@ -147,6 +149,13 @@ pub fn tunnel_closed(route: &str, server: &str, client: SocketAddr, outcome: &Ou
         closed_by = outcome.closed_by.as_str(),
         reason = %outcome.reason,
         close_code = outcome.close_code,
+        messages_from_client = frames.map(|f| f.messages_from_client),
+        messages_from_upstream = frames.map(|f| f.messages_from_upstream),
+        largest_message_from_client = frames.map(|f| f.largest_from_client),
+        largest_message_from_upstream = frames.map(|f| f.largest_from_upstream),
+        peer_close.by = peer_close.map(|c| c.side.as_str()),
+        peer_close.code = peer_close.map(|c| c.code),
+        peer_close.reason = peer_close.map(|c| c.reason.as_str()),
     );
 }
 

@@ -251,5 +251,9 @@ fn build_route(
         idle_timeout: r.idle_timeout.get(),
         max_lifetime: r.max_lifetime.map(|d| d.get()),
         half_close_timeout: r.half_close_timeout.get(),
+        frame_rules: r
+            .websocket
+            .as_ref()
+            .map(|ws| Arc::new(crate::tunnel::FrameRules::from_config(ws.get_ref()))),
     }
 }

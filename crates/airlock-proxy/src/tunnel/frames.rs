@@ -9,6 +9,9 @@
 //! the tunnel is closed without a close frame when it has to be.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use tokio::time::Instant;
+
+use super::websocket::{Checker, Header, PeerClose, code};
 
 /// The longest frame header: 2 bytes, a 64-bit length and a masking key.
 const MAX_HEAD: usize = 14;
@@ -28,9 +31,102 @@ pub(super) struct Frames {
     lost: bool,
     /// A close frame has passed: nothing but its payload may follow (RFC 6455 §5.5.1).
     saw_close: bool,
+    /// On a frame-aware route: the rules each header is checked against, and counts.
+    aware: Option<Box<Aware>>,
+}
+
+/// A frame-aware direction's state beyond the boundaries.
+#[derive(Debug)]
+pub(super) struct Aware {
+    pub checker: Checker,
+    /// The payload of a close frame from this side, as it arrives, and when its header
+    /// came.
+    pub close: PeerClose,
+    pub close_at: Option<Instant>,
+    /// The frame whose payload is passing is a data frame.
+    in_data: bool,
+}
+
+/// What [`Frames::check`] found in a read.
+#[derive(Debug, Default)]
+pub(super) struct Check {
+    /// Bytes of data frames passed (control frames alone do not keep a tunnel alive).
+    pub data: bool,
+    /// A frame broke the rules: where its header starts in the read, the close code, and
+    /// whether the header began in an earlier read (so its first bytes were relayed).
+    pub violation: Option<(usize, u16, bool)>,
 }
 
 impl Frames {
+    /// A tracker that also checks every frame against `checker`.
+    pub(super) fn checked(checker: Checker) -> Self {
+        Self {
+            aware: Some(Box::new(Aware {
+                checker,
+                close: PeerClose::default(),
+                close_at: None,
+                in_data: false,
+            })),
+            ..Self::default()
+        }
+    }
+
+    pub(super) fn aware(&self) -> Option<&Aware> {
+        self.aware.as_deref()
+    }
+
+    /// Follow `bytes` on a frame-aware route, checking each header; stops at the first
+    /// frame that breaks the rules. (Without rules it only follows them.)
+    pub(super) fn check(&mut self, bytes: &[u8]) -> Check {
+        let mut out = Check::default();
+        let Some(mut aware) = self.aware.take() else {
+            self.track(bytes);
+            return out;
+        };
+        let mut at = 0;
+        while at < bytes.len() && !self.lost {
+            let rest = &bytes[at..];
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(rest.len() as u64) as usize;
+                out.data |= aware.in_data;
+                if aware.close.wanting() {
+                    aware.close.take(&rest[..n]);
+                }
+                self.payload_left -= n as u64;
+                at += n;
+                continue;
+            }
+            let began_here = self.head_len == 0;
+            let start = at;
+            at += self.take_head(rest);
+            if self.head_len != 0 {
+                break; // the rest of the header comes in the next read
+            }
+            let header = parse(&self.head);
+            let verdict = if self.lost {
+                Err(code::PROTOCOL_ERROR)
+            } else {
+                aware.checker.check(&header.0)
+            };
+            if let Err(code) = verdict {
+                out.violation = Some((start, code, !began_here));
+                // Nothing more is checked, but boundaries are still followed: the side's
+                // close frame is awaited.
+                self.aware = Some(aware);
+                self.track(&bytes[at..]);
+                return out;
+            }
+            aware.in_data = header.0.opcode <= 0x2;
+            out.data |= aware.in_data;
+            if header.0.opcode == CLOSE && aware.close_at.is_none() {
+                aware.close.start(header.0.len, header.1);
+                aware.close_at = Some(Instant::now());
+            }
+        }
+        self.aware = Some(aware);
+        out
+    }
+
     /// Between two frames: a frame of the proxy's own may be sent here.
     pub(super) fn at_boundary(&self) -> bool {
         !self.lost && self.payload_left == 0 && self.head_len == 0
@@ -148,6 +244,30 @@ impl Frames {
         }
         self.payload_left = len;
     }
+}
+
+/// A whole header's fields and masking key.
+fn parse(head: &[u8]) -> (Header, [u8; 4]) {
+    let len = match head[1] & 0x7f {
+        126 => u64::from(u16::from_be_bytes([head[2], head[3]])),
+        127 => u64::from_be_bytes(head[2..10].try_into().expect("8 bytes")),
+        n => u64::from(n),
+    };
+    let masked = head[1] & 0x80 != 0;
+    let key = if masked {
+        let at = head_len(head) - 4;
+        head[at..at + 4].try_into().expect("4 bytes")
+    } else {
+        [0; 4]
+    };
+    let header = Header {
+        fin: head[0] & 0x80 != 0,
+        rsv: (head[0] >> 4) & 0x7,
+        opcode: head[0] & 0x0f,
+        masked,
+        len,
+    };
+    (header, key)
 }
 
 /// The length of a header from its first two bytes.

@@ -15,11 +15,13 @@
 mod dormant;
 mod frames;
 mod relay;
+mod websocket;
+
+pub use websocket::Rules as FrameRules;
 
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -74,6 +76,9 @@ pub enum CloseReason {
     /// A drain closed it (shutdown began, or its server was drained): with a close
     /// handshake on WebSocket tunnels, a plain close on others.
     Drain,
+    /// On a frame-aware route, the side in `closed_by` broke a rule; the proxy closed
+    /// the tunnel with this code (1002 protocol error, 1008 message rate, 1009 too big).
+    Violation(u16),
 }
 
 impl CloseReason {
@@ -88,6 +93,9 @@ impl CloseReason {
             Self::MaxLifetime => "max_lifetime",
             Self::Shutdown => "shutdown",
             Self::Drain => "drain",
+            Self::Violation(1008) => "message_rate",
+            Self::Violation(1009) => "message_too_big",
+            Self::Violation(_) => "protocol_error",
         }
     }
 }
@@ -102,20 +110,58 @@ impl fmt::Display for CloseReason {
             Self::MaxLifetime => f.write_str("max_lifetime"),
             Self::Shutdown => f.write_str("shutdown"),
             Self::Drain => f.write_str("drain"),
+            Self::Violation(_) => f.write_str(self.name()),
         }
     }
 }
 
 /// What happened over a tunnel's life.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     pub client_to_upstream: u64,
     pub upstream_to_client: u64,
     pub closed_by: Side,
     pub reason: CloseReason,
-    /// The close code the proxy sent both sides of a WebSocket tunnel, if it closed one.
+    /// The close code the proxy sent (to the side at fault, if any), if it closed the
+    /// tunnel with close frames.
     pub close_code: Option<u16>,
     pub duration: Duration,
+    /// What a frame-aware tunnel carried.
+    pub frames: Option<FrameStats>,
+}
+
+/// Messages a frame-aware tunnel relayed, and the first close frame a side sent.
+#[derive(Debug, Clone)]
+pub struct FrameStats {
+    pub messages_from_client: u64,
+    pub messages_from_upstream: u64,
+    /// The largest message each way, in payload bytes.
+    pub largest_from_client: u64,
+    pub largest_from_upstream: u64,
+    pub peer_close: Option<PeerCloseFrame>,
+}
+
+/// A close frame a side sent: its code (1005 for none) and reason.
+#[derive(Debug, Clone)]
+pub struct PeerCloseFrame {
+    pub side: Side,
+    pub code: u16,
+    pub reason: String,
+}
+
+/// What the relay knows of the bytes it moves.
+#[derive(Debug, Clone)]
+pub enum Framing {
+    /// Any bytes (an upgrade to another protocol).
+    Bytes,
+    /// WebSocket frames: their boundaries are followed, so the proxy can close properly.
+    Track,
+    /// WebSocket frames on a frame-aware route: every header checked against the route's
+    /// rules. `rsv_allowed`: the RSV bits negotiated extensions may set.
+    Enforce {
+        rules: std::sync::Arc<FrameRules>,
+        rsv_allowed: u8,
+    },
 }
 
 /// How long a drain waits for both sides of a WebSocket tunnel to answer its close
@@ -123,9 +169,10 @@ pub struct Outcome {
 pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the proxy may ask of a running tunnel.
-pub struct Signals {
+pub struct Signals<D> {
     /// Resolves when a drain closes the tunnel, with the close code for a WebSocket.
-    pub drain: Pin<Box<dyn Future<Output = u16> + Send>>,
+    /// (Unboxed: the relay puts it in one allocation with its other wait.)
+    pub drain: D,
     /// Cancelled when the grace period is over: the tunnel closes at once.
     pub force: CancellationToken,
 }
@@ -138,15 +185,15 @@ pub struct Endpoint {
 }
 
 /// Relay bytes between `client` and `upstream` until both finish, one fails, a limit is
-/// reached or a signal ends it. `websocket`: the bytes are WebSocket frames (RFC 6455).
+/// reached or a signal ends it.
 pub async fn relay(
     client: Endpoint,
     upstream: Endpoint,
     limits: Limits,
-    websocket: bool,
-    signals: Signals,
+    framing: Framing,
+    signals: Signals<impl Future<Output = u16> + Send + 'static>,
 ) -> Outcome {
-    relay::Relay::new(client, upstream, limits, websocket, signals).await
+    relay::Relay::new(client, upstream, limits, framing, signals).await
 }
 
 #[cfg(test)]

@@ -14,15 +14,28 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::dormant::Dormant;
-use super::frames::{Frames, close_frame};
-use super::{CLOSE_HANDSHAKE_TIMEOUT, CloseReason, Endpoint, Limits, Outcome, Side, Signals};
+use super::frames::{Aware, Frames, close_frame};
+use super::websocket::{Checker, code};
+use super::{
+    CLOSE_HANDSHAKE_TIMEOUT, CloseReason, Endpoint, FrameStats, Framing, Limits, Outcome,
+    PeerCloseFrame, Side, Signals,
+};
 use crate::stream::Stream;
 
 /// Bytes read per system call.
 const CHUNK: usize = 16 * 1024;
 
-/// The reason text of the proxy's close frames.
-const CLOSE_REASON_TEXT: &str = "draining";
+/// The reason text of the proxy's close frames with `code`.
+fn reason_text(code: u16) -> &'static str {
+    match code {
+        code::GOING_AWAY => "going away",
+        code::PROTOCOL_ERROR => "protocol error",
+        code::POLICY => "message rate exceeded",
+        code::TOO_BIG => "message too big",
+        1012 => "service restart",
+        _ => "",
+    }
+}
 
 /// Where a direction stands in a close the proxy started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,13 +66,24 @@ struct Direction {
     /// A frame of the proxy's own, written after `pending`.
     own: Bytes,
     close: Close,
+    /// The source broke a frame-aware route's rules: the close code it is to get.
+    violation: Option<u16>,
 }
 
 impl Direction {
-    fn new(from: Side, to: Side, already_read: Bytes, websocket: bool) -> Self {
-        let mut frames = websocket.then(Frames::default);
+    fn new(from: Side, to: Side, already_read: Bytes, framing: &Framing) -> Self {
+        let mut frames = match framing {
+            Framing::Bytes => None,
+            Framing::Track => Some(Frames::default()),
+            Framing::Enforce { rules, rsv_allowed } => Some(Frames::checked(Checker::new(
+                rules.clone(),
+                from == Side::Client,
+                *rsv_allowed,
+            ))),
+        };
         if let Some(frames) = &mut frames {
-            frames.track(&already_read);
+            // The first bytes are relayed as they are; their frames are counted.
+            let _ = frames.check(&already_read);
         }
         Self {
             from,
@@ -71,6 +95,7 @@ impl Direction {
             frames,
             own: Bytes::new(),
             close: Close::Open,
+            violation: None,
         }
     }
 
@@ -97,6 +122,10 @@ impl Direction {
     fn frames_lost(&self) -> bool {
         self.frames.as_ref().is_some_and(|f| f.lost())
     }
+
+    fn aware(&self) -> Option<&Aware> {
+        self.frames.as_ref().and_then(|f| f.aware())
+    }
 }
 
 /// A failed direction: which side's socket failed, and how.
@@ -118,9 +147,17 @@ pub(super) struct Relay {
     signal: Dormant<Signal>,
     /// Cancelled when the grace period is over.
     force: CancellationToken,
-    /// The close code sent, once a drain has started closing a WebSocket tunnel.
-    closing: Option<u16>,
+    /// A close handshake the proxy started: why, on whose account, and the code it sent.
+    closing: Option<Closing>,
     started: Instant,
+}
+
+/// A close handshake under way.
+#[derive(Debug, Clone, Copy)]
+struct Closing {
+    reason: CloseReason,
+    by: Side,
+    code: u16,
 }
 
 /// What the proxy asks of the tunnel.
@@ -151,8 +188,8 @@ impl Relay {
         client: Endpoint,
         upstream: Endpoint,
         limits: Limits,
-        websocket: bool,
-        signals: Signals,
+        framing: Framing,
+        signals: Signals<impl Future<Output = u16> + Send + 'static>,
     ) -> Self {
         let started = Instant::now();
         let force = signals.force;
@@ -163,13 +200,13 @@ impl Relay {
                 Side::Client,
                 Side::Upstream,
                 client.already_read,
-                websocket,
+                &framing,
             ),
             to_client: Direction::new(
                 Side::Upstream,
                 Side::Client,
                 upstream.already_read,
-                websocket,
+                &framing,
             ),
             first_eof: None,
             idle_timeout: limits.idle_timeout,
@@ -190,25 +227,99 @@ impl Relay {
             upstream_to_client: self.to_client.bytes,
             closed_by,
             reason,
-            close_code: self.closing,
+            close_code: self.closing.map(|c| c.code),
             duration: self.started.elapsed(),
+            frames: self.frame_stats(),
         }
     }
 
-    /// A drain asks the tunnel to close. A WebSocket tunnel whose frames are followed
-    /// starts a close handshake (`true`); any other is closed at once (`false`).
-    fn start_close(&mut self, code: u16) -> bool {
+    /// How a close the proxy started ends (settled, timed out, or cut short).
+    fn closed(&self) -> Outcome {
+        let closing = self.closing.expect("a close under way");
+        self.outcome(closing.by, closing.reason)
+    }
+
+    fn frame_stats(&self) -> Option<FrameStats> {
+        let (from_client, from_upstream) = (self.to_upstream.aware()?, self.to_client.aware()?);
+        // The first close frame either side sent.
+        let peer_close = [(Side::Client, from_client), (Side::Upstream, from_upstream)]
+            .into_iter()
+            .filter_map(|(side, a)| Some((a.close_at?, side, a)))
+            .min_by_key(|(at, _, _)| *at)
+            .map(|(_, side, a)| {
+                let (code, reason) = a.close.code_and_reason();
+                PeerCloseFrame { side, code, reason }
+            });
+        Some(FrameStats {
+            messages_from_client: from_client.checker.messages,
+            messages_from_upstream: from_upstream.checker.messages,
+            largest_from_client: from_client.checker.largest,
+            largest_from_upstream: from_upstream.checker.largest,
+            peer_close,
+        })
+    }
+
+    /// Close the tunnel with close frames, `to_client` to the client and `to_upstream` to
+    /// the upstream, each between frames, and wait for their answers (`true`); a tunnel
+    /// whose frames are not followed closes at once (`false`).
+    fn start_close(&mut self, closing: Closing, to_client: u16, to_upstream: u16) -> bool {
         let websocket = self.to_upstream.frames.is_some();
         if !websocket || self.to_upstream.frames_lost() || self.to_client.frames_lost() {
             return false;
         }
-        self.closing = Some(code);
-        self.to_upstream.start_close(code);
-        self.to_client.start_close(code);
+        self.closing = Some(closing);
+        self.to_upstream.start_close(to_upstream);
+        self.to_client.start_close(to_client);
         self.idle
             .as_mut()
             .reset(Instant::now() + CLOSE_HANDSHAKE_TIMEOUT);
         true
+    }
+
+    /// A timeout or the lifetime ends the tunnel: a frame-aware one with close frames
+    /// (1001 both ways), any other at once.
+    fn time_is_up(&mut self, reason: CloseReason, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let closing = Closing {
+            reason,
+            by: Side::Proxy,
+            code: code::GOING_AWAY,
+        };
+        let aware = self.to_upstream.aware().is_some();
+        if aware && self.start_close(closing, code::GOING_AWAY, code::GOING_AWAY) {
+            // Poll again at once: the pumps send the close frames, the timer is armed.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(self.outcome(Side::Proxy, reason))
+    }
+
+    /// A side broke a frame-aware route's rules: it gets a close frame with the code
+    /// (the other side already has 1001, from the pump).
+    fn start_violation_close(&mut self, cx: &mut Context<'_>) {
+        for offender in [Side::Client, Side::Upstream] {
+            let (dir, reverse) = match offender {
+                Side::Client => (&mut self.to_upstream, &mut self.to_client),
+                _ => (&mut self.to_client, &mut self.to_upstream),
+            };
+            let Some(code) = dir.violation.take() else {
+                continue;
+            };
+            if self.closing.is_some() {
+                continue;
+            }
+            let closing = Closing {
+                reason: CloseReason::Violation(code),
+                by: offender,
+                code,
+            };
+            reverse.start_close(code);
+            self.closing = Some(closing);
+            self.idle
+                .as_mut()
+                .reset(Instant::now() + CLOSE_HANDSHAKE_TIMEOUT);
+            // Poll again at once: the pumps send the close frame.
+            cx.waker().wake_by_ref();
+        }
     }
 }
 
@@ -226,7 +337,12 @@ impl Future for Relay {
             };
             // From here on only the end of the grace period.
             this.signal = Dormant::new(Box::pin(forced(this.force.clone())));
-            if !this.start_close(code) {
+            let closing = Closing {
+                reason: CloseReason::Drain,
+                by: Side::Proxy,
+                code,
+            };
+            if this.closing.is_none() && !this.start_close(closing, code, code) {
                 return Poll::Ready(this.outcome(Side::Proxy, CloseReason::Drain));
             }
         }
@@ -263,9 +379,10 @@ impl Future for Relay {
         if let Some((side, kind)) = failure {
             return Poll::Ready(this.outcome(side, CloseReason::Error(kind)));
         }
+        this.start_violation_close(cx);
         if this.closing.is_some() {
             if this.to_upstream.frames_lost() || this.to_client.frames_lost() {
-                return Poll::Ready(this.outcome(Side::Proxy, CloseReason::Drain));
+                return Poll::Ready(this.closed());
             }
             if this.to_upstream.close_settled() && this.to_client.close_settled() {
                 // Both sides have answered: push out what a TLS or HTTP/2 stream still
@@ -275,32 +392,32 @@ impl Future for Relay {
                         return Poll::Pending;
                     }
                 }
-                return Poll::Ready(this.outcome(Side::Proxy, CloseReason::Drain));
+                return Poll::Ready(this.closed());
             }
         }
         if this.to_upstream.eof && this.to_client.eof {
+            if this.closing.is_some() {
+                return Poll::Ready(this.closed());
+            }
             let by = this.first_eof.unwrap_or(Side::Client);
-            let reason = match this.closing {
-                Some(_) => CloseReason::Drain,
-                None => CloseReason::Closed,
-            };
-            return Poll::Ready(this.outcome(by, reason));
+            return Poll::Ready(this.outcome(by, CloseReason::Closed));
         }
 
+        if this.closing.is_some() {
+            // The close handshake's time is up.
+            if this.idle.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(this.closed());
+            }
+            return Poll::Pending;
+        }
         if moved {
             this.last_activity = Instant::now();
         }
         if let Some(lifetime) = &mut this.lifetime
             && lifetime.as_mut().poll(cx).is_ready()
         {
-            return Poll::Ready(this.outcome(Side::Proxy, CloseReason::MaxLifetime));
-        }
-        if this.closing.is_some() {
-            // The close handshake's time is up.
-            if this.idle.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(this.outcome(Side::Proxy, CloseReason::Drain));
-            }
-            return Poll::Pending;
+            this.lifetime = None;
+            return this.time_is_up(CloseReason::MaxLifetime, cx);
         }
         let (quiet_limit, reason) = match this.first_eof {
             Some(_) if this.half_close_timeout < this.idle_timeout => {
@@ -317,7 +434,7 @@ impl Future for Relay {
         while this.idle.as_mut().poll(cx).is_ready() {
             let deadline = this.last_activity + quiet_limit;
             if Instant::now() >= deadline {
-                return Poll::Ready(this.outcome(Side::Proxy, reason));
+                return this.time_is_up(reason, cx);
             }
             this.idle.as_mut().reset(deadline);
         }
@@ -364,7 +481,7 @@ fn pump(
         if let Close::Want(code) = dir.close
             && dir.frames.as_ref().is_some_and(|f| f.at_boundary())
         {
-            dir.own = close_frame(code, CLOSE_REASON_TEXT, to == Side::Upstream);
+            dir.own = close_frame(code, reason_text(code), to == Side::Upstream);
             dir.close = Close::Sent;
             continue;
         }
@@ -411,10 +528,36 @@ fn pump(
             dir.src_done = true;
             continue;
         }
-        *moved = true;
         let read = match (&mut dir.frames, dir.close) {
-            (None, _) => read,
+            (None, _) => {
+                *moved = true;
+                read
+            }
+            (Some(frames), Close::Open) if frames.aware().is_some() => {
+                // On a frame-aware route only data messages count as activity.
+                let check = frames.check(read);
+                *moved |= check.data;
+                match check.violation {
+                    None => read,
+                    Some((at, code, began_before)) => {
+                        // Nothing from the offending frame on is relayed; the other side
+                        // gets 1001 in its place (unless it already has the frame's
+                        // first bytes, which no close frame can follow).
+                        dir.violation = Some(code);
+                        dir.close = Close::Sent;
+                        if !began_before {
+                            dir.own = close_frame(
+                                code::GOING_AWAY,
+                                reason_text(code::GOING_AWAY),
+                                to == Side::Upstream,
+                            );
+                        }
+                        &read[..at]
+                    }
+                }
+            }
             (Some(frames), Close::Open) => {
+                *moved = true;
                 frames.track(read);
                 read
             }
@@ -422,15 +565,16 @@ fn pump(
             (Some(frames), Close::Want(code)) => match frames.track_to_boundary(read) {
                 Some(at) => {
                     frames.track(&read[at..]);
-                    dir.own = close_frame(code, CLOSE_REASON_TEXT, to == Side::Upstream);
+                    dir.own = close_frame(code, reason_text(code), to == Side::Upstream);
                     dir.close = Close::Sent;
                     &read[..at]
                 }
                 None => read,
             },
-            // The destination has its close frame: the source's bytes go no further.
+            // The destination has its close frame: the source's bytes go no further (they
+            // are followed for the source's own close frame).
             (Some(frames), Close::Sent) => {
-                frames.track(read);
+                let _ = frames.check(read);
                 &read[..0]
             }
         };

@@ -26,11 +26,20 @@ struct Rig {
 }
 
 async fn rig(websocket: bool) -> Rig {
+    let framing = if websocket {
+        Framing::Track
+    } else {
+        Framing::Bytes
+    };
+    rig_with(framing).await
+}
+
+async fn rig_with(framing: Framing) -> Rig {
     let (client, client_inner) = pair().await;
     let (upstream, upstream_inner) = pair().await;
     let (drain, drained) = oneshot::channel();
     let signals = Signals {
-        drain: Box::pin(async move { drained.await.unwrap_or(1001) }),
+        drain: async move { drained.await.unwrap_or(1001) },
         force: CancellationToken::new(),
     };
     let limits = Limits {
@@ -46,7 +55,7 @@ async fn rig(websocket: bool) -> Rig {
         endpoint(client_inner),
         endpoint(upstream_inner),
         limits,
-        websocket,
+        framing,
         signals,
     ));
     Rig {
@@ -57,11 +66,12 @@ async fn rig(websocket: bool) -> Rig {
     }
 }
 
-/// A masked client frame (key 1 2 3 4; the payload is not actually masked: the relay
-/// never reads it).
+/// A masked client frame (key 1 2 3 4).
 fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 1, 2, 3, 4];
-    f.extend_from_slice(payload);
+    let key = [1, 2, 3, 4];
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
     f
 }
 
@@ -101,10 +111,10 @@ async fn a_drain_sends_close_frames_between_frames_and_waits_for_the_answers() {
     rig.drain.take().unwrap().send(1012).unwrap();
 
     // The client gets its close frame at once: the upstream's direction is between frames.
-    let to_client = read_exact(&mut rig.client, 2 + 2 + "draining".len()).await;
-    assert_eq!(to_client[1], 10, "unmasked, code and reason");
+    let to_client = read_exact(&mut rig.client, 2 + 2 + "service restart".len()).await;
+    assert_eq!(to_client[1], 17, "unmasked, code and reason");
     assert_eq!(close_code(&to_client), 1012);
-    assert_eq!(&to_client[4..], b"draining");
+    assert_eq!(&to_client[4..], b"service restart");
 
     // The upstream gets the rest of the client's frame first, then a masked close frame.
     // Nothing arrives before the frame is complete.
@@ -118,8 +128,8 @@ async fn a_drain_sends_close_frames_between_frames_and_waits_for_the_answers() {
         read_exact(&mut rig.upstream, frame.len() - 8).await,
         frame[8..]
     );
-    let to_upstream = read_exact(&mut rig.upstream, 6 + 2 + "draining".len()).await;
-    assert_eq!(to_upstream[1], 0x80 | 10, "masked");
+    let to_upstream = read_exact(&mut rig.upstream, 6 + 2 + "service restart".len()).await;
+    assert_eq!(to_upstream[1], 0x80 | 17, "masked");
     assert_eq!(close_code(&to_upstream), 1012);
 
     // Both answer; the relay then ends.
@@ -153,7 +163,7 @@ async fn a_side_that_closed_first_gets_no_second_close_frame() {
     assert_eq!(read_exact(&mut rig.upstream, close.len()).await, close);
     rig.drain.take().unwrap().send(1001).unwrap();
     // The client gets the proxy's close; the upstream answers the client's.
-    let to_client = read_exact(&mut rig.client, 12).await;
+    let to_client = read_exact(&mut rig.client, 14).await;
     assert_eq!(close_code(&to_client), 1001);
     rig.upstream
         .write_all(&server_frame(0x8, &1000u16.to_be_bytes()))
@@ -176,8 +186,8 @@ async fn a_side_that_closed_first_gets_no_second_close_frame() {
 async fn a_peer_that_never_answers_is_closed_after_the_handshake_timeout() {
     let mut rig = rig(true).await;
     rig.drain.take().unwrap().send(1001).unwrap();
-    read_exact(&mut rig.client, 12).await;
-    read_exact(&mut rig.upstream, 16).await;
+    read_exact(&mut rig.client, 14).await;
+    read_exact(&mut rig.upstream, 18).await;
     let outcome = rig.relay.await.unwrap();
     assert_eq!(outcome.reason, CloseReason::Drain);
     assert!(outcome.duration >= CLOSE_HANDSHAKE_TIMEOUT);
@@ -195,4 +205,51 @@ async fn other_upgrades_are_closed_plainly() {
     let mut rest = Vec::new();
     rig.client.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty(), "no close frame on a non-WebSocket tunnel");
+}
+
+fn enforce(max_message: u64) -> Framing {
+    Framing::Enforce {
+        rules: std::sync::Arc::new(FrameRules {
+            max_message,
+            max_frame: max_message,
+            message_rate: None,
+        }),
+        rsv_allowed: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_frame_over_the_limit_is_not_relayed_and_both_sides_get_close_frames() {
+    let mut rig = rig_with(enforce(10)).await;
+    let small = client_frame(0x1, b"ok");
+    let big = client_frame(0x2, &[7; 11]);
+    // Both in one write: the small one goes through, the big one stops at its header.
+    rig.client
+        .write_all(&[small.clone(), big].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_exact(&mut rig.upstream, small.len()).await, small);
+    let to_upstream = read_exact(&mut rig.upstream, 6 + 2 + "going away".len()).await;
+    assert_eq!(close_code(&to_upstream), 1001);
+    let to_client = read_exact(&mut rig.client, 2 + 2 + "message too big".len()).await;
+    assert_eq!(close_code(&to_client), 1009);
+    rig.client
+        .write_all(&client_frame(0x8, &1009u16.to_be_bytes()))
+        .await
+        .unwrap();
+    rig.upstream
+        .write_all(&server_frame(0x8, &1001u16.to_be_bytes()))
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(2), rig.relay)
+        .await
+        .expect("settled")
+        .unwrap();
+    assert_eq!(outcome.reason, CloseReason::Violation(1009));
+    assert_eq!(outcome.closed_by, Side::Client);
+    assert_eq!(outcome.close_code, Some(1009));
+    let frames = outcome.frames.expect("frame-aware counts");
+    assert_eq!(frames.messages_from_client, 1);
+    let first = frames.peer_close.expect("the client's close frame");
+    assert_eq!((first.side, first.code), (Side::Client, 1009));
 }

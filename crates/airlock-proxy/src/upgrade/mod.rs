@@ -33,6 +33,7 @@ use crate::http::headers;
 use crate::limit::Admission;
 use crate::observe::access_log::RequestLog;
 use crate::route::Route;
+use crate::tunnel::Framing;
 use crate::upstream::Members;
 use crate::upstream::balance::Hint;
 use switched::{UpstreamEnd, abandoned, endpoint};
@@ -133,6 +134,25 @@ pub async fn forward(
     };
     log.header_time = Some(started.elapsed());
 
+    // What the tunnel knows of its bytes; `permessage-deflate` lets frames set RSV1.
+    let framing = match (&route.frame_rules, websocket) {
+        (_, false) => Framing::Bytes,
+        (None, true) => Framing::Track,
+        (Some(rules), true) => {
+            let deflate = match &head {
+                SwitchHead::Map(parts) => parts
+                    .headers
+                    .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+                    .iter()
+                    .any(|v| contains_ignore_case(v.as_bytes(), b"permessage-deflate")),
+                SwitchHead::Lines(lines) => contains_ignore_case(lines, b"permessage-deflate"),
+            };
+            Framing::Enforce {
+                rules: rules.clone(),
+                rsv_allowed: if deflate { 0b100 } else { 0 },
+            }
+        }
+    };
     let (parts, lines) = match head {
         SwitchHead::Map(mut parts) => {
             // An HTTP/1.1 client gets the upgrade pair back; over HTTP/2 there is none.
@@ -160,7 +180,7 @@ pub async fn forward(
         guard: guard.into_tunnel(),
         admission,
         conn: conn.clone(),
-        websocket,
+        framing,
     };
     match client {
         ClientSide::Direct { switch, .. } => *switch = Some(Switch { tunnel, lines }),
@@ -186,4 +206,10 @@ async fn hyper_exchange(
     let (mut sender, connection) = http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(connection.with_upgrades());
     sender.send_request(req).await
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }

@@ -13,7 +13,7 @@ use crate::metrics::TunnelClose;
 use crate::observe::access_log;
 use crate::route::Route;
 use crate::stream::Stream;
-use crate::tunnel::{self, Endpoint, Limits, Signals};
+use crate::tunnel::{self, Endpoint, Framing, Limits, Signals};
 use crate::upstream::{ActiveGuard, Server};
 
 /// The upstream end of a tunnel: ready, or once hyper's client completes the upgrade.
@@ -31,8 +31,8 @@ pub struct Tunnel {
     /// Slots of the route's limits, given back when the tunnel ends.
     pub(super) admission: Admission,
     pub(super) conn: Arc<ConnCtx>,
-    /// The upgrade is to WebSocket: the tunnel follows its frames.
-    pub(super) websocket: bool,
+    /// What the tunnel knows of its bytes (WebSocket frames, checked or not).
+    pub(super) framing: Framing,
 }
 
 impl Tunnel {
@@ -54,13 +54,13 @@ impl Tunnel {
         let open = route.metrics.tunnel_opened();
         let counted = self.conn.drain.tunnel_opened();
         let signals = Signals {
-            drain: Box::pin(drain_turn(
+            drain: drain_turn(
                 self.conn.drain.spread.clone(),
                 self.server.tunnel_drain().clone(),
-            )),
+            ),
             force: self.conn.drain.force.clone(),
         };
-        let outcome = tunnel::relay(client, upstream, limits, self.websocket, signals).await;
+        let outcome = tunnel::relay(client, upstream, limits, self.framing, signals).await;
         // Give back what the tunnel held before saying it closed: whoever reads the log
         // line then sees the server's count and the limits' slots released.
         drop(open);
