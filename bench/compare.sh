@@ -36,6 +36,14 @@ run_workloads() {
     record "$name" "p99_$size" "$(field p99_us "$out")"
     [ "$pid" = 0 ] || record "$name" "cpu_$size" "$(cpu_us_per $(( $(cpu_all "$pid") - t0 )) $((2 * rt)))"
   done
+  # airlock only: the same on a frame-aware route.
+  if [ "$name" = airlock ]; then
+    for size in 1024 16384; do
+      t0=$(cpu_all "$pid")
+      out=$("$bench" --connect "$addr" pingpong --url "ws://frames.bench/ws" --size "$size" --duration "${secs}s")
+      record "$name" "cpu_frames_$size" "$(cpu_us_per $(( $(cpu_all "$pid") - t0 )) $((2 * $(field round_trips "$out"))))"
+    done
+  fi
   [ "$pid" = 0 ] || t0=$(cpu_all "$pid")
   out=$("$bench" paced --url "$url" --rate 10000 --size 256 --duration "${secs}s")
   for q in p50 p99 p999; do record "$name" "paced_$q" "$(field "${q}_us" "$out")"; done
@@ -56,17 +64,18 @@ run_workloads() {
   done
 }
 
-# Idle memory per tunnel of one running proxy: NAME PID ADDR.
+# Idle memory per tunnel of one running proxy: NAME PID ADDR [METRIC HOST] (the route
+# with HOST, recorded as METRIC; default idle_kib and the address itself).
 measure_idle() {
-  local name=$1 pid=$2 url=ws://$3/ws
+  local name=$1 pid=$2 metric=${4:-idle_kib} url=ws://${5:-$3}/ws
   sleep 1
   rss0=$(rss_kib "$pid")
-  "$bench" idle --url "$url" --connections "$idle_n" --hold 3s > "$work/idle.out" &
+  "$bench" --connect "$3" idle --url "$url" --connections "$idle_n" --hold 3s > "$work/idle.out" &
   idle_pid=$!
   for _ in $(seq 600); do grep -q '^open' "$work/idle.out" 2>/dev/null && break; sleep 0.1; done
   rss1=$(rss_kib "$pid")
   wait "$idle_pid"
-  record "$name" idle_kib "$(awk -v a="$rss0" -v b="$rss1" -v n="$idle_n" 'BEGIN { printf "%.2f", (b - a) / n }')"
+  record "$name" "$metric" "$(awk -v a="$rss0" -v b="$rss1" -v n="$idle_n" 'BEGIN { printf "%.2f", (b - a) / n }')"
 }
 
 # All three proxies run for the whole benchmark (idle ones cost nothing), each warmed up
@@ -93,10 +102,16 @@ for name in "${proxies[@]}"; do
   measure_idle "$name" "${pids[$name]}" "${addrs[$name]}"
   kill "${pids[$name]}"; wait "${pids[$name]}" 2>/dev/null || true
 done
+# The frame-aware route's idle tunnels, in a fresh airlock (memory the first measurement
+# freed would otherwise be reused, and the second would look cheaper than it is).
+start_proxy airlock 18420
+measure_idle airlock "$pid" 127.0.0.1:18420 idle_frames_kib frames.bench
+kill "$pid"; wait "$pid" 2>/dev/null || true
 
 # The medians, one metric per line, for `airlock-bench report`.
 metrics=(cpu_1024 cpu_16384 msgs_1024 msgs_16384 p50_1024 p99_1024 p50_16384 p99_16384 paced_cpu paced_p50
-  paced_p99 paced_p999 paced_lost hs_cpu hs_cpu_1 hs_cpu_2 hs_rate hs_p99 idle_kib)
+  paced_p99 paced_p999 paced_lost hs_cpu hs_cpu_1 hs_cpu_2 hs_rate hs_p99 idle_kib
+  cpu_frames_1024 cpu_frames_16384 idle_frames_kib)
 for metric in "${metrics[@]}"; do
   printf '%s' "$metric"
   for name in "${proxies[@]}"; do

@@ -41,6 +41,18 @@ const ROWS: &[(&str, &str)] = &[
     ("hs_rate", "handshakes/s"),
     ("hs_p99", "handshake p99 µs"),
     ("idle_kib", "proxy memory KiB per idle tunnel"),
+    (
+        "cpu_frames_1024",
+        "frame-aware route: CPU µs per relayed 1 KiB message",
+    ),
+    (
+        "cpu_frames_16384",
+        "frame-aware route: CPU µs per relayed 16 KiB message",
+    ),
+    (
+        "idle_frames_kib",
+        "frame-aware route: memory KiB per idle tunnel",
+    ),
 ];
 
 /// A figure airlock is measured by: how it is computed for each proxy, and the goal for

@@ -39,9 +39,9 @@ pub(super) struct Frames {
 #[derive(Debug)]
 pub(super) struct Aware {
     pub checker: Checker,
-    /// The payload of a close frame from this side, as it arrives, and when its header
-    /// came.
-    pub close: PeerClose,
+    /// The payload of a close frame from this side, as it arrives (allocated when one
+    /// comes), and when its header came.
+    pub close: Option<Box<PeerClose>>,
     pub close_at: Option<Instant>,
     /// The frame whose payload is passing is a data frame.
     in_data: bool,
@@ -63,7 +63,7 @@ impl Frames {
         Self {
             aware: Some(Box::new(Aware {
                 checker,
-                close: PeerClose::default(),
+                close: None,
                 close_at: None,
                 in_data: false,
             })),
@@ -89,8 +89,10 @@ impl Frames {
             if self.payload_left > 0 {
                 let n = self.payload_left.min(rest.len() as u64) as usize;
                 out.data |= aware.in_data;
-                if aware.close.wanting() {
-                    aware.close.take(&rest[..n]);
+                if let Some(close) = &mut aware.close
+                    && close.wanting()
+                {
+                    close.take(&rest[..n]);
                 }
                 self.payload_left -= n as u64;
                 at += n;
@@ -98,11 +100,27 @@ impl Frames {
             }
             let began_here = self.head_len == 0;
             let start = at;
-            at += self.take_head(rest);
-            if self.head_len != 0 {
-                break; // the rest of the header comes in the next read
-            }
-            let header = parse(&self.head);
+            let whole = if began_here && rest.len() >= 2 {
+                Some(head_len(rest)).filter(|n| rest.len() >= *n)
+            } else {
+                None
+            };
+            let header = match whole {
+                // Most headers arrive whole: read them where they are.
+                Some(n) => {
+                    at += n;
+                    let header = parse(&rest[..n]);
+                    self.follow(&header.0);
+                    header
+                }
+                None => {
+                    at += self.take_head(rest);
+                    if self.head_len != 0 {
+                        break; // the rest of the header comes in the next read
+                    }
+                    parse(&self.head)
+                }
+            };
             let verdict = if self.lost {
                 Err(code::PROTOCOL_ERROR)
             } else {
@@ -119,7 +137,9 @@ impl Frames {
             aware.in_data = header.0.opcode <= 0x2;
             out.data |= aware.in_data;
             if header.0.opcode == CLOSE && aware.close_at.is_none() {
-                aware.close.start(header.0.len, header.1);
+                let mut close = Box::<PeerClose>::default();
+                close.start(header.0.len, header.1);
+                aware.close = Some(close);
                 aware.close_at = Some(Instant::now());
             }
         }
@@ -243,6 +263,20 @@ impl Frames {
             self.saw_close = true;
         }
         self.payload_left = len;
+    }
+}
+
+impl Frames {
+    /// Take in a header [`parse`] read.
+    fn follow(&mut self, header: &Header) {
+        if header.len >> 63 != 0 {
+            self.lost = true;
+            return;
+        }
+        if header.opcode == CLOSE {
+            self.saw_close = true;
+        }
+        self.payload_left = header.len;
     }
 }
 

@@ -185,15 +185,16 @@ pub struct Endpoint {
 }
 
 /// Relay bytes between `client` and `upstream` until both finish, one fails, a limit is
-/// reached or a signal ends it.
-pub async fn relay(
+/// reached or a signal ends it. (The relay is the future itself, not an `async fn`
+/// around it: that would keep a copy of every argument for the tunnel's whole life.)
+pub fn relay(
     client: Endpoint,
     upstream: Endpoint,
     limits: Limits,
     framing: Framing,
     signals: Signals<impl Future<Output = u16> + Send + 'static>,
-) -> Outcome {
-    relay::Relay::new(client, upstream, limits, framing, signals).await
+) -> impl Future<Output = Outcome> + Send {
+    relay::Relay::new(client, upstream, limits, framing, signals)
 }
 
 #[cfg(test)]

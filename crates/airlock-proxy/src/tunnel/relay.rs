@@ -247,7 +247,10 @@ impl Relay {
             .filter_map(|(side, a)| Some((a.close_at?, side, a)))
             .min_by_key(|(at, _, _)| *at)
             .map(|(_, side, a)| {
-                let (code, reason) = a.close.code_and_reason();
+                let (code, reason) = a
+                    .close
+                    .as_ref()
+                    .map_or((1005, String::new()), |c| c.code_and_reason());
                 PeerCloseFrame { side, code, reason }
             });
         Some(FrameStats {
@@ -375,11 +378,13 @@ impl Future for Relay {
                     break;
                 }
             }
+            // A side that broke the rules: the other direction stops relaying before it is
+            // pumped (the other side's answer to its 1001 must not reach the offender).
+            this.start_violation_close(cx);
         }
         if let Some((side, kind)) = failure {
             return Poll::Ready(this.outcome(side, CloseReason::Error(kind)));
         }
-        this.start_violation_close(cx);
         if this.closing.is_some() {
             if this.to_upstream.frames_lost() || this.to_client.frames_lost() {
                 return Poll::Ready(this.closed());
