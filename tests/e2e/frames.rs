@@ -9,34 +9,15 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::support::client::upgrade_head;
-use crate::support::python::python;
+use crate::support::python::{run_script, spawn_script};
 use crate::support::{Airlock, Backend, single_route};
 
-/// Run tests/python/ws_client.py against `airlock` and read what it saw.
+/// Run tests/python/ws_client.py against `airlock` and read what it saw. The client
+/// finishes by itself: every mode ends with a close, and airlock's close handshake is
+/// bounded.
 async fn python_client(airlock: &Airlock, mode: &str, arg: &str) -> Value {
     let url = format!("ws://{}/", airlock.addr());
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/python/ws_client.py"
-    );
-    let python = python();
-    let args = [script.to_string(), url, mode.to_string(), arg.to_string()];
-    // The client finishes by itself: every mode ends with a close, and airlock's close
-    // handshake is bounded.
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "ws_client.py {mode}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    run_script("ws_client.py", &[url, mode.into(), arg.into()]).await
 }
 
 /// airlock with one frame-aware route (`websocket = {ws}`) to `backend`.
@@ -157,4 +138,61 @@ async fn an_unmasked_client_frame_closes_1002() {
     let log = tunnel_close(&airlock).await;
     assert_eq!(log["reason"], "protocol_error", "{log}");
     assert_eq!(*backend.close_codes.lock().unwrap(), [1001]);
+}
+
+/// A real WebSocket echo server (Python `websockets`, permessage-deflate on), killed on
+/// drop.
+struct PythonServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PythonServer {
+    fn start() -> Self {
+        use std::io::BufRead as _;
+        let mut child = spawn_script("ws_conformance.py", &["server"]);
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the server's port");
+        Self { child, port }
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every case of tests/python/ws_conformance.py against `url`: its verdicts.
+async fn conformance(url: String) -> Value {
+    run_script("ws_conformance.py", &["client".into(), url]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_aware_route_changes_no_conformance_verdict() {
+    let server = PythonServer::start();
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let direct = conformance(format!("ws://{upstream}/")).await;
+    let cases = direct.as_object().unwrap();
+    assert_eq!(cases.len(), 26, "{direct}");
+    assert!(
+        cases
+            .iter()
+            .all(|(k, v)| *v == Value::Bool(true) || k.starts_with("close")),
+        "the server itself fails a case: {direct}"
+    );
+
+    let route = "websocket = { max_message = \"2MiB\", message_rate = \"1000/s\" }";
+    let airlock = Airlock::start(&single_route(&[upstream], route, ""));
+    let through = conformance(format!("ws://{}/", airlock.addr())).await;
+    assert_eq!(through, direct, "airlock changed a verdict");
+    // Compressed frames (RSV1) passed: the deflate cases ran through the checked route.
+    let refused = airlock.logs_where(|v| {
+        v["event"] == "tunnel_close" && v["reason"].as_str().is_some_and(|r| r != "closed")
+    });
+    assert!(refused.is_empty(), "{refused:?}");
 }

@@ -41,6 +41,38 @@ pub fn python() -> PathBuf {
     python
 }
 
+/// Run `tests/python/SCRIPT` with `args` in the environment (off the async runtime's
+/// threads), require success, and read the JSON it prints.
+pub async fn run_script(script: &str, args: &[String]) -> Value {
+    let script = tests_python().join(script);
+    let owned = args.to_vec();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(&script)
+            .args(&owned)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Start `tests/python/SCRIPT` with `args` in the environment.
+pub fn spawn_script(script: &str, args: &[&str]) -> std::process::Child {
+    Command::new(python())
+        .arg(tests_python().join(script))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn run(command: &mut Command) {
     let out = command
         .output()

@@ -503,6 +503,51 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn random_input_through_the_checks_never_panics_nor_buffers() {
+        use super::super::websocket::Rules;
+        let mut seed = 0x2545_F491_4F6C_DD1D_u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..2_000 {
+            let rules = std::sync::Arc::new(Rules {
+                max_message: next() % 5_000,
+                max_frame: next() % 3_000,
+                message_rate: Some((std::time::Duration::from_millis(1), 1 + round % 7)),
+            });
+            let from_client = round % 2 == 0;
+            let mut t = Frames::checked(Checker::new(rules, from_client, (round % 8) as u8));
+            // Well-formed frames most of the time, then random bytes: every path is taken.
+            let mut bytes = Vec::new();
+            for _ in 0..(next() % 6) {
+                let len = (next() % 200) as usize;
+                bytes.push(0x80 | (next() % 3) as u8);
+                bytes.push(if from_client { 0x80 } else { 0 } | len.min(125) as u8);
+                if from_client {
+                    bytes.extend_from_slice(&[9, 8, 7, 6]);
+                }
+                bytes.extend(std::iter::repeat_n(0x55, len.min(125)));
+            }
+            bytes.extend((0..next() % 100).map(|_| next() as u8));
+            let mut at = 0;
+            while at < bytes.len() {
+                let n = 1 + (next() % 50) as usize;
+                let piece = &bytes[at..(at + n).min(bytes.len())];
+                let check = t.check(piece);
+                if let Some((start, code, _)) = check.violation {
+                    assert!(start <= piece.len());
+                    assert!(matches!(code, 1002 | 1008 | 1009), "{code}");
+                }
+                assert!(t.head_len as usize <= MAX_HEAD);
+                at += n;
+            }
+        }
+    }
+
     #[test]
     fn close_frames_are_well_formed_both_ways() {
         let plain = close_frame(1001, "going away", false);
