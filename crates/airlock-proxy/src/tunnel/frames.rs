@@ -366,6 +366,16 @@ mod tests {
         f
     }
 
+    /// A small deterministic generator: the same cases on every run.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     /// Where frames end in `stream`.
     fn ends(frames: &[Vec<u8>]) -> Vec<usize> {
         frames
@@ -475,14 +485,7 @@ mod tests {
 
     #[test]
     fn random_and_truncated_input_never_panics_nor_buffers() {
-        // A small deterministic generator: the same cases on every run.
-        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
         for _ in 0..2_000 {
             let len = (next() % 300) as usize;
             let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
@@ -491,7 +494,7 @@ mod tests {
             while at < bytes.len() {
                 let n = 1 + (next() % 40) as usize;
                 let piece = &bytes[at..(at + n).min(bytes.len())];
-                if next() % 2 == 0 {
+                if next().is_multiple_of(2) {
                     t.track(piece);
                 } else if let Some(k) = t.track_to_boundary(piece) {
                     assert!(k <= piece.len());
@@ -506,13 +509,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn random_input_through_the_checks_never_panics_nor_buffers() {
         use super::super::websocket::Rules;
-        let mut seed = 0x2545_F491_4F6C_DD1D_u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
         for round in 0..2_000 {
             let rules = std::sync::Arc::new(Rules {
                 max_message: next() % 5_000,
