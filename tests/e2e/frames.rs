@@ -196,3 +196,39 @@ async fn a_frame_aware_route_changes_no_conformance_verdict() {
     });
     assert!(refused.is_empty(), "{refused:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_answering_pings_is_closed() {
+    let backend = Backend::start("a").await;
+    let ws = r#"ping_interval = "300ms", pong_timeout = "300ms""#;
+    let airlock = frame_aware(&backend, ws, "");
+    let request =
+        b"GET / HTTP/1.1\r\nHost: test.local\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    // A client that reads nothing more and answers nothing.
+    let (_silent, head) = upgrade_head(airlock.addr(), request).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let log = tunnel_close(&airlock).await;
+    assert_eq!(log["reason"], "pong_timeout", "{log}");
+    assert_eq!(log["closed_by"], "client", "{log}");
+    let lived = log["duration_ms"].as_f64().unwrap();
+    assert!((550.0..3000.0).contains(&lived), "closed after {lived} ms");
+    assert_eq!(*backend.close_codes.lock().unwrap(), [1001]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_pings_prove_the_client_alive_but_do_not_keep_an_idle_tunnel() {
+    let backend = Backend::start("a").await;
+    let ws = r#"ping_interval = "100ms", pong_timeout = "500ms""#;
+    let airlock = frame_aware(&backend, ws, "idle_timeout = \"1500ms\"");
+    // The websockets library answers every ping by itself.
+    let seen = python_client(&airlock, "idle", "").await;
+    assert_eq!(seen["close_code"], 1001, "{seen}");
+    let seconds = seen["seconds"].as_f64().unwrap();
+    assert!(
+        seconds >= 1.4,
+        "closed after {seconds} s, before the idle timeout"
+    );
+    let log = tunnel_close(&airlock).await;
+    assert_eq!(log["reason"], "idle_timeout", "{log}");
+}

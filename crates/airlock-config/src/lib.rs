@@ -25,7 +25,7 @@ pub use health::*;
 pub use limit::*;
 pub use model::*;
 pub use units::{ByteSize, Duration};
-pub use websocket::WebSocket;
+pub use websocket::{DEFAULT_PONG_TIMEOUT, WebSocket};
 
 /// A configuration that parsed and passed validation, with the file it came from.
 #[derive(Debug, Clone)]

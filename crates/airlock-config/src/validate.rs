@@ -591,6 +591,24 @@ fn check_websocket(route: &str, ws: &crate::WebSocket, p: &mut Problems) {
             format!("route `{route}`: `message_rate` must allow at least 1 message"),
         );
     }
+    for time in [&ws.ping_interval, &ws.pong_timeout].into_iter().flatten() {
+        if time.get_ref().get().is_zero() {
+            p.at(
+                time,
+                format!(
+                    "route `{route}`: `ping_interval` and `pong_timeout` must be greater than zero"
+                ),
+            );
+        }
+    }
+    if let Some(timeout) = &ws.pong_timeout
+        && ws.ping_interval.is_none()
+    {
+        p.at(
+            timeout,
+            format!("route `{route}`: `pong_timeout` needs a `ping_interval`"),
+        );
+    }
     if let Some(burst) = &ws.burst {
         if ws.message_rate.is_none() {
             p.at(

@@ -4,7 +4,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::limit::Rate;
-use crate::units::ByteSize;
+use crate::units::{ByteSize, Duration};
 
 /// `websocket = { max_message = "1MiB", max_frame = "64KiB", message_rate = "100/s",
 /// burst = 200 }`: the route's WebSocket tunnels parse frame headers both ways, enforce
@@ -27,4 +27,15 @@ pub struct WebSocket {
     /// `message_rate`.
     #[serde(default)]
     pub burst: Option<Spanned<u32>>,
+    /// airlock pings the client this long after its last ping was answered
+    /// (`"30s"`), so that a dead peer (a laptop closed behind a NAT) is found.
+    #[serde(default)]
+    pub ping_interval: Option<Spanned<Duration>>,
+    /// How long a ping may go unanswered before the tunnel is closed (1001 to the
+    /// upstream). Needs `ping_interval`; default 10s.
+    #[serde(default)]
+    pub pong_timeout: Option<Spanned<Duration>>,
 }
+
+/// `pong_timeout` when unset.
+pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);

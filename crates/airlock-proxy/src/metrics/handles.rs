@@ -22,7 +22,7 @@ const COMMON_CODES: [u16; 23] = [
     500, 502, 503, 504,
 ];
 const CLOSED_BY: [&str; 3] = ["client", "upstream", "proxy"];
-const CLOSE_REASONS: [&str; 10] = [
+const CLOSE_REASONS: [&str; 11] = [
     "closed",
     "error",
     "idle_timeout",
@@ -33,6 +33,7 @@ const CLOSE_REASONS: [&str; 10] = [
     "message_too_big",
     "message_rate",
     "protocol_error",
+    "pong_timeout",
 ];
 
 /// Counters of one family for label values known only when counting, each made (and its

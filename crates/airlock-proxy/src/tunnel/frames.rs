@@ -16,8 +16,10 @@ use super::websocket::{Checker, Header, PeerClose, code};
 /// The longest frame header: 2 bytes, a 64-bit length and a masking key.
 const MAX_HEAD: usize = 14;
 
-/// Opcode of a close frame.
+/// Opcodes of close, ping and pong frames.
 const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
 
 /// The frame boundaries of one direction.
 #[derive(Debug, Default)]
@@ -45,6 +47,8 @@ pub(super) struct Aware {
     pub close_at: Option<Instant>,
     /// The frame whose payload is passing is a data frame.
     in_data: bool,
+    /// The payload of airlock's ping, while it waits for the pong.
+    pub pong_expected: Option<[u8; 8]>,
 }
 
 /// What [`Frames::check`] found in a read.
@@ -55,6 +59,9 @@ pub(super) struct Check {
     /// A frame broke the rules: where its header starts in the read, the close code, and
     /// whether the header began in an earlier read (so its first bytes were relayed).
     pub violation: Option<(usize, u16, bool)>,
+    /// The pong to airlock's ping: where it starts in the read and its length. Checking
+    /// stopped after it.
+    pub pong: Option<(usize, usize)>,
 }
 
 impl Frames {
@@ -66,6 +73,7 @@ impl Frames {
                 close: None,
                 close_at: None,
                 in_data: false,
+                pong_expected: None,
             })),
             ..Self::default()
         }
@@ -73,6 +81,10 @@ impl Frames {
 
     pub(super) fn aware(&self) -> Option<&Aware> {
         self.aware.as_deref()
+    }
+
+    pub(super) fn aware_mut(&mut self) -> Option<&mut Aware> {
+        self.aware.as_deref_mut()
     }
 
     /// Follow `bytes` on a frame-aware route, checking each header; stops at the first
@@ -133,6 +145,27 @@ impl Frames {
                 self.aware = Some(aware);
                 self.track(&bytes[at..]);
                 return out;
+            }
+            // The answer to airlock's ping, whole in this read: it goes no further.
+            if header.0.opcode == PONG
+                && header.0.len == 8
+                && began_here
+                && bytes.len() - at >= 8
+                && let Some(expected) = aware.pong_expected
+            {
+                let key = header.1;
+                let payload = &bytes[at..at + 8];
+                if payload
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| b ^ key[i % 4] == expected[i])
+                {
+                    aware.pong_expected = None;
+                    self.payload_left = 0;
+                    at += 8;
+                    out.pong = Some((start, at - start));
+                    break;
+                }
             }
             aware.in_data = header.0.opcode <= 0x2;
             out.data |= aware.in_data;
@@ -340,6 +373,15 @@ pub(super) fn close_frame(code: u16, reason: &str, masked: bool) -> Bytes {
     frame.freeze()
 }
 
+/// airlock's ping to the client: unmasked, with an 8-byte payload the pong must echo.
+pub(super) fn ping_frame(payload: [u8; 8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(10);
+    frame.put_u8(0x80 | PING);
+    frame.put_u8(8);
+    frame.put_slice(&payload);
+    frame.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,6 +557,7 @@ mod tests {
                 max_message: next() % 5_000,
                 max_frame: next() % 3_000,
                 message_rate: Some((std::time::Duration::from_millis(1), 1 + round % 7)),
+                ping: None,
             });
             let from_client = round % 2 == 0;
             let mut t = Frames::checked(Checker::new(rules, from_client, (round % 8) as u8));

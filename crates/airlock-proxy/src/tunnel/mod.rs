@@ -79,6 +79,9 @@ pub enum CloseReason {
     /// On a frame-aware route, the side in `closed_by` broke a rule; the proxy closed
     /// the tunnel with this code (1002 protocol error, 1008 message rate, 1009 too big).
     Violation(u16),
+    /// On a frame-aware route with `ping_interval`, the client left airlock's ping
+    /// unanswered for `pong_timeout`.
+    PongTimeout,
 }
 
 impl CloseReason {
@@ -96,6 +99,7 @@ impl CloseReason {
             Self::Violation(1008) => "message_rate",
             Self::Violation(1009) => "message_too_big",
             Self::Violation(_) => "protocol_error",
+            Self::PongTimeout => "pong_timeout",
         }
     }
 }
@@ -110,7 +114,7 @@ impl fmt::Display for CloseReason {
             Self::MaxLifetime => f.write_str("max_lifetime"),
             Self::Shutdown => f.write_str("shutdown"),
             Self::Drain => f.write_str("drain"),
-            Self::Violation(_) => f.write_str(self.name()),
+            Self::Violation(_) | Self::PongTimeout => f.write_str(self.name()),
         }
     }
 }

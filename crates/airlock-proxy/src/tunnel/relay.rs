@@ -14,7 +14,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::dormant::Dormant;
-use super::frames::{Aware, Frames, close_frame};
+use super::frames::{Aware, Frames, close_frame, ping_frame};
 use super::websocket::{Checker, code};
 use super::{
     CLOSE_HANDSHAKE_TIMEOUT, CloseReason, Endpoint, FrameStats, Framing, Limits, Outcome,
@@ -68,6 +68,14 @@ struct Direction {
     close: Close,
     /// The source broke a frame-aware route's rules: the close code it is to get.
     violation: Option<u16>,
+    /// airlock's ping, to go to the destination at the next frame boundary.
+    ping_wanted: Option<[u8; 8]>,
+    /// The source answered airlock's ping (the pong was not relayed).
+    pong_seen: bool,
+    /// Bytes read but not yet looked at (what followed a pong taken out of a read).
+    carry: Bytes,
+    /// The source will not answer a close (a peer that stopped answering pings).
+    gave_up: bool,
 }
 
 impl Direction {
@@ -96,6 +104,10 @@ impl Direction {
             own: Bytes::new(),
             close: Close::Open,
             violation: None,
+            ping_wanted: None,
+            pong_seen: false,
+            carry: Bytes::new(),
+            gave_up: false,
         }
     }
 
@@ -116,7 +128,9 @@ impl Direction {
         self.close == Close::Sent
             && self.pending.is_empty()
             && self.own.is_empty()
-            && (self.src_done || self.frames.as_ref().is_some_and(|f| f.saw_close()))
+            && (self.src_done
+                || self.gave_up
+                || self.frames.as_ref().is_some_and(|f| f.saw_close()))
     }
 
     fn frames_lost(&self) -> bool {
@@ -149,7 +163,19 @@ pub(super) struct Relay {
     force: CancellationToken,
     /// A close handshake the proxy started: why, on whose account, and the code it sent.
     closing: Option<Closing>,
+    /// airlock's pings to the client, on a frame-aware route that asks for them.
+    pinger: Option<Pinger>,
     started: Instant,
+}
+
+/// airlock's keep-alive pings to the client.
+struct Pinger {
+    interval: Duration,
+    timeout: Duration,
+    /// When the next ping goes, or (while one is unanswered) when the client is given up.
+    timer: Pin<Box<Sleep>>,
+    sent: u64,
+    waiting: bool,
 }
 
 /// A close handshake under way.
@@ -158,6 +184,48 @@ struct Closing {
     reason: CloseReason,
     by: Side,
     code: u16,
+}
+
+impl Relay {
+    /// Send a ping when it is due; give the client up when one went unanswered
+    /// (`Ready`: the tunnel ends).
+    fn keep_alive(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        if std::mem::take(&mut self.to_upstream.pong_seen)
+            && let Some(p) = &mut self.pinger
+        {
+            p.waiting = false;
+            p.timer.as_mut().reset(Instant::now() + p.interval);
+        }
+        let Some(p) = &mut self.pinger else {
+            return Poll::Pending;
+        };
+        if p.timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if p.waiting {
+            // No pong in time: the client is gone. The upstream gets 1001; the client
+            // is not waited for.
+            self.pinger = None;
+            self.to_upstream.gave_up = true;
+            let closing = Closing {
+                reason: CloseReason::PongTimeout,
+                by: Side::Client,
+                code: code::GOING_AWAY,
+            };
+            return self.end_with_close(closing, cx);
+        }
+        p.sent += 1;
+        p.waiting = true;
+        p.timer.as_mut().reset(Instant::now() + p.timeout);
+        let payload = p.sent.to_be_bytes();
+        self.to_client.ping_wanted = Some(payload);
+        if let Some(aware) = self.to_upstream.frames.as_mut().and_then(|f| f.aware_mut()) {
+            aware.pong_expected = Some(payload);
+        }
+        // Poll again at once: the pump sends the ping, the timer is armed.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
 
 /// What the proxy asks of the tunnel.
@@ -193,6 +261,16 @@ impl Relay {
     ) -> Self {
         let started = Instant::now();
         let force = signals.force;
+        let pinger = match &framing {
+            Framing::Enforce { rules, .. } => rules.ping.map(|(interval, timeout)| Pinger {
+                interval,
+                timeout,
+                timer: Box::pin(tokio::time::sleep(interval)),
+                sent: 0,
+                waiting: false,
+            }),
+            _ => None,
+        };
         Self {
             client: client.stream,
             upstream: upstream.stream,
@@ -217,6 +295,7 @@ impl Relay {
             signal: Dormant::new(Box::pin(either(force.clone(), signals.drain))),
             force,
             closing: None,
+            pinger,
             started,
         }
     }
@@ -287,13 +366,19 @@ impl Relay {
             by: Side::Proxy,
             code: code::GOING_AWAY,
         };
+        self.end_with_close(closing, cx)
+    }
+
+    /// End a frame-aware tunnel with 1001 close frames both ways (`Pending` while they go
+    /// out), any other at once.
+    fn end_with_close(&mut self, closing: Closing, cx: &mut Context<'_>) -> Poll<Outcome> {
         let aware = self.to_upstream.aware().is_some();
         if aware && self.start_close(closing, code::GOING_AWAY, code::GOING_AWAY) {
             // Poll again at once: the pumps send the close frames, the timer is armed.
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        Poll::Ready(self.outcome(Side::Proxy, reason))
+        Poll::Ready(self.outcome(closing.by, closing.reason))
     }
 
     /// A side broke a frame-aware route's rules: it gets a close frame with the code
@@ -418,6 +503,12 @@ impl Future for Relay {
         if moved {
             this.last_activity = Instant::now();
         }
+        if let Poll::Ready(outcome) = this.keep_alive(cx) {
+            return Poll::Ready(outcome);
+        }
+        if this.closing.is_some() {
+            return Poll::Pending;
+        }
         if let Some(lifetime) = &mut this.lifetime
             && lifetime.as_mut().poll(cx).is_ready()
         {
@@ -483,6 +574,13 @@ fn pump(
                 return Poll::Ready(Err(Failure(to, e)));
             }
         }
+        if dir.close == Close::Open
+            && dir.ping_wanted.is_some()
+            && dir.frames.as_ref().is_some_and(|f| f.at_boundary())
+        {
+            dir.own = ping_frame(dir.ping_wanted.take().expect("checked"));
+            continue;
+        }
         if let Close::Want(code) = dir.close
             && dir.frames.as_ref().is_some_and(|f| f.at_boundary())
         {
@@ -491,48 +589,54 @@ fn pump(
             continue;
         }
 
-        if dir.src_done {
-            // The last end of a plain TCP tunnel: closing `dst`, which comes next, sends
-            // the same FIN as a shutdown would. It cannot turn into a reset: `dst`'s
-            // bytes were all read, up to its own end. (TLS and HTTP/2 streams still need
-            // their shutdown: it writes close_notify or END_STREAM.)
-            if reverse_done && matches!(dst, Stream::Tcp(_)) {
+        // What followed a pong taken out of an earlier read comes first.
+        let carried = std::mem::take(&mut dir.carry);
+        let mut chunk = [MaybeUninit::<u8>::uninit(); CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        let read: &[u8] = if !carried.is_empty() {
+            &carried
+        } else {
+            if dir.src_done {
+                // The last end of a plain TCP tunnel: closing `dst`, which comes next,
+                // sends the same FIN as a shutdown would. It cannot turn into a reset:
+                // `dst`'s bytes were all read, up to its own end. (TLS and HTTP/2 streams
+                // still need their shutdown: it writes close_notify or END_STREAM.)
+                if reverse_done && matches!(dst, Stream::Tcp(_)) {
+                    dir.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+                // Propagate the half-close; the other direction keeps flowing.
+                match ready!(Pin::new(&mut *dst).poll_shutdown(cx)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotConnected => {
+                        return Poll::Ready(Err(Failure(to, e)));
+                    }
+                    _ => {}
+                }
                 dir.eof = true;
                 return Poll::Ready(Ok(()));
             }
-            // Propagate the half-close; the other direction keeps flowing.
-            match ready!(Pin::new(&mut *dst).poll_shutdown(cx)) {
-                Err(e) if e.kind() != io::ErrorKind::NotConnected => {
-                    return Poll::Ready(Err(Failure(to, e)));
+            match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {}
+                // A TLS peer that closes its socket without close_notify (most browsers
+                // and many libraries do): the end of its bytes, as on plain TCP.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure(from, e))),
+                Poll::Pending => {
+                    // Nothing more to read for now: push out what an encrypting or
+                    // framing destination still buffers (a no-op on plain TCP).
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut *dst).poll_flush(cx) {
+                        return Poll::Ready(Err(Failure(to, e)));
+                    }
+                    return Poll::Pending;
                 }
-                _ => {}
             }
-            dir.eof = true;
-            return Poll::Ready(Ok(()));
-        }
-
-        let mut chunk = [MaybeUninit::<u8>::uninit(); CHUNK];
-        let mut buf = ReadBuf::uninit(&mut chunk);
-        match Pin::new(&mut *src).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) => {}
-            // A TLS peer that closes its socket without close_notify (most browsers and
-            // many libraries do): the end of its bytes, as on plain TCP.
-            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure(from, e))),
-            Poll::Pending => {
-                // Nothing more to read for now: push out what an encrypting or framing
-                // destination still buffers (a no-op on plain TCP).
-                if let Poll::Ready(Err(e)) = Pin::new(&mut *dst).poll_flush(cx) {
-                    return Poll::Ready(Err(Failure(to, e)));
-                }
-                return Poll::Pending;
+            let read = buf.filled();
+            if read.is_empty() {
+                dir.src_done = true;
+                continue;
             }
-        }
-        let read = buf.filled();
-        if read.is_empty() {
-            dir.src_done = true;
-            continue;
-        }
+            read
+        };
         let read = match (&mut dir.frames, dir.close) {
             (None, _) => {
                 *moved = true;
@@ -542,6 +646,14 @@ fn pump(
                 // On a frame-aware route only data messages count as activity.
                 let check = frames.check(read);
                 *moved |= check.data;
+                if let Some((start, len)) = check.pong {
+                    // The answer to airlock's ping goes no further. (Rare: the bytes
+                    // around it are copied.)
+                    dir.pong_seen = true;
+                    dir.pending = Bytes::copy_from_slice(&read[..start]);
+                    dir.carry = Bytes::copy_from_slice(&read[start + len..]);
+                    continue;
+                }
                 match check.violation {
                     None => read,
                     Some((at, code, began_before)) => {

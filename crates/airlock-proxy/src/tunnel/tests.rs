@@ -208,11 +208,16 @@ async fn other_upgrades_are_closed_plainly() {
 }
 
 fn enforce(max_message: u64) -> Framing {
+    enforce_with(max_message, None)
+}
+
+fn enforce_with(max_message: u64, ping: Option<(Duration, Duration)>) -> Framing {
     Framing::Enforce {
         rules: std::sync::Arc::new(FrameRules {
             max_message,
             max_frame: max_message,
             message_rate: None,
+            ping,
         }),
         rsv_allowed: 0,
     }
@@ -252,4 +257,53 @@ async fn a_frame_over_the_limit_is_not_relayed_and_both_sides_get_close_frames()
     assert_eq!(frames.messages_from_client, 1);
     let first = frames.peer_close.expect("the client's close frame");
     assert_eq!((first.side, first.code), (Side::Client, 1009));
+}
+
+#[tokio::test(start_paused = true)]
+async fn pings_answered_keep_the_tunnel_and_the_pongs_stay_with_airlock() {
+    let ping = Some((Duration::from_secs(2), Duration::from_secs(1)));
+    let mut rig = rig_with(enforce_with(1 << 20, ping)).await;
+    for _ in 0..3 {
+        // The ping comes after the interval: unmasked, 8 bytes of payload.
+        let frame = read_exact(&mut rig.client, 10).await;
+        assert_eq!(&frame[..2], &[0x89, 8]);
+        // The pong, then a message, in one write: the pong is taken out, the message
+        // goes through.
+        let pong = client_frame(0xA, &frame[2..]);
+        let message = client_frame(0x1, b"after the pong");
+        rig.client
+            .write_all(&[pong, message.clone()].concat())
+            .await
+            .unwrap();
+        assert_eq!(read_exact(&mut rig.upstream, message.len()).await, message);
+    }
+    assert!(!rig.relay.is_finished());
+    // A pong with another payload (the client's own) is relayed.
+    let other = client_frame(0xA, b"12345678");
+    rig.client.write_all(&other).await.unwrap();
+    assert_eq!(read_exact(&mut rig.upstream, other.len()).await, other);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_answering_pings_is_closed() {
+    let ping = Some((Duration::from_secs(2), Duration::from_secs(1)));
+    let mut rig = rig_with(enforce_with(1 << 20, ping)).await;
+    let started = tokio::time::Instant::now();
+    let frame = read_exact(&mut rig.client, 10).await;
+    assert_eq!(frame[0], 0x89);
+    // No pong. The upstream gets 1001 and answers; the client is not waited for.
+    let to_upstream = read_exact(&mut rig.upstream, 6 + 2 + "going away".len()).await;
+    assert_eq!(close_code(&to_upstream), 1001);
+    rig.upstream
+        .write_all(&server_frame(0x8, &1001u16.to_be_bytes()))
+        .await
+        .unwrap();
+    let outcome = rig.relay.await.unwrap();
+    assert_eq!(outcome.reason, CloseReason::PongTimeout);
+    assert_eq!(outcome.closed_by, Side::Client);
+    let lived = started.elapsed();
+    assert!(
+        lived >= Duration::from_secs(3) && lived < Duration::from_secs(4),
+        "{lived:?}"
+    );
 }

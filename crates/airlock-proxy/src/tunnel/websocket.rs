@@ -16,6 +16,9 @@ pub struct Rules {
     pub max_frame: u64,
     /// Messages a client may send: one every `interval`, `burst` at once.
     pub message_rate: Option<(Duration, u32)>,
+    /// airlock's pings to the client: the interval after an answer, and how long one may
+    /// go unanswered.
+    pub ping: Option<(Duration, Duration)>,
 }
 
 impl Rules {
@@ -28,6 +31,13 @@ impl Rules {
                 let r = r.get_ref();
                 let burst = ws.burst.as_ref().map_or(r.count, |b| *b.get_ref());
                 (r.per / r.count.max(1), burst.max(1))
+            }),
+            ping: ws.ping_interval.as_ref().map(|i| {
+                let timeout = ws
+                    .pong_timeout
+                    .as_ref()
+                    .map_or(airlock_config::DEFAULT_PONG_TIMEOUT, |t| *t.get_ref());
+                (i.get_ref().get(), timeout.get())
             }),
         }
     }
@@ -207,6 +217,7 @@ mod tests {
             max_message,
             max_frame,
             message_rate: rate,
+            ping: None,
         })
     }
 
