@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::support::client::upgrade_head;
-use crate::support::python::{run_script, spawn_script};
+use crate::support::python::{parse_metrics, run_script, spawn_script, sum};
 use crate::support::{Airlock, Backend, single_route};
 
 /// Run tests/python/ws_client.py against `airlock` and read what it saw. The client
@@ -60,6 +60,18 @@ async fn messages_within_the_limits_pass_and_are_counted() {
     assert_eq!(log["peer_close.code"], 1000, "{log}");
     assert_eq!(log["peer_close.reason"], "done", "{log}");
     assert_eq!(log["reason"], "closed", "{log}");
+
+    let response = crate::support::client::get(airlock.admin(), "/metrics").await;
+    let metrics = parse_metrics(std::str::from_utf8(&response.body).unwrap());
+    let messages = |direction| {
+        sum(
+            &metrics,
+            "airlock_websocket_messages_total",
+            &[("route", "main"), ("direction", direction)],
+        )
+    };
+    assert_eq!(messages("from_client"), 5.0);
+    assert_eq!(messages("from_upstream"), 6.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub(super) tunnels_open: Family<RouteLabel, Gauge>,
     pub(super) tunnel_duration: Histograms<RouteLabel>,
     pub(super) tunnel_bytes: Family<DirectionLabels, Counter>,
+    pub(super) websocket_messages: Family<DirectionLabels, Counter>,
     pub(super) tunnel_closes: Family<CloseLabels, Counter>,
     pub(super) plugin_calls: Family<PluginResult, Counter>,
     pub(super) plugin_errors: Family<PluginCause, Counter>,
@@ -79,6 +80,7 @@ impl Metrics {
             tunnels_open: Family::default(),
             tunnel_duration: Family::new_with_constructor(tunnel_histogram),
             tunnel_bytes: Family::default(),
+            websocket_messages: Family::default(),
             tunnel_closes: Family::default(),
             plugin_calls: Family::default(),
             plugin_errors: Family::default(),
@@ -129,6 +131,12 @@ impl Metrics {
             "Bytes relayed by tunnels, by direction, counted when each tunnel closes",
             Unit::Bytes,
             metrics.tunnel_bytes.clone(),
+        );
+        r.register(
+            "websocket_messages",
+            "WebSocket messages relayed on frame-aware routes, by direction, counted when \
+             each tunnel closes",
+            metrics.websocket_messages.clone(),
         );
         r.register(
             "tunnel_closes",

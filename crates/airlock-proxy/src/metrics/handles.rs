@@ -72,6 +72,9 @@ pub struct RouteMetrics {
     tunnel_duration: Histogram,
     bytes_from_client: Counter,
     bytes_from_upstream: Counter,
+    /// `airlock_websocket_messages_total` from the client and from the upstream, made on
+    /// a frame-aware route's first tunnel close.
+    messages: OnceLock<[Counter; 2]>,
 }
 
 impl RouteMetrics {
@@ -106,6 +109,7 @@ impl RouteMetrics {
             tunnel_duration: m.tunnel_duration.get_or_create(&label).clone(),
             bytes_from_client: bytes("from_client"),
             bytes_from_upstream: bytes("from_upstream"),
+            messages: OnceLock::new(),
         }
     }
 
@@ -144,6 +148,21 @@ impl RouteMetrics {
         self.tunnel_duration.observe(close.lived.as_secs_f64());
         self.bytes_from_client.inc_by(close.from_client);
         self.bytes_from_upstream.inc_by(close.from_upstream);
+        if let Some(counts) = close.messages {
+            let counters = self.messages.get_or_init(|| {
+                ["from_client", "from_upstream"].map(|direction| {
+                    global()
+                        .websocket_messages
+                        .get_or_create(&DirectionLabels {
+                            route: (&self.name).into(),
+                            direction,
+                        })
+                        .clone()
+                })
+            });
+            counters[0].inc_by(counts.0);
+            counters[1].inc_by(counts.1);
+        }
         let by = CLOSED_BY.iter().position(|b| *b == close.closed_by);
         let reason = CLOSE_REASONS.iter().position(|r| *r == close.reason);
         let slot = by.zip(reason).map(|(b, r)| b * CLOSE_REASONS.len() + r);
@@ -167,6 +186,8 @@ pub struct TunnelClose {
     pub from_upstream: u64,
     pub closed_by: &'static str,
     pub reason: &'static str,
+    /// WebSocket messages from the client and from the upstream, on a frame-aware route.
+    pub messages: Option<(u64, u64)>,
 }
 
 /// An open tunnel in its route's `airlock_tunnels_open`; dropping it (however the tunnel

@@ -73,6 +73,10 @@ impl Tunnel {
             from_upstream: outcome.upstream_to_client,
             closed_by: outcome.closed_by.as_str(),
             reason: outcome.reason.name(),
+            messages: outcome
+                .frames
+                .as_ref()
+                .map(|f| (f.messages_from_client, f.messages_from_upstream)),
         });
         access_log::tunnel_closed(&route.name, &self.server.addr, self.conn.peer, &outcome);
     }
