@@ -104,7 +104,9 @@ for name in "${proxies[@]}"; do
 done
 # The frame-aware route's idle tunnels, in a fresh airlock (memory the first measurement
 # freed would otherwise be reused, and the second would look cheaper than it is).
+# Warmed up as the first airlock was by its workloads.
 start_proxy airlock 18420
+"$bench" --connect 127.0.0.1:18420 pingpong --url ws://frames.bench/ws --duration "${secs}s" > /dev/null
 measure_idle airlock "$pid" 127.0.0.1:18420 idle_frames_kib frames.bench
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
