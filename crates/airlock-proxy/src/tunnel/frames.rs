@@ -279,7 +279,8 @@ impl Frames {
         self.parse_head(&head);
     }
 
-    /// Take in a whole header.
+    /// Take in a whole header: [`parse`] and [`Frames::follow`] in one, reading only the
+    /// length and opcode (the plain route's per-message path).
     #[inline]
     fn parse_head(&mut self, head: &[u8]) {
         let len = match head[1] & 0x7f {

@@ -81,6 +81,23 @@ fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// The client and the upstream each answer the proxy's close with their own close frame;
+/// the relay then ends (within 2 s).
+async fn both_answer(rig: &mut Rig, client_code: u16, upstream_code: u16) -> Outcome {
+    rig.client
+        .write_all(&client_frame(0x8, &client_code.to_be_bytes()))
+        .await
+        .unwrap();
+    rig.upstream
+        .write_all(&server_frame(0x8, &upstream_code.to_be_bytes()))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), &mut rig.relay)
+        .await
+        .expect("the relay ends once both answered")
+        .unwrap()
+}
+
 async fn read_exact(stream: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0; n];
     tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
@@ -133,18 +150,7 @@ async fn a_drain_sends_close_frames_between_frames_and_waits_for_the_answers() {
     assert_eq!(close_code(&to_upstream), 1012);
 
     // Both answer; the relay then ends.
-    rig.client
-        .write_all(&client_frame(0x8, &1012u16.to_be_bytes()))
-        .await
-        .unwrap();
-    rig.upstream
-        .write_all(&server_frame(0x8, &1012u16.to_be_bytes()))
-        .await
-        .unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(2), rig.relay)
-        .await
-        .expect("the relay ends once both answered")
-        .unwrap();
+    let outcome = both_answer(&mut rig, 1012, 1012).await;
     assert_eq!(outcome.reason, CloseReason::Drain);
     assert_eq!(outcome.closed_by, Side::Proxy);
     assert_eq!(outcome.close_code, Some(1012));
@@ -238,18 +244,7 @@ async fn a_frame_over_the_limit_is_not_relayed_and_both_sides_get_close_frames()
     assert_eq!(close_code(&to_upstream), 1001);
     let to_client = read_exact(&mut rig.client, 2 + 2 + "message too big".len()).await;
     assert_eq!(close_code(&to_client), 1009);
-    rig.client
-        .write_all(&client_frame(0x8, &1009u16.to_be_bytes()))
-        .await
-        .unwrap();
-    rig.upstream
-        .write_all(&server_frame(0x8, &1001u16.to_be_bytes()))
-        .await
-        .unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(2), rig.relay)
-        .await
-        .expect("settled")
-        .unwrap();
+    let outcome = both_answer(&mut rig, 1009, 1001).await;
     assert_eq!(outcome.reason, CloseReason::Violation(1009));
     assert_eq!(outcome.closed_by, Side::Client);
     assert_eq!(outcome.close_code, Some(1009));
