@@ -13,6 +13,7 @@ mod error;
 mod health;
 mod limit;
 mod model;
+mod telemetry;
 mod units;
 mod validate;
 mod websocket;
@@ -24,6 +25,10 @@ pub use error::{ConfigError, ConfigErrors};
 pub use health::*;
 pub use limit::*;
 pub use model::*;
+pub use telemetry::{
+    DEFAULT_EXPORT_TIMEOUT, DEFAULT_MAX_QUEUE, Sampler, Secret, Telemetry, TrustTraceparent,
+    split_endpoint,
+};
 pub use units::{ByteSize, Duration};
 pub use websocket::{DEFAULT_PONG_TIMEOUT, WebSocket};
 

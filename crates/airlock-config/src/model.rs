@@ -99,6 +99,9 @@ pub struct Config {
     /// `airlock reload` would. `watch_config = true`
     #[serde(default)]
     pub watch_config: bool,
+    /// `[telemetry]`: OpenTelemetry traces over OTLP. Off when absent.
+    #[serde(default)]
+    pub telemetry: Option<crate::Telemetry>,
 }
 
 fn default_shutdown_grace() -> Duration {

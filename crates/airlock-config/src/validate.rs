@@ -46,6 +46,9 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
         p.whole_file("`worker_threads` must be at least 1");
     }
     check_drain(config, &mut p);
+    if let Some(telemetry) = &config.telemetry {
+        check_telemetry(telemetry, &mut p);
+    }
     p.0
 }
 
@@ -647,6 +650,51 @@ fn check_drain(config: &Config, p: &mut Problems) {
                  (going away), 1012 (service restart) or an application code 4000-4999"
             ),
         );
+    }
+}
+
+fn check_telemetry(t: &crate::Telemetry, p: &mut Problems) {
+    if let Err(why) = crate::split_endpoint(t.otlp_endpoint.get_ref()) {
+        p.at(&t.otlp_endpoint, format!("`otlp_endpoint` {why}"));
+    }
+    let ratio = *t.sample_ratio.get_ref();
+    if !(0.0..=1.0).contains(&ratio) {
+        p.at(
+            &t.sample_ratio,
+            "`sample_ratio` must be between 0.0 (no new trace sampled) and 1.0 (every one)",
+        );
+    }
+    if *t.max_queue.get_ref() == 0 {
+        p.at(&t.max_queue, "`max_queue` must be at least 1 span");
+    }
+    if t.export_timeout.get_ref().get().is_zero() {
+        p.at(
+            &t.export_timeout,
+            "`export_timeout` must be greater than zero",
+        );
+    }
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    for (name, value) in &t.headers {
+        if name.is_empty() || !name.chars().all(token) {
+            p.at(
+                value,
+                format!("telemetry header name {name:?} is not a valid HTTP header name"),
+            );
+        }
+        // The value is a secret: say what is wrong, never what it is.
+        if value
+            .get_ref()
+            .0
+            .chars()
+            .any(|c| c != '\t' && (c.is_control() || !c.is_ascii()))
+        {
+            p.at(
+                value,
+                format!(
+                    "telemetry header `{name}` has a value with control or non-ASCII characters"
+                ),
+            );
+        }
     }
 }
 
