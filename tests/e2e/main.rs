@@ -18,6 +18,7 @@ mod plugins;
 mod reload;
 mod shared_limits;
 mod socketio;
+mod telemetry;
 mod tls;
 mod token_auth;
 mod websocket;

@@ -26,6 +26,9 @@ pub async fn forward(
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let mut req = req;
+    if let Some(trace) = &mut log.trace {
+        trace.begin_upstream(req.headers_mut());
+    }
     let mut attempts = pool.attempts(hint);
     let mut last_error = None;
     while let Some((server, guard)) = attempts.next_server().await {
@@ -46,6 +49,9 @@ pub async fn forward(
             Ok(sender) => sender,
             Err(err) => {
                 server.record_failure(&pool.name, &err);
+                if let Some(trace) = &mut log.trace {
+                    trace.connect_failed(&server.addr, &err);
+                }
                 last_error = Some(err);
                 continue;
             }

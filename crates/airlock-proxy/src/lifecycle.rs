@@ -238,6 +238,22 @@ impl Running {
         self.drain.tasks.wait().await;
     }
 
+    /// Export the spans still queued (the last tunnels' among them), waiting at most
+    /// `[telemetry] export_timeout`.
+    pub async fn flush_traces(&self) {
+        let Some(tracer) = self.snapshot.load().telemetry.clone() else {
+            return;
+        };
+        let timeout = tracer.export_timeout();
+        let flushed = tokio::task::spawn_blocking(move || tracer.flush()).await;
+        if !matches!(flushed, Ok(true)) {
+            tracing::warn!(
+                ?timeout,
+                "spans not exported before exit: the collector did not take them in time"
+            );
+        }
+    }
+
     /// Connections and tunnels still open.
     pub fn open_tasks(&self) -> usize {
         self.drain.tasks.len()

@@ -2,9 +2,13 @@
 //! level taken from `--log` or `AIRLOCK_LOG`.
 //!
 //! Not here: what gets logged (each crate decides) or the access log's fields (the proxy
-//! crate's `access_log` module). OpenTelemetry export will live here too.
+//! crate's `access_log` module).
+//!
+//! [`trace`]: OpenTelemetry spans, sampled and exported over OTLP/HTTP.
 
 #![forbid(unsafe_code)]
+
+pub mod trace;
 
 use std::io::IsTerminal as _;
 

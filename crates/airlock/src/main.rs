@@ -144,8 +144,10 @@ async fn run(
         }
         second = signals.next_stop(&running) => {
             tracing::warn!(signal = second, open = running.open_tasks(), "second signal; exiting now");
+            return Ok(());
         }
     }
+    running.flush_traces().await;
     Ok(())
 }
 

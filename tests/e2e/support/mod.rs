@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod otlp;
 pub mod python;
 pub mod redis;
 pub mod socketio;

@@ -24,7 +24,10 @@ pub fn python() -> PathBuf {
     }
     let installed = || {
         Command::new(&python)
-            .args(["-c", "import prometheus_client, websockets"])
+            .args([
+                "-c",
+                "import prometheus_client, websockets, opentelemetry.proto",
+            ])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())

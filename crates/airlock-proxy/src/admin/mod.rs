@@ -162,6 +162,7 @@ fn metrics(snapshot: &Snapshot, connections: &Connections) -> Response<Full<Byte
             m.set_limit_keys(&limit.name, limit.tracked_keys());
         }
         m.set_connections_open(connections.count());
+        m.set_trace_stats(airlock_telemetry::trace::stats());
     });
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(

@@ -2,6 +2,7 @@
 //! them. docs/operations.md lists them for users; keep the two in step.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -63,6 +64,8 @@ pub struct Metrics {
     connections_open: Gauge,
     reloads: Family<ReloadResult, Counter>,
     generation: Gauge,
+    spans_exported: Counter,
+    spans_dropped: Family<DropReason, Counter>,
 }
 
 impl Metrics {
@@ -96,6 +99,8 @@ impl Metrics {
             connections_open: Gauge::default(),
             reloads: Family::default(),
             generation: Gauge::default(),
+            spans_exported: Counter::default(),
+            spans_dropped: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -213,6 +218,16 @@ impl Metrics {
             "config_generation",
             "The running configuration's generation: 1 at start, one more per reload",
             metrics.generation.clone(),
+        );
+        r.register(
+            "trace_spans_exported",
+            "Spans the [telemetry] collector accepted",
+            metrics.spans_exported.clone(),
+        );
+        r.register(
+            "trace_spans_dropped",
+            "Spans dropped by reason: queue_full (the export queue was full), export_failed (the collector refused, did not answer in time or could not be reached)",
+            metrics.spans_dropped.clone(),
         );
         metrics.generation.set(1);
         Self {
@@ -333,6 +348,23 @@ impl Metrics {
         self.server_drained
             .get_or_create(&labels)
             .set(i64::from(state.drained));
+    }
+
+    /// The exporter's counts (kept by `airlock-telemetry`, which knows nothing of this
+    /// registry), copied in at each scrape.
+    pub fn set_trace_stats(&self, stats: airlock_telemetry::trace::Stats) {
+        self.spans_exported
+            .inner()
+            .store(stats.exported, Ordering::Relaxed);
+        for (reason, n) in [
+            ("queue_full", stats.dropped_queue_full),
+            ("export_failed", stats.dropped_export_failed),
+        ] {
+            self.spans_dropped
+                .get_or_create(&DropReason { reason })
+                .inner()
+                .store(n, Ordering::Relaxed);
+        }
     }
 
     pub fn set_connections_open(&self, open: usize) {

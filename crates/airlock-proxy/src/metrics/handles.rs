@@ -221,6 +221,11 @@ pub enum CallResult {
 }
 
 impl PluginMetrics {
+    /// The plugin's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
     pub fn new(plugin: &Arc<str>) -> Self {
         let m = global();
         let calls = |result| {

@@ -120,3 +120,8 @@ pub struct ReloadResult {
     /// `ok` or `refused`.
     pub result: &'static str,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DropReason {
+    pub reason: &'static str,
+}

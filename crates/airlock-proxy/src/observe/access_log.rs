@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use airlock_telemetry::trace::{SpanId, TraceId};
+
 use crate::conn::ConnCtx;
+use crate::observe::trace::{Facts, RequestTrace};
 use crate::tunnel::Outcome;
 
 pub const TARGET: &str = "airlock::access";
@@ -40,6 +43,8 @@ pub struct RequestLog {
     pub tls_version: Option<&'static str>,
     /// The verified client certificate's subject (mutual TLS).
     pub client_subject: Option<String>,
+    /// Its trace, with `[telemetry]`.
+    pub trace: Option<Box<RequestTrace>>,
 }
 
 impl RequestLog {
@@ -67,12 +72,23 @@ impl RequestLog {
             client_subject: tls
                 .and_then(|t| t.client_cert.as_ref())
                 .map(|c| c.subject.clone()),
+            trace: conn
+                .snapshot
+                .telemetry
+                .as_ref()
+                .map(|tracer| RequestTrace::start(tracer, req, conn)),
         }
     }
 
     /// The request's access-log line, and its metrics.
-    pub fn emit(&self, status: http::StatusCode) {
+    pub fn emit(&mut self, status: http::StatusCode) {
         self.count(status.as_u16());
+        let ids = self.trace.take().map(|trace| {
+            let ids = (trace.trace_id, trace.span_id, trace.sampled);
+            trace.finish(&self.facts(status));
+            ids
+        });
+        let (trace_id, span_id) = logged_ids(ids);
         // Formatting the line costs more than checking whether anyone wants it.
         if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
             return;
@@ -107,7 +123,37 @@ impl RequestLog {
             plugin.attributes = attributes,
             tls.version = self.tls_version,
             tls.client.subject = self.client_subject.as_deref(),
+            trace_id = trace_id.map(tracing::field::display),
+            span_id = span_id.map(tracing::field::display),
         );
+    }
+
+    fn facts(&self, status: http::StatusCode) -> Facts<'_> {
+        Facts {
+            started: self.started,
+            status,
+            method: &self.method,
+            path: &self.path,
+            peer: self.client,
+            request_id: self.request_id,
+            route: self.route.as_ref(),
+            upstream: self.upstream.as_ref(),
+            server: self.server.as_ref(),
+            plugin: self.plugin.as_ref(),
+            limit: self.limit.as_ref(),
+            upgrade: self.upgrade,
+            error: self.error.as_ref(),
+            plugin_attributes: &self.attributes,
+        }
+    }
+}
+
+/// The ids an access-log line shows: those of a sampled trace (an unsampled one is in
+/// no collector).
+fn logged_ids(ids: Option<(TraceId, SpanId, bool)>) -> (Option<TraceId>, Option<SpanId>) {
+    match ids {
+        Some((trace, span, true)) => (Some(trace), Some(span)),
+        _ => (None, None),
     }
 }
 
@@ -133,8 +179,14 @@ fn millis(d: Duration) -> f64 {
     d.as_micros() as f64 / 1000.0
 }
 
-/// Facts about a tunnel, logged when it closes.
-pub fn tunnel_closed(route: &str, server: &str, client: SocketAddr, outcome: &Outcome) {
+/// Facts about a tunnel, logged when it closes, with its span's ids when it has one.
+pub fn tunnel_closed(
+    route: &str,
+    server: &str,
+    client: SocketAddr,
+    outcome: &Outcome,
+    trace: Option<(TraceId, SpanId)>,
+) {
     let frames = outcome.frames.as_ref();
     let peer_close = frames.and_then(|f| f.peer_close.as_ref());
     tracing::info!(
@@ -156,6 +208,8 @@ pub fn tunnel_closed(route: &str, server: &str, client: SocketAddr, outcome: &Ou
         peer_close.by = peer_close.map(|c| c.side.as_str()),
         peer_close.code = peer_close.map(|c| c.code),
         peer_close.reason = peer_close.map(|c| c.reason.as_str()),
+        trace_id = trace.map(|t| tracing::field::display(t.0)),
+        span_id = trace.map(|t| tracing::field::display(t.1)),
     );
 }
 

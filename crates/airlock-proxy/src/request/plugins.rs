@@ -18,6 +18,7 @@ use crate::http::forwarded;
 use crate::metrics::CallResult;
 use crate::observe::RequestId;
 use crate::observe::access_log::RequestLog;
+use crate::observe::trace;
 use crate::route::Route;
 use crate::upstream::Pool;
 
@@ -55,13 +56,26 @@ pub fn run<B>(
     }
     let started = Instant::now();
     let handshake = handshake(req, upgrade, route, conn, log.request_id)?;
+    let trace = &mut log.trace;
     let outcome = route.chain.run_observed(handshake, |index, took, step| {
         let result = match step {
             Step::Allowed => CallResult::Allow,
             Step::Rejected => CallResult::Reject,
             Step::Failed(error) => CallResult::Error(error.cause()),
         };
-        route.plugin_metrics[index].call(took, result);
+        let metrics = &route.plugin_metrics[index];
+        metrics.call(took, result);
+        if let Some(trace) = trace {
+            let step = match step {
+                Step::Allowed => trace::Step::Allowed,
+                Step::Rejected => trace::Step::Rejected,
+                Step::Failed(error) => trace::Step::Failed {
+                    cause: error.cause(),
+                    message: error,
+                },
+            };
+            trace.plugin_call(metrics.name(), took, &step);
+        }
     });
     log.plugin_time = Some(started.elapsed());
     let changes = match outcome {

@@ -27,6 +27,8 @@ pub enum BuildError {
     },
     #[error("limit `{limit}`: its store URL is not usable: {message}")]
     LimitStore { limit: String, message: String },
+    #[error("[telemetry]: {0}")]
+    Telemetry(String),
     #[error("upstream `{upstream}`: {source}")]
     UpstreamTls {
         upstream: String,
@@ -112,7 +114,19 @@ pub(super) fn build(
             .collect();
         listeners.push(Arc::new(build_listener(l, mine, loaded)?));
     }
+    // An unchanged [telemetry] keeps its exporter (and the spans it has queued).
+    let telemetry = match (
+        &config.telemetry,
+        previous.and_then(|p| p.telemetry.as_ref()),
+    ) {
+        (None, _) => None,
+        (Some(t), Some(old)) if old.has_config(t) => Some(old.clone()),
+        (Some(t), _) => Some(Arc::new(
+            airlock_telemetry::trace::Tracer::new(t).map_err(BuildError::Telemetry)?,
+        )),
+    };
     let snapshot = Snapshot {
+        telemetry,
         listeners,
         pools,
         limits,

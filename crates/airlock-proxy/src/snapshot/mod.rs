@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub watch_config: bool,
     /// `drain_spread` and `drain_close_code`.
     pub drain: DrainSettings,
+    /// `[telemetry]`: the tracer, when traces are exported.
+    pub telemetry: Option<Arc<airlock_telemetry::trace::Tracer>>,
 }
 
 /// How a drain closes open tunnels.
@@ -112,6 +114,7 @@ impl Snapshot {
             "watch_config": self.watch_config,
             "drain_spread": humantime::format_duration(self.drain.spread).to_string(),
             "drain_close_code": self.drain.close_code,
+            "tracing": self.telemetry.is_some(),
         })
     }
 

@@ -53,7 +53,7 @@ pub struct Upgrade<'a> {
 }
 
 pub async fn forward(
-    req: Request<ProxyBody>,
+    mut req: Request<ProxyBody>,
     upgrade: Upgrade<'_>,
     client: ClientSide<'_>,
     conn: &Arc<ConnCtx>,
@@ -71,8 +71,19 @@ pub async fn forward(
             .headers()
             .get(UPGRADE)
             .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if let Some(trace) = &mut log.trace {
+        trace.begin_upstream(req.headers_mut());
+    }
     let started = Instant::now();
-    let (server, guard, stream) = pool.connect(route.connect_timeout, hint).await?;
+    let trace = &mut log.trace;
+    let connected = pool
+        .connect(route.connect_timeout, hint, |server, error| {
+            if let Some(trace) = trace {
+                trace.connect_failed(&server.addr, error);
+            }
+        })
+        .await;
+    let (server, guard, stream) = connected?;
     log.connect_time = Some(started.elapsed());
     log.server = Some(server.addr.clone());
 
@@ -181,6 +192,8 @@ pub async fn forward(
         admission,
         conn: conn.clone(),
         framing,
+        trace: log.trace.as_ref().and_then(|t| t.for_tunnel()),
+        websocket,
     };
     match client {
         ClientSide::Direct { switch, .. } => *switch = Some(Switch { tunnel, lines }),

@@ -11,6 +11,7 @@ use crate::drain::Spread;
 use crate::limit::Admission;
 use crate::metrics::TunnelClose;
 use crate::observe::access_log;
+use crate::observe::trace::TunnelTrace;
 use crate::route::Route;
 use crate::stream::Stream;
 use crate::tunnel::{self, Endpoint, Framing, Limits, Signals};
@@ -33,6 +34,9 @@ pub struct Tunnel {
     pub(super) conn: Arc<ConnCtx>,
     /// What the tunnel knows of its bytes (WebSocket frames, checked or not).
     pub(super) framing: Framing,
+    /// The handshake's trace, when it is sampled: the tunnel's span joins it at close.
+    pub(super) trace: Option<Box<TunnelTrace>>,
+    pub(super) websocket: bool,
 }
 
 impl Tunnel {
@@ -78,7 +82,20 @@ impl Tunnel {
                 .as_ref()
                 .map(|f| (f.messages_from_client, f.messages_from_upstream)),
         });
-        access_log::tunnel_closed(&route.name, &self.server.addr, self.conn.peer, &outcome);
+        let trace = self.trace.map(|trace| {
+            let trace_id = trace.trace_id();
+            (
+                trace_id,
+                trace.closed(&self.server.addr, &outcome, self.websocket),
+            )
+        });
+        access_log::tunnel_closed(
+            &route.name,
+            &self.server.addr,
+            self.conn.peer,
+            &outcome,
+            trace,
+        );
     }
 }
 

@@ -98,10 +98,12 @@ impl Members {
 
     /// Connect to a server, failing over to the next one on connect errors. The guard
     /// counts the request against the server.
+    /// `failed` hears of each server that could not be reached before the next is tried.
     pub async fn connect(
         &self,
         timeout: Duration,
         hint: &Hint,
+        mut failed: impl FnMut(&Server, &ProxyError),
     ) -> Result<(Server, ActiveGuard, Stream), ProxyError> {
         let mut attempts = self.attempts(hint);
         let mut last_error = None;
@@ -113,6 +115,7 @@ impl Members {
                 }
                 Err(e) => {
                     server.record_failure(&self.name, &e);
+                    failed(&server, &e);
                     last_error = Some(e);
                 }
             }
