@@ -83,12 +83,19 @@ impl RequestLog {
     /// The request's access-log line, and its metrics.
     pub fn emit(&mut self, status: http::StatusCode) {
         self.count(status.as_u16());
-        let ids = self.trace.take().map(|trace| {
-            let ids = (trace.trace_id, trace.span_id, trace.sampled);
-            trace.finish(&self.facts(status));
-            ids
-        });
-        let (trace_id, span_id) = logged_ids(ids);
+        // An unsampled trace is in no collector: its ids are not worth a look-up.
+        let trace = self.trace.take();
+        let ids = trace
+            .as_ref()
+            .filter(|t| t.sampled())
+            .map(|t| (t.trace_id, t.span_id));
+        self.write_line(status, ids);
+        if let Some(mut trace) = trace {
+            trace.finish(self.facts(status));
+        }
+    }
+
+    fn write_line(&self, status: http::StatusCode, ids: Option<(TraceId, SpanId)>) {
         // Formatting the line costs more than checking whether anyone wants it.
         if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
             return;
@@ -123,17 +130,18 @@ impl RequestLog {
             plugin.attributes = attributes,
             tls.version = self.tls_version,
             tls.client.subject = self.client_subject.as_deref(),
-            trace_id = trace_id.map(tracing::field::display),
-            span_id = span_id.map(tracing::field::display),
+            trace_id = ids.map(|i| tracing::field::display(i.0)),
+            span_id = ids.map(|i| tracing::field::display(i.1)),
         );
     }
 
-    fn facts(&self, status: http::StatusCode) -> Facts<'_> {
+    /// What the trace's spans say; the path moves into them (the line is written).
+    fn facts(&mut self, status: http::StatusCode) -> Facts<'_> {
         Facts {
             started: self.started,
             status,
             method: &self.method,
-            path: &self.path,
+            path: std::mem::take(&mut self.path),
             peer: self.client,
             request_id: self.request_id,
             route: self.route.as_ref(),
@@ -145,15 +153,6 @@ impl RequestLog {
             error: self.error.as_ref(),
             plugin_attributes: &self.attributes,
         }
-    }
-}
-
-/// The ids an access-log line shows: those of a sampled trace (an unsampled one is in
-/// no collector).
-fn logged_ids(ids: Option<(TraceId, SpanId, bool)>) -> (Option<TraceId>, Option<SpanId>) {
-    match ids {
-        Some((trace, span, true)) => (Some(trace), Some(span)),
-        _ => (None, None),
     }
 }
 

@@ -14,6 +14,11 @@ impl RequestId {
         Self(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
     /// The id in lower-case hex, as `Display` writes it. Without the formatting machinery:
     /// it runs for every request a plugin sees.
     pub fn to_hex(self) -> String {

@@ -13,12 +13,11 @@
 //! built and exported when it closes. Without `[telemetry]` a request has no trace and
 //! none of this runs.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use airlock_config::TrustTraceparent;
 use airlock_telemetry::trace::{
-    Attributes, Clock, Event, Kind, SpanId, SpanRecord, TraceId, Tracer, Value, context,
+    Attributes, Clock, Event, Kind, SpanId, SpanName, SpanRecord, TraceId, Tracer, Value, context,
 };
 use http::HeaderMap;
 use http::header::HeaderValue;
@@ -40,8 +39,16 @@ pub struct RequestTrace {
     /// The client's span, when its trace is continued.
     parent: Option<SpanId>,
     tracestate: Option<Arc<str>>,
-    /// Whether spans are recorded; the context is passed on either way.
-    pub sampled: bool,
+    /// The client span's id, once the upstream request has begun; its `traceparent`
+    /// names it whether or not the trace is sampled.
+    upstream_span: Option<SpanId>,
+    /// What a sampled trace records; `None` when it is not sampled (its context is
+    /// passed on all the same).
+    recording: Option<Box<Recording>>,
+}
+
+/// The spans of a sampled request, as its phases finish them.
+struct Recording {
     clock: Clock,
     /// The client's address, as the listener trusts `X-Forwarded-For`.
     client: std::net::IpAddr,
@@ -49,12 +56,11 @@ pub struct RequestTrace {
     protocol: &'static str,
     /// Finished child spans (plugin calls).
     children: Vec<SpanRecord>,
-    upstream: Option<UpstreamSpan>,
+    upstream: Option<UpstreamTiming>,
 }
 
-/// The span of the request to the upstream, from the first connect.
-struct UpstreamSpan {
-    span_id: SpanId,
+/// The client span's start and its failed connects.
+struct UpstreamTiming {
     started: Instant,
     events: Vec<Event>,
     failed_attempts: u32,
@@ -84,31 +90,41 @@ impl RequestTrace {
             }
             None => (TraceId::random(), None, None, None),
         };
+        let recording = tracer.sampled(trace_id, sampled_flag).then(|| {
+            Box::new(Recording {
+                clock: Clock::now(),
+                client: forwarded::client_ip(headers, conn.peer.ip(), &conn.listener.trusted),
+                scheme: conn.scheme(),
+                protocol: match req.version() {
+                    http::Version::HTTP_2 => "2",
+                    http::Version::HTTP_10 => "1.0",
+                    _ => "1.1",
+                },
+                children: Vec::new(),
+                upstream: None,
+            })
+        });
         Box::new(Self {
-            sampled: tracer.sampled(trace_id, sampled_flag),
             tracer: tracer.clone(),
             trace_id,
             span_id: SpanId::random(),
             parent,
             tracestate,
-            clock: Clock::now(),
-            client: forwarded::client_ip(headers, conn.peer.ip(), &conn.listener.trusted),
-            scheme: conn.scheme(),
-            protocol: match req.version() {
-                http::Version::HTTP_2 => "2",
-                http::Version::HTTP_10 => "1.0",
-                _ => "1.1",
-            },
-            children: Vec::new(),
-            upstream: None,
+            upstream_span: None,
+            recording,
         })
+    }
+
+    /// Whether spans are recorded (the context is passed on either way).
+    pub fn sampled(&self) -> bool {
+        self.recording.is_some()
     }
 
     /// A plugin call that just ended, `took` long.
     pub fn plugin_call(&mut self, plugin: &Arc<str>, took: std::time::Duration, step: &Step<'_>) {
-        if !self.sampled {
+        let Some(recording) = &mut self.recording else {
             return;
-        }
+        };
         let end = Instant::now();
         let mut attributes: Attributes = vec![
             ("airlock.plugin.name".into(), plugin.clone().into()),
@@ -119,15 +135,16 @@ impl RequestTrace {
             attributes.push(("error.type".into(), (*cause).into()));
             error = Some(message.to_string());
         }
-        self.children.push(SpanRecord {
+        let clock = recording.clock;
+        recording.children.push(SpanRecord {
             trace_id: self.trace_id,
             span_id: SpanId::random(),
             parent: Some(self.span_id),
             tracestate: self.tracestate.clone(),
-            name: format!("plugin {plugin}").into(),
+            name: SpanName::Pair("plugin", plugin.clone()),
             kind: Kind::Internal,
-            start: self.clock.unix((end - took).into_std()),
-            end: self.clock.unix(end.into_std()),
+            start: clock.unix((end - took).into_std()),
+            end: clock.unix(end.into_std()),
             attributes,
             events: Vec::new(),
             error,
@@ -138,8 +155,9 @@ impl RequestTrace {
     /// its `traceparent` names the client span, and `tracestate` is the client's or none.
     pub fn begin_upstream(&mut self, headers: &mut HeaderMap) {
         let span_id = SpanId::random();
+        self.upstream_span = Some(span_id);
         if self.tracer.propagate() {
-            let value = context::traceparent(self.trace_id, span_id, self.sampled);
+            let value = context::traceparent(self.trace_id, span_id, self.sampled());
             headers.insert(
                 TRACEPARENT.clone(),
                 HeaderValue::from_bytes(&value).expect("traceparent is visible ASCII"),
@@ -153,35 +171,38 @@ impl RequestTrace {
                 }
             }
         }
-        self.upstream = Some(UpstreamSpan {
-            span_id,
-            started: Instant::now(),
-            events: Vec::new(),
-            failed_attempts: 0,
-        });
-    }
-
-    /// A connect to `server` that failed; the request goes on to the next server.
-    pub fn connect_failed(&mut self, server: &str, error: &dyn std::fmt::Display) {
-        let Some(upstream) = &mut self.upstream else {
-            return;
-        };
-        upstream.failed_attempts += 1;
-        if self.sampled {
-            upstream.events.push(Event {
-                name: "connect failed".into(),
-                time: self.clock.unix_now(),
-                attributes: vec![
-                    ("server.address".into(), server.to_string().into()),
-                    ("error.message".into(), error.to_string().into()),
-                ],
+        if let Some(recording) = &mut self.recording {
+            recording.upstream = Some(UpstreamTiming {
+                started: Instant::now(),
+                events: Vec::new(),
+                failed_attempts: 0,
             });
         }
     }
 
+    /// A connect to `server` that failed; the request goes on to the next server.
+    pub fn connect_failed(&mut self, server: &str, error: &dyn std::fmt::Display) {
+        let Some(recording) = &mut self.recording else {
+            return;
+        };
+        let time = recording.clock.unix_now();
+        let Some(upstream) = &mut recording.upstream else {
+            return;
+        };
+        upstream.failed_attempts += 1;
+        upstream.events.push(Event {
+            name: "connect failed".into(),
+            time,
+            attributes: vec![
+                ("server.address".into(), server.to_string().into()),
+                ("error.message".into(), error.to_string().into()),
+            ],
+        });
+    }
+
     /// The ids a tunnel's span needs, when the trace is sampled.
     pub fn for_tunnel(&self) -> Option<Box<TunnelTrace>> {
-        self.sampled.then(|| {
+        self.sampled().then(|| {
             Box::new(TunnelTrace {
                 tracer: self.tracer.clone(),
                 trace_id: self.trace_id,
@@ -193,42 +214,38 @@ impl RequestTrace {
 
     /// Finish the server span (and the client span, if the upstream was asked) and send
     /// them all to the exporter.
-    pub fn finish(mut self: Box<Self>, facts: &Facts<'_>) {
-        if !self.sampled {
+    pub fn finish(&mut self, facts: Facts<'_>) {
+        let Some(mut recording) = self.recording.take() else {
             return;
+        };
+        let end = recording.clock.unix_now();
+        let mut spans = std::mem::take(&mut recording.children);
+        spans.reserve(2);
+        if let (Some(timing), Some(span_id)) = (recording.upstream.take(), self.upstream_span) {
+            spans.push(self.client_span(&recording, timing, span_id, &facts, end));
         }
-        let now = Instant::now();
-        let end = self.clock.unix(now.into_std());
-        let mut spans = std::mem::take(&mut self.children);
-        if let Some(upstream) = self.upstream.take() {
-            spans.push(self.client_span(upstream, facts, end));
-        }
-        spans.push(self.server_span(facts, end));
+        spans.push(self.server_span(&recording, facts, end));
         self.tracer.export(spans);
     }
 
-    fn server_span(&self, facts: &Facts<'_>, end: u64) -> SpanRecord {
+    fn server_span(&self, recording: &Recording, facts: Facts<'_>, end: u64) -> SpanRecord {
         let status = facts.status;
-        let mut attributes: Attributes = vec![
-            (
-                "http.request.method".into(),
-                Value::from(facts.method.to_string()),
-            ),
-            ("url.path".into(), facts.path.to_string().into()),
-            ("url.scheme".into(), self.scheme.into()),
-            ("network.protocol.version".into(), self.protocol.into()),
-            ("client.address".into(), self.client.to_string().into()),
-            (
-                "network.peer.address".into(),
-                facts.peer.ip().to_string().into(),
-            ),
+        let mut attributes: Attributes = Vec::with_capacity(20);
+        attributes.extend([
+            ("http.request.method".into(), method(facts.method)),
+            ("url.path".into(), facts.path.into()),
+            ("url.scheme".into(), recording.scheme.into()),
+            ("network.protocol.version".into(), recording.protocol.into()),
+            ("client.address".into(), recording.client.into()),
+            ("network.peer.address".into(), facts.peer.ip().into()),
             ("network.peer.port".into(), facts.peer.port().into()),
             ("http.response.status_code".into(), status.as_u16().into()),
             (
                 "airlock.request.id".into(),
-                facts.request_id.to_string().into(),
+                Value::Hex(facts.request_id.get()),
             ),
-        ];
+            ("airlock.upgrade".into(), facts.upgrade.into()),
+        ]);
         let optional = [
             ("airlock.route", facts.route),
             ("airlock.upstream", facts.upstream),
@@ -241,7 +258,6 @@ impl RequestTrace {
                 attributes.push((key.into(), value.clone().into()));
             }
         }
-        attributes.push(("airlock.upgrade".into(), facts.upgrade.into()));
         if let Some((source, cause, _)) = facts.error {
             attributes.push(("error.type".into(), (*cause).into()));
             attributes.push(("airlock.error.source".into(), (*source).into()));
@@ -254,17 +270,22 @@ impl RequestTrace {
                 value.clone().into(),
             ));
         }
+        let name = match (facts.route, method_name(facts.method)) {
+            (Some(route), Some(method)) => SpanName::Pair(method, route.clone()),
+            (None, Some(method)) => SpanName::Static(method),
+            (route, None) => SpanName::Owned(match route {
+                Some(route) => format!("{} {route}", facts.method),
+                None => facts.method.to_string(),
+            }),
+        };
         SpanRecord {
             trace_id: self.trace_id,
             span_id: self.span_id,
             parent: self.parent,
             tracestate: self.tracestate.clone(),
-            name: match facts.route {
-                Some(route) => format!("{} {route}", facts.method).into(),
-                None => Cow::Owned(facts.method.to_string()),
-            },
+            name,
             kind: Kind::Server,
-            start: self.clock.unix(facts.started.into_std()),
+            start: recording.clock.unix(facts.started.into_std()),
             end,
             attributes,
             events: Vec::new(),
@@ -275,11 +296,16 @@ impl RequestTrace {
         }
     }
 
-    fn client_span(&self, upstream: UpstreamSpan, facts: &Facts<'_>, end: u64) -> SpanRecord {
-        let mut attributes: Attributes = vec![(
-            "http.request.method".into(),
-            Value::from(facts.method.to_string()),
-        )];
+    fn client_span(
+        &self,
+        recording: &Recording,
+        timing: UpstreamTiming,
+        span_id: SpanId,
+        facts: &Facts<'_>,
+        end: u64,
+    ) -> SpanRecord {
+        let mut attributes: Attributes = Vec::with_capacity(6);
+        attributes.push(("http.request.method".into(), method(facts.method)));
         let mut error = None;
         if let Some(server) = facts.server {
             let (host, port) = server.rsplit_once(':').unwrap_or((server, ""));
@@ -305,25 +331,52 @@ impl RequestTrace {
                 }
             }
         }
-        if upstream.failed_attempts > 0 {
+        if timing.failed_attempts > 0 {
             attributes.push((
                 "http.request.resend_count".into(),
-                i64::from(upstream.failed_attempts).into(),
+                i64::from(timing.failed_attempts).into(),
             ));
         }
         SpanRecord {
             trace_id: self.trace_id,
-            span_id: upstream.span_id,
+            span_id,
             parent: Some(self.span_id),
             tracestate: self.tracestate.clone(),
-            name: Cow::Owned(facts.method.to_string()),
+            name: match method_name(facts.method) {
+                Some(method) => SpanName::Static(method),
+                None => SpanName::Owned(facts.method.to_string()),
+            },
             kind: Kind::Client,
-            start: self.clock.unix(upstream.started.into_std()),
+            start: recording.clock.unix(timing.started.into_std()),
             end,
             attributes,
-            events: upstream.events,
+            events: timing.events,
             error,
         }
+    }
+}
+
+/// A standard method's name, without an allocation.
+fn method_name(method: &http::Method) -> Option<&'static str> {
+    use http::Method as M;
+    Some(match *method {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        M::PATCH => "PATCH",
+        M::CONNECT => "CONNECT",
+        M::TRACE => "TRACE",
+        _ => return None,
+    })
+}
+
+fn method(method: &http::Method) -> Value {
+    match method_name(method) {
+        Some(name) => name.into(),
+        None => method.to_string().into(),
     }
 }
 
@@ -352,7 +405,8 @@ pub struct Facts<'a> {
     pub started: Instant,
     pub status: http::StatusCode,
     pub method: &'a http::Method,
-    pub path: &'a str,
+    /// Moved into the span: the access log has written it already.
+    pub path: String,
     pub peer: std::net::SocketAddr,
     pub request_id: crate::observe::RequestId,
     pub route: Option<&'a Arc<str>>,
@@ -433,12 +487,11 @@ impl TunnelTrace {
             span_id,
             parent: Some(self.parent),
             tracestate: self.tracestate.clone(),
-            name: if websocket {
+            name: SpanName::Static(if websocket {
                 "websocket tunnel"
             } else {
                 "tunnel"
-            }
-            .into(),
+            }),
             kind: Kind::Internal,
             start: end.saturating_sub(duration),
             end,

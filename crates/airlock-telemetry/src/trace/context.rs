@@ -88,22 +88,27 @@ pub fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId, bool)> {
 
 /// The `traceparent` value for a span of `trace_id`.
 pub fn traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> [u8; 55] {
-    let mut out = [0u8; 55];
-    out[..3].copy_from_slice(b"00-");
-    out[3..35].copy_from_slice(hex(&trace_id.0, &mut [0; 32]).as_bytes());
-    out[35] = b'-';
-    out[36..52].copy_from_slice(hex(&span_id.0, &mut [0; 16]).as_bytes());
-    out[52..].copy_from_slice(if sampled { b"-01" } else { b"-00" });
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_into(&trace_id.0, &mut out[3..35]);
+    hex_into(&span_id.0, &mut out[36..52]);
+    if sampled {
+        out[54] = b'1';
+    }
     out
+}
+
+/// Lower-case hex digits of `bytes` into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
 }
 
 /// Lower-case hex digits of `bytes`, written into `buf` (twice as long).
 fn hex<'a>(bytes: &[u8], buf: &'a mut [u8]) -> &'a str {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in bytes.iter().enumerate() {
-        buf[2 * i] = DIGITS[usize::from(b >> 4)];
-        buf[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
-    }
+    hex_into(bytes, buf);
     std::str::from_utf8(&buf[..2 * bytes.len()]).expect("hex digits are ASCII")
 }
 

@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::resource::v1::Resource;
-
 use super::client::Collector;
 use super::otlp;
 use super::span::SpanRecord;
@@ -52,7 +50,7 @@ enum Message {
 pub struct Settings {
     pub endpoint: String,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    pub resource: Resource,
+    pub encoder: otlp::Encoder,
     pub max_queue: usize,
     pub timeout: Duration,
 }
@@ -84,7 +82,7 @@ impl Exporter {
             rx,
             queued: queued.clone(),
             collector,
-            resource: settings.resource,
+            encoder: settings.encoder,
             timeout: settings.timeout,
             endpoint: settings.endpoint,
         };
@@ -129,7 +127,7 @@ struct Worker {
     rx: mpsc::Receiver<Message>,
     queued: Arc<AtomicUsize>,
     collector: Collector,
-    resource: Resource,
+    encoder: otlp::Encoder,
     timeout: Duration,
     endpoint: String,
 }
@@ -192,7 +190,7 @@ impl Worker {
             return;
         }
         let n = batch.len();
-        let body = otlp::encode(&self.resource, &batch);
+        let body = self.encoder.encode(&batch);
         drop(batch);
         // The timer is made inside the runtime: it needs the runtime's clock.
         let (timeout, collector) = (self.timeout, &mut self.collector);

@@ -17,7 +17,7 @@ use airlock_config::{Sampler, Telemetry, TrustTraceparent};
 
 pub use context::{Parent, SpanId, TraceId};
 pub use export::{Stats, stats};
-pub use span::{Attributes, Clock, Event, Kind, SpanRecord, Value};
+pub use span::{Attributes, Clock, Event, Kind, SpanName, SpanRecord, Value};
 
 /// One `[telemetry]` table at run time: the sampler, the trust and propagation settings
 /// and the exporter.
@@ -52,7 +52,7 @@ impl Tracer {
         let exporter = export::Exporter::start(export::Settings {
             endpoint: config.otlp_endpoint.get_ref().clone(),
             headers,
-            resource: otlp::resource(&config.service_name, &extra),
+            encoder: otlp::Encoder::new(&config.service_name, &extra),
             max_queue: *config.max_queue.get_ref() as usize,
             timeout: config.export_timeout.get_ref().get(),
         })?;

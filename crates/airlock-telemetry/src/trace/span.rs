@@ -20,6 +20,10 @@ pub enum Kind {
 pub enum Value {
     Str(Cow<'static, str>),
     Shared(Arc<str>),
+    /// An address, written out only when exported.
+    Ip(std::net::IpAddr),
+    /// A number shown in lower-case hex (a request id), written out only when exported.
+    Hex(u64),
     Int(i64),
     Bool(bool),
     Float(f64),
@@ -38,6 +42,11 @@ impl From<String> for Value {
 impl From<Arc<str>> for Value {
     fn from(s: Arc<str>) -> Self {
         Self::Shared(s)
+    }
+}
+impl From<std::net::IpAddr> for Value {
+    fn from(ip: std::net::IpAddr) -> Self {
+        Self::Ip(ip)
     }
 }
 impl From<i64> for Value {
@@ -68,6 +77,35 @@ impl From<f64> for Value {
 
 pub type Attributes = Vec<(Cow<'static, str>, Value)>;
 
+/// A span's name, kept in parts so that making one costs no formatting on the request's
+/// thread: `Pair("GET", route)` is exported as `GET chat`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SpanName {
+    Static(&'static str),
+    Pair(&'static str, Arc<str>),
+    Owned(String),
+}
+
+impl SpanName {
+    /// The name's length and its parts (the second after a space).
+    pub fn parts(&self) -> (&str, Option<&str>) {
+        match self {
+            Self::Static(s) => (s, None),
+            Self::Pair(a, b) => (a, Some(b)),
+            Self::Owned(s) => (s, None),
+        }
+    }
+}
+
+impl std::fmt::Display for SpanName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.parts() {
+            (a, None) => f.write_str(a),
+            (a, Some(b)) => write!(f, "{a} {b}"),
+        }
+    }
+}
+
 /// Something that happened at one moment of a span.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -85,7 +123,7 @@ pub struct SpanRecord {
     pub parent: Option<SpanId>,
     /// The `tracestate` of the trace this span continues.
     pub tracestate: Option<Arc<str>>,
-    pub name: Cow<'static, str>,
+    pub name: SpanName,
     pub kind: Kind,
     /// Unix time, nanoseconds.
     pub start: u64,
