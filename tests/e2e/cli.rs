@@ -93,7 +93,29 @@ async fn demo_serves_the_page_and_chat_behind_the_origin_allowlist() {
             Err(_) => panic!("demo did not show its origin check:\n{}", seen.join("\n")),
         }
     }
+    // The demo's built-in collector prints the traces airlock exports: the two
+    // handshakes, each with its plugin's verdict.
+    while seen
+        .iter()
+        .filter(|l: &&String| l.contains("plugin origin"))
+        .count()
+        < 2
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("demo did not print its traces:\n{}", seen.join("\n")),
+        }
+    }
     let text = seen.join("\n");
+    assert!(
+        text.contains("verdict=allow") && text.contains("verdict=reject"),
+        "{text}"
+    );
+    assert!(
+        text.contains("GET chat") && text.lines().any(|l| l.starts_with("trace ")),
+        "{text}"
+    );
     assert!(
         text.contains(&format!("Origin: http://{listen}"))
             && text.contains("-> 101 Switching Protocols"),

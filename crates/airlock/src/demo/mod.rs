@@ -2,6 +2,7 @@
 //! server that also serves a page to try it from a browser.
 
 mod chat;
+mod traces;
 
 use std::net::SocketAddr;
 
@@ -9,8 +10,8 @@ use anyhow::Context as _;
 
 use crate::cli::DemoArgs;
 
-/// The embedded configuration; `{listen}`, `{port}`, `{admin}`, `{upstream1}` and
-/// `{upstream2}` are filled in.
+/// The embedded configuration; `{listen}`, `{port}`, `{admin}`, `{upstream1}`,
+/// `{upstream2}` and `{collector}` are filled in.
 const CONFIG_TEMPLATE: &str = include_str!("demo.toml");
 
 /// The origin-allowlist plugin, built by build.rs.
@@ -26,6 +27,8 @@ const SERVERS: [&str; 2] = ["chat-1", "chat-2"];
 /// addresses can go into the configuration.
 pub struct Upstream {
     listeners: Vec<std::net::TcpListener>,
+    /// The built-in trace collector.
+    collector: std::net::TcpListener,
     /// The demo's configuration file and its plugin, kept while the demo runs so that it
     /// can be edited and reloaded.
     dir: std::path::PathBuf,
@@ -50,6 +53,10 @@ pub fn prepare(
         );
         listeners.push(listener);
     }
+    let collector =
+        std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind the demo collector")?;
+    collector.set_nonblocking(true)?;
+    text = text.replace("{collector}", &collector.local_addr()?.to_string());
     // Written out, so that it can be edited and reloaded like any configuration.
     let dir = std::env::temp_dir().join(format!("airlock-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).context("cannot create a directory for the demo")?;
@@ -59,7 +66,15 @@ pub fn prepare(
     std::fs::write(&path, text).context("cannot write the demo configuration")?;
     let loaded = airlock_config::load_file(&path)
         .map_err(|e| anyhow::anyhow!("the embedded demo configuration is invalid: {e}"))?;
-    Ok((loaded, path, Upstream { listeners, dir }))
+    Ok((
+        loaded,
+        path,
+        Upstream {
+            listeners,
+            collector,
+            dir,
+        },
+    ))
 }
 
 impl Upstream {
@@ -73,6 +88,9 @@ impl Upstream {
             tokio::spawn(chat::serve(listener, name, room.clone()));
         }
         let servers = servers.join(" and ");
+        tokio::spawn(traces::serve(tokio::net::TcpListener::from_std(
+            self.collector,
+        )?));
         let public: Option<SocketAddr> = proxy.listener_addrs().first().map(|(_, a)| *a);
         let admin = proxy
             .admin_addr()
@@ -84,7 +102,9 @@ impl Upstream {
                  ws     ws://{addr}/ws/chat       WebSocket, to {servers}\n  \
                  api    http://{addr}/api/whoami  what the upstream sees (X-Forwarded-* headers, its name)\n  \
                  admin  http://{admin}/upstreams  the pool: sticky cookie, health probes, open tunnels\n  \
-                 admin  http://{admin}/metrics    Prometheus metrics: requests, tunnels, plugin calls\n\
+                 admin  http://{admin}/metrics    Prometheus metrics: requests, tunnels, plugin calls\n  \
+                 traces printed below as they arrive: airlock exports them over OTLP to a\n         \
+                 collector built into the demo (set [telemetry] otlp_endpoint to use yours)\n\
                  \nIts configuration is {config}: edit it (add an origin to the plugin's `allow`,\n\
                  a route, a server), then apply it without dropping a WebSocket:\n  \
                  airlock reload --config {config}\n\
