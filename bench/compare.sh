@@ -5,7 +5,9 @@
 #   bash bench/compare.sh [seconds per run] [repetitions] [idle tunnels]
 #
 # Installs nginx and HAProxy from Debian packages when they are missing. Figures are
-# the median of the repetitions. Prints a markdown table, and writes the medians to
+# the median of the repetitions. Two more airlock instances with `[telemetry]` sampling
+# 1% and 100% of traces (into bench/otlp-sink.py, a collector stand-in) give the cost of
+# tracing per handshake and per 1 KiB message. Prints a markdown table, and writes the medians to
 # bench/results.tsv and a chart of them to docs/benchmarks.svg.
 set -euo pipefail
 secs=${1:-5}
@@ -36,12 +38,23 @@ run_workloads() {
     record "$name" "p99_$size" "$(field p99_us "$out")"
     [ "$pid" = 0 ] || record "$name" "cpu_$size" "$(cpu_us_per $(( $(cpu_all "$pid") - t0 )) $((2 * rt)))"
   done
-  # airlock only: the same on a frame-aware route.
+  # airlock only: the same on a frame-aware route, and with tracing.
   if [ "$name" = airlock ]; then
     for size in 1024 16384; do
       t0=$(cpu_all "$pid")
       out=$("$bench" --connect "$addr" pingpong --url "ws://frames.bench/ws" --size "$size" --duration "${secs}s")
       record "$name" "cpu_frames_$size" "$(cpu_us_per $(( $(cpu_all "$pid") - t0 )) $((2 * $(field round_trips "$out"))))"
+    done
+    local ratio tpid taddr
+    for ratio in 001 1; do
+      tpid=${traced_pids[$ratio]} taddr=${traced_addrs[$ratio]}
+      t0=$(cpu_all "$tpid")
+      out=$("$bench" pingpong --url "ws://$taddr/ws" --size 1024 --duration "${secs}s")
+      record "$name" "cpu_1024_trace$ratio" "$(cpu_us_per $(( $(cpu_all "$tpid") - t0 )) $((2 * $(field round_trips "$out"))))"
+      t0=$(cpu_all "$tpid")
+      out=$("$bench" --connect "$taddr" handshakes --connections 16 --duration "${secs}s" \
+        --url "ws://$taddr$sio_path" -H "Origin: https://app.example.com")
+      record "$name" "hs_cpu_trace$ratio" "$(cpu_us_per $(( $(cpu_all "$tpid") - t0 )) "$(field handshakes "$out")")"
     done
   fi
   [ "$pid" = 0 ] || t0=$(cpu_all "$pid")
@@ -82,7 +95,22 @@ measure_idle() {
 # once. They take turns within each repetition, so that a slow minute on a shared
 # machine lands on all of them rather than on one proxy's repetitions.
 proxies=(direct airlock nginx haproxy)
-declare -A pids addrs
+declare -A pids addrs traced_pids traced_addrs
+sink_port=18430
+python3 bench/otlp-sink.py "$sink_port" &
+port=18430
+for ratio in 001 1; do
+  port=$((port + 1))
+  { fill airlock.toml "$port"
+    printf '[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\nsample_ratio = %s\nmax_queue = 100000\n' \
+      "$sink_port" "$(sed 's/^0/0./' <<< "$ratio")"
+  } > "$work/airlock-trace$ratio.toml"
+  "$bin" --log warn run --config "$work/airlock-trace$ratio.toml" &
+  traced_pids[$ratio]=$!
+  traced_addrs[$ratio]=127.0.0.1:$port
+  wait_port "$port"
+  "$bench" pingpong --url "ws://127.0.0.1:$port/ws" --duration 1s > /dev/null # warm-up
+done
 for i in "${!proxies[@]}"; do
   name=${proxies[$i]}
   port=$((18410 + i))
@@ -113,7 +141,8 @@ kill "$pid"; wait "$pid" 2>/dev/null || true
 # The medians, one metric per line, for `airlock-bench report`.
 metrics=(cpu_1024 cpu_16384 msgs_1024 msgs_16384 p50_1024 p99_1024 p50_16384 p99_16384 paced_cpu paced_p50
   paced_p99 paced_p999 paced_lost hs_cpu hs_cpu_1 hs_cpu_2 hs_rate hs_p99 idle_kib
-  cpu_frames_1024 cpu_frames_16384 idle_frames_kib)
+  cpu_frames_1024 cpu_frames_16384 idle_frames_kib hs_cpu_trace001 hs_cpu_trace1 cpu_1024_trace001
+  cpu_1024_trace1)
 for metric in "${metrics[@]}"; do
   printf '%s' "$metric"
   for name in "${proxies[@]}"; do

@@ -53,6 +53,22 @@ const ROWS: &[(&str, &str)] = &[
         "idle_frames_kib",
         "frame-aware route: memory KiB per idle tunnel",
     ),
+    (
+        "hs_cpu_trace001",
+        "tracing 1% of handshakes: CPU µs per handshake",
+    ),
+    (
+        "hs_cpu_trace1",
+        "tracing every handshake: CPU µs per handshake",
+    ),
+    (
+        "cpu_1024_trace001",
+        "tracing 1%: CPU µs per relayed 1 KiB message",
+    ),
+    (
+        "cpu_1024_trace1",
+        "tracing every tunnel: CPU µs per relayed 1 KiB message",
+    ),
 ];
 
 /// A figure airlock is measured by: how it is computed for each proxy, and the goal for
