@@ -674,26 +674,23 @@ fn check_telemetry(t: &crate::Telemetry, p: &mut Problems) {
         );
     }
     let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    // The values are secrets: these errors name the header and say what is wrong, without
+    // the source line that would show the value.
     for (name, value) in &t.headers {
         if name.is_empty() || !name.chars().all(token) {
-            p.at(
-                value,
-                format!("telemetry header name {name:?} is not a valid HTTP header name"),
-            );
+            p.whole_file(format!(
+                "[telemetry] headers: {name:?} is not a valid HTTP header name"
+            ));
         }
-        // The value is a secret: say what is wrong, never what it is.
         if value
             .get_ref()
             .0
             .chars()
             .any(|c| c != '\t' && (c.is_control() || !c.is_ascii()))
         {
-            p.at(
-                value,
-                format!(
-                    "telemetry header `{name}` has a value with control or non-ASCII characters"
-                ),
-            );
+            p.whole_file(format!(
+                "[telemetry] headers: the value of `{name}` has control or non-ASCII characters"
+            ));
         }
     }
 }

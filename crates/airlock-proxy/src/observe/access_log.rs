@@ -82,6 +82,7 @@ impl RequestLog {
 
     /// The request's access-log line, and its metrics.
     pub fn emit(&mut self, status: http::StatusCode) {
+        let answered = Instant::now();
         self.count(status.as_u16());
         // An unsampled trace is in no collector: its ids are not worth a look-up.
         let trace = self.trace.take();
@@ -91,7 +92,7 @@ impl RequestLog {
             .map(|t| (t.trace_id, t.span_id));
         self.write_line(status, ids);
         if let Some(mut trace) = trace {
-            trace.finish(self.facts(status));
+            trace.finish(self.facts(status, answered));
         }
     }
 
@@ -136,9 +137,10 @@ impl RequestLog {
     }
 
     /// What the trace's spans say; the path moves into them (the line is written).
-    fn facts(&mut self, status: http::StatusCode) -> Facts<'_> {
+    fn facts(&mut self, status: http::StatusCode, answered: Instant) -> Facts<'_> {
         Facts {
             started: self.started,
+            answered,
             status,
             method: &self.method,
             path: std::mem::take(&mut self.path),

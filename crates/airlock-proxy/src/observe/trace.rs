@@ -218,7 +218,7 @@ impl RequestTrace {
         let Some(mut recording) = self.recording.take() else {
             return;
         };
-        let end = recording.clock.unix_now();
+        let end = recording.clock.unix(facts.answered.into_std());
         let mut spans = std::mem::take(&mut recording.children);
         spans.reserve(2);
         if let (Some(timing), Some(span_id)) = (recording.upstream.take(), self.upstream_span) {
@@ -403,6 +403,8 @@ impl Step<'_> {
 /// What the access log knows of a request when it is answered.
 pub struct Facts<'a> {
     pub started: Instant,
+    /// When the answer was ready (before the access-log line was written).
+    pub answered: Instant,
     pub status: http::StatusCode,
     pub method: &'a http::Method,
     /// Moved into the span: the access log has written it already.
