@@ -358,3 +358,66 @@ async fn a_failing_collector_costs_no_handshake() {
 async fn a_hanging_collector_costs_no_handshake_nor_a_slow_exit() {
     handshakes_survive("hang").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_new_traces_to_the_new_collector_and_an_open_tunnel_finishes_in_its_own() {
+    let (first, second) = (Receiver::start("ok"), Receiver::start("ok"));
+    let backend = Backend::start("a").await;
+    let at = |receiver: &Receiver| {
+        traced(
+            backend.addr,
+            "",
+            &format!("otlp_endpoint = \"{}\"\n", receiver.endpoint()),
+        )
+    };
+    let airlock = Airlock::start(&at(&first));
+    let mut request = format!("ws://{}/ws", airlock.addr())
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", ORIGIN.parse().unwrap());
+    let (mut ws, _) = connect_async(request).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    let handshake = first
+        .wait_for("the handshake's spans", |s| s.len() >= 4)
+        .await;
+    let trace_id = handshake[0]["trace_id"].clone();
+
+    std::fs::write(airlock.config_path(), at(&second)).unwrap();
+    airlock.signal("HUP");
+    airlock
+        .wait_for_log("the reload", |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("configuration reloaded"))
+        })
+        .await;
+    assert_eq!(
+        get_with(airlock.addr(), "/", &[("origin", ORIGIN)])
+            .await
+            .status,
+        200
+    );
+    second
+        .wait_for("the new request's spans", |s| s.len() >= 4)
+        .await;
+
+    // The tunnel opened before the reload keeps its configuration, exporter included.
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    drop(ws);
+    let spans = first
+        .wait_for("the tunnel's span", |s| {
+            s.iter().any(|s| s["name"] == "websocket tunnel")
+        })
+        .await;
+    let tunnel = one(&spans, "the tunnel", |s| s["name"] == "websocket tunnel");
+    assert_eq!(tunnel["trace_id"], trace_id);
+    assert!(
+        second
+            .spans()
+            .iter()
+            .all(|s| s["name"] != "websocket tunnel")
+    );
+}
