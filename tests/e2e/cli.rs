@@ -232,3 +232,33 @@ async fn demo_serves_the_page_and_chat_behind_the_origin_allowlist() {
     }
     assert!(!dir.exists(), "the demo left {} behind", dir.display());
 }
+
+#[test]
+fn plugin_wit_prints_each_interface_version_airlock_loads() {
+    let wit = |args: &[&str]| {
+        airlock_cmd()
+            .args(["plugin", "wit"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../wit");
+    for (args, file) in [
+        (&[][..], "airlock-plugin.wit"),
+        (&["--version", "0.3.0"][..], "airlock-plugin.wit"),
+        (&["--version", "0.2.0"][..], "v0.2.0/airlock-plugin.wit"),
+        (&["--version", "0.1.0"][..], "v0.1.0/airlock-plugin.wit"),
+    ] {
+        let out = wit(args);
+        assert!(out.status.success(), "{args:?}");
+        let expected = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), expected, "{args:?}");
+    }
+    let out = wit(&["--version", "9.9.9"]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"9.9.9\"") && err.contains("0.3.0, 0.2.0, 0.1.0"),
+        "{err}"
+    );
+}

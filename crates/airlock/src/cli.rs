@@ -72,6 +72,17 @@ Examples:
   airlock plugin test --config airlock.toml --route chat -H 'Origin: https://app.example.com' GET /ws/chat
 ")]
     Test(PluginTestArgs),
+    /// Print the plugin interface (WIT) this airlock loads, for plugin builds and tooling.
+    #[command(after_help = "\
+Examples:
+  airlock plugin wit > wit/airlock-plugin.wit      the newest version, 0.3.0
+  airlock plugin wit --version 0.2.0               an older one airlock still loads
+")]
+    Wit {
+        /// The interface version: 0.3.0 (default), 0.2.0 or 0.1.0.
+        #[arg(long, value_name = "VERSION")]
+        version: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -57,6 +57,16 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Reload { config, admin } => reload::run(&config, admin),
+        Command::Plugin(cli::PluginCommand::Wit { version }) => match wit(version.as_deref()) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Plugin(cli::PluginCommand::Test(args)) => match plugin_test::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -191,4 +201,32 @@ impl Signals {
             _ = self.hup.recv() => "SIGHUP",
         }
     }
+}
+
+/// Every version of the plugin interface airlock loads, newest first (the files in `wit/`).
+const WIT: [(&str, &str); 3] = [
+    ("0.3.0", include_str!("../../../wit/airlock-plugin.wit")),
+    (
+        "0.2.0",
+        include_str!("../../../wit/v0.2.0/airlock-plugin.wit"),
+    ),
+    (
+        "0.1.0",
+        include_str!("../../../wit/v0.1.0/airlock-plugin.wit"),
+    ),
+];
+
+/// `airlock plugin wit [--version V]`: the interface's text.
+fn wit(version: Option<&str>) -> Result<&'static str, String> {
+    let wanted = version.unwrap_or(WIT[0].0);
+    WIT.iter()
+        .find(|(v, _)| *v == wanted.trim_start_matches('v'))
+        .map(|(_, text)| *text)
+        .ok_or_else(|| {
+            let known: Vec<&str> = WIT.iter().map(|(v, _)| *v).collect();
+            format!(
+                "no plugin interface version {wanted:?}; airlock loads {}",
+                known.join(", ")
+            )
+        })
 }
