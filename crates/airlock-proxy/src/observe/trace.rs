@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 use airlock_config::TrustTraceparent;
+use airlock_plugins::chain::Step;
 use airlock_telemetry::trace::{
     Attributes, Clock, Event, Kind, SpanId, SpanName, SpanRecord, TraceId, Tracer, Value, context,
 };
@@ -126,14 +127,19 @@ impl RequestTrace {
             return;
         };
         let end = Instant::now();
+        let verdict = match step {
+            Step::Allowed => "allow",
+            Step::Rejected => "reject",
+            Step::Failed(_) => "error",
+        };
         let mut attributes: Attributes = vec![
             ("airlock.plugin.name".into(), plugin.clone().into()),
-            ("airlock.plugin.verdict".into(), step.verdict().into()),
+            ("airlock.plugin.verdict".into(), verdict.into()),
         ];
         let mut error = None;
-        if let Step::Failed { cause, message } = step {
-            attributes.push(("error.type".into(), (*cause).into()));
-            error = Some(message.to_string());
+        if let Step::Failed(failure) = step {
+            attributes.push(("error.type".into(), failure.cause().into()));
+            error = Some(failure.to_string());
         }
         let clock = recording.clock;
         recording.children.push(SpanRecord {
@@ -380,26 +386,6 @@ fn method(method: &http::Method) -> Value {
     }
 }
 
-/// How a plugin call ended, as its span says it.
-pub enum Step<'a> {
-    Allowed,
-    Rejected,
-    Failed {
-        cause: &'static str,
-        message: &'a dyn std::fmt::Display,
-    },
-}
-
-impl Step<'_> {
-    fn verdict(&self) -> &'static str {
-        match self {
-            Self::Allowed => "allow",
-            Self::Rejected => "reject",
-            Self::Failed { .. } => "error",
-        }
-    }
-}
-
 /// What the access log knows of a request when it is answered.
 pub struct Facts<'a> {
     pub started: Instant,
@@ -432,12 +418,13 @@ pub struct TunnelTrace {
 }
 
 impl TunnelTrace {
-    pub fn trace_id(&self) -> TraceId {
-        self.trace_id
-    }
-
-    /// Export the closed tunnel's span; its id, for the access log.
-    pub fn closed(&self, server: &Arc<str>, outcome: &Outcome, websocket: bool) -> SpanId {
+    /// Export the closed tunnel's span; its trace's and its own id, for the access log.
+    pub fn closed(
+        &self,
+        server: &Arc<str>,
+        outcome: &Outcome,
+        websocket: bool,
+    ) -> (TraceId, SpanId) {
         let clock = Clock::now();
         let end = clock.unix_now();
         let duration = u64::try_from(outcome.duration.as_nanos()).unwrap_or(u64::MAX);
@@ -502,6 +489,6 @@ impl TunnelTrace {
             error: matches!(outcome.reason, crate::tunnel::CloseReason::Error(_))
                 .then(|| outcome.reason.to_string()),
         }]);
-        span_id
+        (self.trace_id, span_id)
     }
 }

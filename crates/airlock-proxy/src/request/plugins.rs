@@ -18,7 +18,6 @@ use crate::http::forwarded;
 use crate::metrics::CallResult;
 use crate::observe::RequestId;
 use crate::observe::access_log::RequestLog;
-use crate::observe::trace;
 use crate::route::Route;
 use crate::upstream::Pool;
 
@@ -66,14 +65,6 @@ pub fn run<B>(
         let metrics = &route.plugin_metrics[index];
         metrics.call(took, result);
         if let Some(trace) = trace {
-            let step = match step {
-                Step::Allowed => trace::Step::Allowed,
-                Step::Rejected => trace::Step::Rejected,
-                Step::Failed(error) => trace::Step::Failed {
-                    cause: error.cause(),
-                    message: error,
-                },
-            };
             trace.plugin_call(metrics.name(), took, &step);
         }
     });

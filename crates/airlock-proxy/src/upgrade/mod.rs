@@ -193,7 +193,6 @@ pub async fn forward(
         conn: conn.clone(),
         framing,
         trace: log.trace.as_ref().and_then(|t| t.for_tunnel()),
-        websocket,
     };
     match client {
         ClientSide::Direct { switch, .. } => *switch = Some(Switch { tunnel, lines }),

@@ -36,7 +36,6 @@ pub struct Tunnel {
     pub(super) framing: Framing,
     /// The handshake's trace, when it is sampled: the tunnel's span joins it at close.
     pub(super) trace: Option<Box<TunnelTrace>>,
-    pub(super) websocket: bool,
 }
 
 impl Tunnel {
@@ -64,6 +63,8 @@ impl Tunnel {
             ),
             force: self.conn.drain.force.clone(),
         };
+        // Only WebSocket tunnels follow frames (and are named so in their span).
+        let websocket = !matches!(self.framing, Framing::Bytes);
         let outcome = tunnel::relay(client, upstream, limits, self.framing, signals).await;
         // Give back what the tunnel held before saying it closed: whoever reads the log
         // line then sees the server's count and the limits' slots released.
@@ -82,13 +83,9 @@ impl Tunnel {
                 .as_ref()
                 .map(|f| (f.messages_from_client, f.messages_from_upstream)),
         });
-        let trace = self.trace.map(|trace| {
-            let trace_id = trace.trace_id();
-            (
-                trace_id,
-                trace.closed(&self.server.addr, &outcome, self.websocket),
-            )
-        });
+        let trace = self
+            .trace
+            .map(|trace| trace.closed(&self.server.addr, &outcome, websocket));
         access_log::tunnel_closed(
             &route.name,
             &self.server.addr,

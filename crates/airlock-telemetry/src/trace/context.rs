@@ -1,6 +1,8 @@
 //! Trace and span ids, and the W3C Trace Context headers that carry them
 //! (`traceparent`, `tracestate`; <https://www.w3.org/TR/trace-context/>).
 
+use std::num::{NonZeroU64, NonZeroU128};
+
 /// A trace's id: 16 random bytes, never all zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceId(pub [u8; 16]);
@@ -11,12 +13,7 @@ pub struct SpanId(pub [u8; 8]);
 
 impl TraceId {
     pub fn random() -> Self {
-        loop {
-            let id: u128 = rand::random();
-            if id != 0 {
-                return Self(id.to_be_bytes());
-            }
-        }
+        Self(rand::random::<NonZeroU128>().get().to_be_bytes())
     }
 
     /// The lower 8 bytes as a number: what ratio sampling compares, so that every
@@ -28,12 +25,7 @@ impl TraceId {
 
 impl SpanId {
     pub fn random() -> Self {
-        loop {
-            let id: u64 = rand::random();
-            if id != 0 {
-                return Self(id.to_be_bytes());
-            }
-        }
+        Self(rand::random::<NonZeroU64>().get().to_be_bytes())
     }
 }
 
