@@ -130,6 +130,15 @@ handshake_row() {
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
+# prepare_callgrind ADDR: what the callgrind scripts need first: valgrind, the release
+# build with the echo upstream on ADDR, and $out_dir for the dumps.
+prepare_callgrind() {
+  need_packages valgrind
+  build_and_start_upstream "$1"
+  out_dir=${AIRLOCK_CALLGRIND_DIR:-$root/target/callgrind}
+  mkdir -p "$out_dir"
+}
+
 # callgrind_run DUMP CONFIG PORT SECS: run airlock on CONFIG under callgrind (its pid in
 # $pid), warm it up with the caller's `load DURATION`, count instructions only during
 # `load SECS` (its output in $result), stop airlock, and set $total to the count.

@@ -16,11 +16,8 @@ set -euo pipefail
 secs=${1:-10}
 source bench/common.sh
 
-need_packages valgrind
 upstream=127.0.0.1:18500
-build_and_start_upstream "$upstream"
-out_dir=${AIRLOCK_CALLGRIND_DIR:-$root/target/callgrind}
-mkdir -p "$out_dir"
+prepare_callgrind "$upstream"
 
 port=18510
 sink_port=18590

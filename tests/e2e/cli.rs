@@ -184,14 +184,9 @@ async fn demo_serves_the_page_and_chat_behind_the_origin_allowlist() {
         .unwrap()
         .replace("allow = [", "allow = [\"https://evil.example\", ");
     std::fs::write(&config, edited).unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        airlock_cmd()
-            .args(["reload", "--config", &config])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let mut reload = airlock_cmd();
+    reload.args(["reload", "--config", &config]);
+    let out = crate::support::output(reload).await;
     assert!(
         out.status.success(),
         "{}",

@@ -40,21 +40,17 @@ fn version(servers: &[SocketAddr], allow: &[&str], extra: &str) -> String {
 async fn reload(airlock: &Airlock) -> (Option<i32>, String, String) {
     let admin = airlock.admin().to_string();
     let path = airlock.config_path().to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let out = airlock_cmd()
-            .args(["reload", "--config"])
-            .arg(&path)
-            .args(["--admin", &admin])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+    let mut command = airlock_cmd();
+    command
+        .args(["reload", "--config"])
+        .arg(&path)
+        .args(["--admin", &admin]);
+    let out = crate::support::output(command).await;
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// `config` with a second listener, `extra`, on `bind`.

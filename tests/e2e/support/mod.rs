@@ -282,6 +282,13 @@ pub fn single_route(servers: &[SocketAddr], extra_route: &str, extra_upstream: &
     ))
 }
 
+/// Run `command` to completion off the async runtime's threads; its output.
+pub async fn output(mut command: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
 /// Run `airlock COMMAND --config PATH` to completion.
 pub fn airlock_command(command: &str, config: &std::path::Path) -> std::process::Output {
     airlock_cmd()

@@ -48,16 +48,9 @@ pub fn python() -> PathBuf {
 /// threads), require success, and read the JSON it prints.
 pub async fn run_script(script: &str, args: &[String]) -> Value {
     let script = tests_python().join(script);
-    let owned = args.to_vec();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(&script)
-            .args(&owned)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let mut command = Command::new(python());
+    command.arg(&script).args(args);
+    let out = super::output(command).await;
     assert!(
         out.status.success(),
         "{args:?}: {}",
