@@ -231,31 +231,36 @@ mod tests {
         }
     }
 
+    /// A checker for the client's (`true`) or the upstream's side, with no limits.
+    fn unlimited(from_client: bool) -> Checker {
+        Checker::new(rules(u64::MAX, u64::MAX, None), from_client, 0)
+    }
+
     #[test]
     fn masking_opcodes_and_fragments_follow_rfc_6455() {
-        let mut c = Checker::new(rules(u64::MAX, u64::MAX, None), true, 0);
+        let mut c = unlimited(true);
         assert_eq!(
             c.check(&h(0x1, true, 5, false)),
             Err(1002),
             "unmasked client frame"
         );
-        let mut s = Checker::new(rules(u64::MAX, u64::MAX, None), false, 0);
+        let mut s = unlimited(false);
         assert_eq!(
             s.check(&h(0x1, true, 5, true)),
             Err(1002),
             "masked server frame"
         );
         for op in [0x3, 0x7, 0xB, 0xF] {
-            let mut c = Checker::new(rules(u64::MAX, u64::MAX, None), true, 0);
+            let mut c = unlimited(true);
             assert_eq!(c.check(&h(op, true, 0, true)), Err(1002), "opcode {op}");
         }
-        let mut c = Checker::new(rules(u64::MAX, u64::MAX, None), true, 0);
+        let mut c = unlimited(true);
         assert_eq!(
             c.check(&h(0x0, true, 1, true)),
             Err(1002),
             "continuation first"
         );
-        let mut c = Checker::new(rules(u64::MAX, u64::MAX, None), true, 0);
+        let mut c = unlimited(true);
         assert_eq!(c.check(&h(0x1, false, 1, true)), Ok(()));
         assert_eq!(
             c.check(&h(0x9, true, 4, true)),
@@ -267,7 +272,7 @@ mod tests {
             Err(1002),
             "new message mid-message"
         );
-        let mut c = Checker::new(rules(u64::MAX, u64::MAX, None), true, 0);
+        let mut c = unlimited(true);
         assert_eq!(
             c.check(&h(0x9, true, 126, true)),
             Err(1002),
@@ -280,7 +285,7 @@ mod tests {
         );
         let mut rsv = h(0x1, true, 1, true);
         rsv.rsv = 0b100;
-        let mut c = Checker::new(rules(u64::MAX, u64::MAX, None), true, 0);
+        let mut c = unlimited(true);
         assert_eq!(c.check(&rsv), Err(1002), "RSV1 without an extension");
         let mut c = Checker::new(rules(u64::MAX, u64::MAX, None), true, 0b100);
         assert_eq!(c.check(&rsv), Ok(()), "RSV1 with permessage-deflate");
