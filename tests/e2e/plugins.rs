@@ -444,7 +444,7 @@ fn slow_plugin(timeout: Duration) -> airlock_plugins::Plugin {
     let settings = PluginSettings {
         name: "slow".into(),
         timeout,
-        max_memory: 16 << 20,
+        max_memory: Some(16 << 20),
         instances: 1,
         on_error: OnError::Deny,
         config_json: r#"{"mode":"spin","spin_ms":150}"#.into(),

@@ -42,7 +42,8 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 /// `timeout` of a plugin call when unset.
 pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration(std::time::Duration::from_millis(5));
-/// `max_memory` of a plugin instance when unset.
+/// `max_memory` of a Rust (or unrecognised) plugin instance when unset; JavaScript and
+/// Python plugins get more (`airlock_plugins::Language::default_max_memory`).
 pub const DEFAULT_PLUGIN_MAX_MEMORY: ByteSize = ByteSize(16 << 20);
 
 /// The whole file.
@@ -488,9 +489,11 @@ pub struct Plugin {
     /// `timeout = "5ms"`: deadline for one call into the plugin.
     #[serde(default = "default_plugin_timeout")]
     pub timeout: Duration,
-    /// `max_memory = "16MiB"`: linear memory one instance may grow to.
-    #[serde(default = "default_plugin_max_memory")]
-    pub max_memory: ByteSize,
+    /// `max_memory = "16MiB"`: linear memory one instance may grow to. Unset: a default
+    /// for the language the component was written in (16 MiB for Rust, 48 MiB for
+    /// JavaScript and Python), which airlock reads from the component when it loads it.
+    #[serde(default)]
+    pub max_memory: Option<ByteSize>,
     /// `on_error = "deny"` (503) or `"allow"`.
     #[serde(default)]
     pub on_error: OnError,
@@ -501,9 +504,6 @@ pub struct Plugin {
 
 fn default_plugin_timeout() -> Duration {
     DEFAULT_PLUGIN_TIMEOUT
-}
-fn default_plugin_max_memory() -> ByteSize {
-    DEFAULT_PLUGIN_MAX_MEMORY
 }
 
 /// A listening address: `"0.0.0.0:8080"`, `"[::]:8443"`.

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::language::Language;
+
 /// A plugin could not be loaded or configured.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -16,11 +18,21 @@ pub enum PluginError {
     Compile { plugin: String, reason: String },
     #[error("plugin `{plugin}` refused its configuration: {message}")]
     Configure { plugin: String, message: String },
-    #[error("plugin `{plugin}` failed while configuring: {source}")]
-    ConfigureFailed {
+    /// The cause is part of the message, not an error source, so that a report of the
+    /// chain does not say it twice.
+    #[error("plugin `{plugin}` failed while starting an instance: {cause}")]
+    ConfigureFailed { plugin: String, cause: CallError },
+    #[error(
+        "plugin `{plugin}`: its memory starts at {} but max_memory is {}; {}",
+        mib(*starts_at),
+        mib(*max_memory),
+        memory_advice(*language, *starts_at)
+    )]
+    MemoryTooSmall {
         plugin: String,
-        #[source]
-        source: CallError,
+        starts_at: usize,
+        max_memory: usize,
+        language: Language,
     },
     #[error("the Wasm engine could not be created: {0}")]
     Engine(String),
@@ -41,6 +53,27 @@ pub enum CallError {
     Instantiate(String),
     #[error("returned an invalid verdict: {0}")]
     InvalidVerdict(String),
+}
+
+fn mib(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// What `max_memory` to set for a component whose memory starts at `starts_at` bytes.
+fn memory_advice(language: Language, starts_at: usize) -> String {
+    let default = language.default_max_memory();
+    if default > starts_at {
+        format!(
+            "{} plugins need more: leave max_memory unset (their default is {} MiB) or set it to at least that",
+            language.describe(),
+            default >> 20
+        )
+    } else {
+        format!(
+            "set max_memory to at least {} MiB",
+            (starts_at >> 20) * 2 + 1
+        )
+    }
 }
 
 impl CallError {

@@ -13,6 +13,7 @@ use crate::bindings::v0_1::airlock::plugin::host::{self, Level};
 use crate::bindings::{v0_1, v0_2, v0_3};
 use crate::engine::{PluginHost, Running, Ticker};
 use crate::error::{CallError, PluginError};
+use crate::language::Language;
 use crate::request::{self, CurrentRequest};
 use crate::{Handshake, PluginSettings, Verdict};
 
@@ -25,6 +26,9 @@ pub struct StoreData {
     plugin: Arc<str>,
     /// The calling thread's CPU time when the running call started. See [`on_tick`].
     cpu_at_start: Duration,
+    /// The CPU time the running call may use: the plugin's `timeout` for a call,
+    /// [`START_TIMEOUT`] (at least) while an instance is created and configured.
+    budget: Duration,
     /// The request the running call decides (a 0.2 plugin reads it; the host's `log`
     /// names its id).
     pub(crate) current: CurrentRequest,
@@ -175,9 +179,17 @@ impl Instance {
     }
 }
 
+/// The least CPU time creating an instance and its `configure` call get, whatever the
+/// plugin's `timeout` (sized for `on-handshake`): a language runtime starts up there. A
+/// Python instance takes about 2 ms to create, a JavaScript one about 1 ms (see
+/// `docs/plugins.md`), and a `configure` that loops forever is still stopped.
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub(crate) struct InstancePool {
     pre: Pre,
     settings: PluginSettings,
+    /// Linear memory one instance may grow to: `max_memory`, or the language's default.
+    max_memory: usize,
     name: Arc<str>,
     /// The headers the plugin reads (lowercase), from its `wanted-headers`; `None`: all.
     wanted: Option<Box<[String]>>,
@@ -201,19 +213,21 @@ impl InstancePool {
         host: &PluginHost,
         wasm: &Path,
         settings: &PluginSettings,
+        language: Language,
     ) -> Result<Self, PluginError> {
         let bytes = std::fs::read(wasm).map_err(|source| PluginError::Read {
             plugin: settings.name.clone(),
             path: wasm.to_path_buf(),
             source,
         })?;
-        Self::from_bytes(host, &bytes, settings)
+        Self::from_bytes(host, &bytes, settings, language)
     }
 
     fn from_bytes(
         host: &PluginHost,
         wasm: &[u8],
         settings: &PluginSettings,
+        language: Language,
     ) -> Result<Self, PluginError> {
         let compile_error = |e: wasmtime::Error| PluginError::Compile {
             plugin: settings.name.clone(),
@@ -228,6 +242,7 @@ impl InstancePool {
         let mut pool = Self {
             pre,
             settings: settings.clone(),
+            max_memory: settings.max_memory.unwrap_or(language.default_max_memory()),
             name: settings.name.as_str().into(),
             wanted: None,
             state: Mutex::new(PoolState {
@@ -241,12 +256,12 @@ impl InstancePool {
         pool.ticker.watch(settings.timeout);
         // Create one instance now: a refused configuration is a load error.
         let mut first = pool.create()?;
-        let running = pool.arm(&mut first.store);
+        let running = pool.arm(&mut first.store, settings.timeout);
         let wanted = first
             .wanted_headers()
             .map_err(|e| PluginError::ConfigureFailed {
                 plugin: settings.name.clone(),
-                source: pool.classify(e),
+                cause: pool.classify(e, settings.timeout),
             })?;
         drop(running);
         pool.wanted = wanted;
@@ -258,18 +273,25 @@ impl InstancePool {
         Ok(pool)
     }
 
-    /// Ready `store` for a call into the guest: its clock starts now, and the ticker
-    /// watches the call until the returned guard is dropped.
-    fn arm(&self, store: &mut Store<StoreData>) -> Running<'_> {
-        let running = self.ticker.running(self.settings.timeout);
+    /// Ready `store` for a call into the guest that may use `budget` of CPU time: its
+    /// clock starts now, and the ticker watches the call until the returned guard is
+    /// dropped.
+    fn arm(&self, store: &mut Store<StoreData>, budget: Duration) -> Running<'_> {
+        let running = self.ticker.running(budget);
+        store.data_mut().budget = budget;
         restart_clock(store);
         running
+    }
+
+    /// The budget for creating and configuring an instance.
+    fn start_budget(&self) -> Duration {
+        self.settings.timeout.max(START_TIMEOUT)
     }
 
     /// A new instance, configured with the plugin's config.
     fn create(&self) -> Result<Instance, PluginError> {
         let limits = StoreLimitsBuilder::new()
-            .memory_size(self.settings.max_memory)
+            .memory_size(self.max_memory)
             .trap_on_grow_failure(true)
             .build();
         let data = StoreData {
@@ -282,16 +304,20 @@ impl InstancePool {
             limits,
             plugin: self.name.clone(),
             cpu_at_start: Duration::ZERO,
+            budget: self.settings.timeout,
             current: CurrentRequest::default(),
         };
         let mut store = Store::new(self.pre.engine(), data);
         store.limiter(|d| &mut d.limits);
-        let timeout = self.settings.timeout;
-        store.epoch_deadline_callback(move |store| Ok(on_tick(store.data().cpu_at_start, timeout)));
-        let _running = self.arm(&mut store);
+        store.epoch_deadline_callback(|store| {
+            let data = store.data();
+            Ok(on_tick(data.cpu_at_start, data.budget))
+        });
+        let budget = self.start_budget();
+        let _running = self.arm(&mut store, budget);
         let instance_error = |e: wasmtime::Error| PluginError::ConfigureFailed {
             plugin: self.settings.name.clone(),
-            source: self.classify(e),
+            cause: self.classify(e, budget),
         };
         let plugin = self.pre.instantiate(&mut store).map_err(instance_error)?;
         restart_clock(&mut store);
@@ -310,7 +336,7 @@ impl InstancePool {
     /// headers it wants).
     pub fn call(&self, request: &Handshake<'_>) -> Result<Verdict, CallError> {
         let mut instance = self.check_out()?;
-        let running = self.arm(&mut instance.store);
+        let running = self.arm(&mut instance.store, self.settings.timeout);
         // A host function can panic on the guest's behalf (wasmtime-wasi's blocking stream
         // calls do when a guest writes to stdout/stderr on a Tokio worker). Catch it here
         // so it costs this call, not the connection, and never reuse the instance.
@@ -325,7 +351,7 @@ impl InstancePool {
             }
             Ok(Err(e)) => {
                 self.discard(instance);
-                Err(self.classify(e))
+                Err(self.classify(e, self.settings.timeout))
             }
             Err(_) => {
                 self.discard(instance);
@@ -340,10 +366,10 @@ impl InstancePool {
         let mut instance = self
             .create()
             .map_err(|e| CallError::Instantiate(e.to_string()))?;
-        let _running = self.arm(&mut instance.store);
+        let _running = self.arm(&mut instance.store, self.settings.timeout);
         instance
             .on_handshake(request, self.keep_header())
-            .map_err(|e| self.classify(e))
+            .map_err(|e| self.classify(e, self.settings.timeout))
     }
 
     /// Whether a 0.1 plugin's record carries header `name`: its `wanted-headers`.
@@ -352,15 +378,16 @@ impl InstancePool {
         move |name: &str| wanted.is_none_or(|w| w.iter().any(|w| name.eq_ignore_ascii_case(w)))
     }
 
-    fn classify(&self, e: wasmtime::Error) -> CallError {
+    /// What a failed call that had `budget` of CPU time ran into.
+    fn classify(&self, e: wasmtime::Error, budget: Duration) -> CallError {
         match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => CallError::Timeout(self.settings.timeout),
+            Some(Trap::Interrupt) => CallError::Timeout(budget),
             _ => {
                 let text = format!("{e:#}");
                 if text.contains("forcing trap when growing memory")
                     || text.contains("memory allocation")
                 {
-                    CallError::OutOfMemory(self.settings.max_memory)
+                    CallError::OutOfMemory(self.max_memory)
                 } else {
                     CallError::Trap(text)
                 }
@@ -479,12 +506,12 @@ mod tests {
         let settings = PluginSettings {
             name: "empty".into(),
             timeout: Duration::from_millis(5),
-            max_memory: 1 << 20,
+            max_memory: Some(1 << 20),
             instances: 1,
             on_error: crate::OnError::Deny,
             config_json: "{}".into(),
         };
-        let Err(error) = InstancePool::from_bytes(&host, empty, &settings) else {
+        let Err(error) = InstancePool::from_bytes(&host, empty, &settings, Language::Other) else {
             panic!("an empty component loaded as a plugin");
         };
         let text = error.to_string();

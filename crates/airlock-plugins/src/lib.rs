@@ -19,6 +19,7 @@ mod engine;
 mod error;
 mod handshake;
 mod instance;
+mod language;
 mod request;
 
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ pub use engine::PluginHost;
 pub use error::{CallError, PluginError};
 pub use handshake::{Handshake, TlsInfo};
 use instance::InstancePool;
+use language::Inspected;
+pub use language::Language;
 
 /// What to do with a handshake when a plugin call fails.
 pub use airlock_config::OnError;
@@ -51,6 +54,8 @@ pub struct Plugin {
 struct Source {
     settings: PluginSettings,
     wasm_sha256: [u8; 32],
+    /// What the component was written in (its producers sections).
+    language: Language,
 }
 
 impl Source {
@@ -61,10 +66,30 @@ impl Source {
             path: wasm.to_path_buf(),
             source,
         })?;
-        Ok(Self {
+        let inspected = Inspected::read(&bytes);
+        let source = Self {
             settings,
             wasm_sha256: sha2::Sha256::digest(&bytes).into(),
-        })
+            language: inspected.language,
+        };
+        // The engine would refuse it too, but only after compiling it, and in its words.
+        let starts_at = usize::try_from(inspected.memory_starts_at).unwrap_or(usize::MAX);
+        if starts_at > source.max_memory() {
+            return Err(PluginError::MemoryTooSmall {
+                plugin: source.settings.name.clone(),
+                starts_at,
+                max_memory: source.max_memory(),
+                language: source.language,
+            });
+        }
+        Ok(source)
+    }
+
+    /// Linear memory one instance may grow to: `max_memory`, or the language's default.
+    fn max_memory(&self) -> usize {
+        self.settings
+            .max_memory
+            .unwrap_or(self.language.default_max_memory())
     }
 }
 
@@ -81,7 +106,8 @@ impl std::fmt::Debug for Plugin {
 pub struct PluginSettings {
     pub name: String,
     pub timeout: Duration,
-    pub max_memory: usize,
+    /// `None`: the default for the component's language ([`Language::default_max_memory`]).
+    pub max_memory: Option<usize>,
     pub instances: usize,
     pub on_error: OnError,
     /// The plugin's `config` table as JSON, handed to `configure`.
@@ -94,7 +120,9 @@ impl PluginSettings {
         Self {
             name: name.to_string(),
             timeout: cfg.timeout.get(),
-            max_memory: usize::try_from(cfg.max_memory.0).unwrap_or(usize::MAX),
+            max_memory: cfg
+                .max_memory
+                .map(|m| usize::try_from(m.0).unwrap_or(usize::MAX)),
             instances: cfg
                 .instances
                 .as_ref()
@@ -125,9 +153,22 @@ impl Plugin {
         Self::load_source(host, wasm, source)
     }
 
+    /// [`Plugin::load`] into an engine of its own, sized for this plugin's instances
+    /// (for `airlock plugin test`, which loads one plugin).
+    pub fn load_alone(wasm: &Path, settings: PluginSettings) -> Result<Self, PluginError> {
+        let source = Source::read(wasm, settings)?;
+        let host = PluginHost::new(source.settings.instances, source.max_memory(), None)?;
+        Self::load_source(&host, wasm, source)
+    }
+
+    /// The language the plugin was written in, as its component says.
+    pub fn language(&self) -> Language {
+        self.source.language
+    }
+
     fn load_source(host: &PluginHost, wasm: &Path, source: Source) -> Result<Self, PluginError> {
         let settings = &source.settings;
-        let pool = InstancePool::new(host, wasm, settings)?;
+        let pool = InstancePool::new(host, wasm, settings, source.language)?;
         Ok(Self {
             name: settings.name.as_str().into(),
             on_error: settings.on_error,
@@ -183,7 +224,7 @@ pub fn load_all_reusing(
     let total = to_load.iter().map(|(_, s)| s.settings.instances).sum();
     let max_memory = to_load
         .iter()
-        .map(|(_, s)| s.settings.max_memory)
+        .map(|(_, s)| s.max_memory())
         .max()
         .unwrap_or(0);
     let host = PluginHost::new(total, max_memory, disk_cache(loaded))?;

@@ -124,7 +124,7 @@ fn load(host: &PluginHost, example: &Example) -> Arc<Plugin> {
     let settings = PluginSettings {
         name: example.label.into(),
         timeout: Duration::from_millis(50),
-        max_memory: 16 << 20,
+        max_memory: Some(16 << 20),
         instances: 2,
         on_error: OnError::Deny,
         config_json: example.config.clone(),

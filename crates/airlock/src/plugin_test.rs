@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use airlock_plugins::chain::{Allowed, offered_subprotocols};
-use airlock_plugins::{Chain, ChainOutcome, Handshake, Plugin, PluginHost, PluginSettings};
+use airlock_plugins::{Chain, ChainOutcome, Handshake, Plugin, PluginSettings};
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
@@ -46,13 +46,12 @@ fn single_plugin(wasm: &std::path::Path, config: &str) -> anyhow::Result<Chain> 
             .file_stem()
             .map_or("plugin".into(), |s| s.to_string_lossy().into_owned()),
         timeout: airlock_config::DEFAULT_PLUGIN_TIMEOUT.get(),
-        max_memory: airlock_config::DEFAULT_PLUGIN_MAX_MEMORY.0 as usize,
+        max_memory: None,
         instances: 1,
         on_error: airlock_config::OnError::Deny,
         config_json: config.to_string(),
     };
-    let host = PluginHost::new(1, settings.max_memory, None)?;
-    let plugin = Plugin::load(&host, wasm, settings)?;
+    let plugin = Plugin::load_alone(wasm, settings)?;
     Ok(Chain::new(vec![Arc::new(plugin)]))
 }
 
