@@ -83,6 +83,34 @@ Examples:
         #[arg(long, value_name = "VERSION")]
         version: Option<String>,
     },
+    /// Write a new plugin project: the interface, a plugin that admits listed origins, a
+    /// test, an airlock.toml that loads it, and a README with the commands.
+    #[command(after_help = "\
+Examples:
+  airlock plugin new my-policy --lang js        then: cd my-policy && npm ci && npm run build && npm test
+  airlock plugin new my-policy --lang python    then: cd my-policy && ./build.sh && python3 -m unittest
+  airlock plugin new my-policy --lang rust      then: cd my-policy && cargo build --release --target wasm32-wasip2
+")]
+    New {
+        /// The plugin's name: lowercase letters, digits and dashes (`my-policy`).
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: PluginLang,
+        /// Where to write it (default: ./NAME); must not exist, or be empty.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// A language `airlock plugin new` writes plugins in.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PluginLang {
+    Rust,
+    /// JavaScript, built with ComponentizeJS.
+    Js,
+    /// Python, built with componentize-py.
+    Python,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -5,6 +5,7 @@
 
 mod cli;
 mod demo;
+mod plugin_new;
 mod plugin_test;
 mod reload;
 
@@ -67,6 +68,22 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Plugin(cli::PluginCommand::New { name, lang, dir }) => {
+            match plugin_new::run(&name, lang, dir.as_deref()) {
+                Ok(dir) => {
+                    println!(
+                        "wrote {} plugin `{name}` in {}; its README.md has the commands",
+                        format!("{lang:?}").to_lowercase(),
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
         Command::Plugin(cli::PluginCommand::Test(args)) => match plugin_test::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
