@@ -14,6 +14,7 @@ mod http;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod plugin_languages;
 mod plugins;
 mod reload;
 mod shared_limits;

@@ -169,6 +169,12 @@ impl Plugin {
     fn load_source(host: &PluginHost, wasm: &Path, source: Source) -> Result<Self, PluginError> {
         let settings = &source.settings;
         let pool = InstancePool::new(host, wasm, settings, source.language)?;
+        tracing::info!(
+            plugin = settings.name,
+            language = source.language.describe(),
+            max_memory = source.max_memory(),
+            "plugin loaded"
+        );
         Ok(Self {
             name: settings.name.as_str().into(),
             on_error: settings.on_error,

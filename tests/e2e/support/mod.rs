@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod components;
 pub mod otlp;
 pub mod python;
 pub mod redis;
