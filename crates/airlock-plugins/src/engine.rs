@@ -12,6 +12,7 @@ use crate::bindings::{v0_1, v0_2, v0_3};
 use crate::cache::DiskCache;
 use crate::error::PluginError;
 use crate::instance::StoreData;
+use crate::language::Footprint;
 
 /// How often the epoch advances while a call has run past its `timeout` in wall-clock
 /// time: how soon after using its `timeout` of CPU time a call is stopped.
@@ -24,6 +25,43 @@ const IDLE: Duration = Duration::from_millis(100);
 /// Threads whose calls the ticker watches one by one (see [`Ticker`]). A call on a
 /// thread beyond these is ticked every `TICK` while it runs, as if already late.
 const SLOTS: usize = 64;
+
+/// How many instances of each kind the engine's pools hold.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Capacity {
+    component_instances: u32,
+    core_instances: u32,
+    memories: u32,
+    tables: u32,
+}
+
+impl Default for Capacity {
+    /// Room for the instances being replaced beside the live ones: a failed instance is
+    /// discarded while its replacement starts.
+    fn default() -> Self {
+        let spare = Footprint::LARGEST_EXPECTED;
+        Self {
+            component_instances: 4,
+            core_instances: 4 * spare.core_instances,
+            memories: 4 * spare.memories,
+            tables: 4 * spare.tables,
+        }
+    }
+}
+
+impl Capacity {
+    /// Room for `instances` more instances of a component with `footprint`.
+    pub(crate) fn add(&mut self, instances: usize, footprint: Footprint) {
+        let n = u32::try_from(instances.max(1)).unwrap_or(u32::MAX);
+        let room = |per: u32| n.saturating_mul(per.max(1));
+        self.component_instances = self.component_instances.saturating_add(n);
+        self.core_instances = self
+            .core_instances
+            .saturating_add(room(footprint.core_instances));
+        self.memories = self.memories.saturating_add(room(footprint.memories));
+        self.tables = self.tables.saturating_add(room(footprint.tables));
+    }
+}
 
 /// One engine for the process, shared by every plugin.
 #[derive(Clone)]
@@ -40,23 +78,33 @@ pub struct PluginHost {
 }
 
 impl PluginHost {
-    /// An engine sized for `total_instances` live instances of at most `max_memory` bytes
-    /// of linear memory each, keeping compiled plugins in `disk` when given.
+    /// An engine sized for `total_instances` live instances of components no bigger than
+    /// [`Footprint::LARGEST_EXPECTED`], of at most `max_memory` bytes of linear memory
+    /// each, keeping compiled plugins in `disk` when given.
     pub fn new(
         total_instances: usize,
         max_memory: usize,
         disk: Option<DiskCache>,
     ) -> Result<Self, PluginError> {
+        let mut capacity = Capacity::default();
+        capacity.add(total_instances, Footprint::LARGEST_EXPECTED);
+        Self::with_capacity(capacity, max_memory, disk)
+    }
+
+    /// An engine whose pools hold `capacity`, with linear memories of at most
+    /// `max_memory` bytes.
+    pub(crate) fn with_capacity(
+        capacity: Capacity,
+        max_memory: usize,
+        disk: Option<DiskCache>,
+    ) -> Result<Self, PluginError> {
         let engine_error = |e: wasmtime::Error| PluginError::Engine(format!("{e:#}"));
-        let slots = u32::try_from(total_instances.max(1) + 4).unwrap_or(u32::MAX);
         let mut pooling = PoolingAllocationConfig::default();
         pooling
-            .total_component_instances(slots)
-            // A Rust wasm32-wasip2 component holds a few core instances, memories and
-            // tables (the program plus the adapter's shims).
-            .total_core_instances(slots.saturating_mul(8))
-            .total_memories(slots.saturating_mul(2))
-            .total_tables(slots.saturating_mul(8))
+            .total_component_instances(capacity.component_instances)
+            .total_core_instances(capacity.core_instances)
+            .total_memories(capacity.memories)
+            .total_tables(capacity.tables)
             .max_memory_size(max_memory.max(1 << 16))
             // Reset memory with PAGEMAP_SCAN where the kernel has it, and keep the first
             // pages resident so reuse does not fault them in again.

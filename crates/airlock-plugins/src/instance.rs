@@ -448,6 +448,26 @@ impl InstancePool {
         self.release_slot();
     }
 
+    /// Create instances until `n` exist (at most `instances`), all idle and configured.
+    pub fn prewarm(&self, n: usize) -> Result<(), PluginError> {
+        let wanted = n.min(self.settings.instances);
+        loop {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.live >= wanted {
+                return Ok(());
+            }
+            state.live += 1;
+            drop(state);
+            match self.create() {
+                Ok(instance) => self.check_in(instance),
+                Err(e) => {
+                    self.release_slot();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
     fn release_slot(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.live = state.live.saturating_sub(1);

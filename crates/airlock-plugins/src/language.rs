@@ -29,6 +29,28 @@ pub(crate) struct Inspected {
     /// The largest starting size of a linear memory it defines, in bytes: an instance
     /// cannot exist with a `max_memory` below this.
     pub memory_starts_at: u64,
+    /// What one instance takes from the engine's pools.
+    pub footprint: Footprint,
+}
+
+/// The core instances, memories and tables one instance of a component holds: a Rust
+/// plugin instantiates 3 core modules, a ComponentizeJS one 4, a componentize-py one
+/// 14 (CPython and its libraries are linked dynamically, a module each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Footprint {
+    pub core_instances: u32,
+    pub memories: u32,
+    pub tables: u32,
+}
+
+impl Footprint {
+    /// What an engine sized without reading the components allows per instance: a
+    /// componentize-py plugin, with room.
+    pub const LARGEST_EXPECTED: Self = Self {
+        core_instances: 24,
+        memories: 4,
+        tables: 8,
+    };
 }
 
 impl Inspected {
@@ -37,10 +59,25 @@ impl Inspected {
     pub fn read(wasm: &[u8]) -> Self {
         let (mut rust, mut js, mut python) = (false, false, false);
         let mut memory_starts_at = 0;
+        let mut footprint = Footprint::default();
         for payload in Parser::new(0).parse_all(wasm) {
             let section = match payload {
                 Ok(Payload::CustomSection(section)) => section,
+                Ok(Payload::InstanceSection(instances)) => {
+                    let instantiations = instances
+                        .into_iter()
+                        .flatten()
+                        .filter(|i| matches!(i, wasmparser::Instance::Instantiate { .. }))
+                        .count();
+                    footprint.core_instances += u32::try_from(instantiations).unwrap_or(u32::MAX);
+                    continue;
+                }
+                Ok(Payload::TableSection(tables)) => {
+                    footprint.tables += tables.count();
+                    continue;
+                }
                 Ok(Payload::MemorySection(memories)) => {
+                    footprint.memories += memories.count();
                     for memory in memories.into_iter().flatten() {
                         let page = 1u64 << memory.page_size_log2.unwrap_or(16);
                         memory_starts_at =
@@ -89,6 +126,7 @@ impl Inspected {
         Self {
             language,
             memory_starts_at,
+            footprint,
         }
     }
 }

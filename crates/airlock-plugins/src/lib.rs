@@ -30,12 +30,13 @@ use std::time::Duration;
 pub use bindings::v0_3::airlock::plugin::types::{Mutations, Rejection, Verdict};
 pub use cache::DiskCache;
 pub use chain::{Chain, ChainOutcome};
+use engine::Capacity;
 pub use engine::PluginHost;
 pub use error::{CallError, PluginError};
 pub use handshake::{Handshake, TlsInfo};
 use instance::InstancePool;
-use language::Inspected;
 pub use language::Language;
+use language::{Footprint, Inspected};
 
 /// What to do with a handshake when a plugin call fails.
 pub use airlock_config::OnError;
@@ -56,6 +57,10 @@ struct Source {
     wasm_sha256: [u8; 32],
     /// What the component was written in (its producers sections).
     language: Language,
+    /// What one of its instances takes from the engine's pools.
+    footprint: Footprint,
+    /// The starting size of its memory, in bytes: the image instances share.
+    memory_starts_at: u64,
 }
 
 impl Source {
@@ -71,6 +76,8 @@ impl Source {
             settings,
             wasm_sha256: sha2::Sha256::digest(&bytes).into(),
             language: inspected.language,
+            footprint: inspected.footprint,
+            memory_starts_at: inspected.memory_starts_at,
         };
         // The engine would refuse it too, but only after compiling it, and in its words.
         let starts_at = usize::try_from(inspected.memory_starts_at).unwrap_or(usize::MAX);
@@ -157,13 +164,21 @@ impl Plugin {
     /// (for `airlock plugin test`, which loads one plugin).
     pub fn load_alone(wasm: &Path, settings: PluginSettings) -> Result<Self, PluginError> {
         let source = Source::read(wasm, settings)?;
-        let host = PluginHost::new(source.settings.instances, source.max_memory(), None)?;
+        let mut capacity = Capacity::default();
+        capacity.add(source.settings.instances, source.footprint);
+        let host = PluginHost::with_capacity(capacity, source.max_memory(), None)?;
         Self::load_source(&host, wasm, source)
     }
 
     /// The language the plugin was written in, as its component says.
     pub fn language(&self) -> Language {
         self.source.language
+    }
+
+    /// The size its linear memory starts at, in bytes: the memory image its instances
+    /// map copy-on-write and share until they write to it.
+    pub fn memory_starts_at(&self) -> u64 {
+        self.source.memory_starts_at
     }
 
     fn load_source(host: &PluginHost, wasm: &Path, source: Source) -> Result<Self, PluginError> {
@@ -187,6 +202,12 @@ impl Plugin {
     /// asked for (`wanted-headers`).
     pub fn call(&self, request: &Handshake<'_>) -> Result<Verdict, CallError> {
         self.pool.call(request)
+    }
+
+    /// Create instances until `n` exist (at most `instances`), so that calls do not wait
+    /// for one to start. For benchmarks that weigh instances.
+    pub fn prewarm(&self, n: usize) -> Result<(), PluginError> {
+        self.pool.prewarm(n)
     }
 
     /// Create and configure a new instance, call `on-handshake` on it once, and drop it:
@@ -227,13 +248,16 @@ pub fn load_all_reusing(
     if to_load.is_empty() {
         return Ok(plugins);
     }
-    let total = to_load.iter().map(|(_, s)| s.settings.instances).sum();
+    let mut capacity = Capacity::default();
+    for (_, source) in &to_load {
+        capacity.add(source.settings.instances, source.footprint);
+    }
     let max_memory = to_load
         .iter()
         .map(|(_, s)| s.max_memory())
         .max()
         .unwrap_or(0);
-    let host = PluginHost::new(total, max_memory, disk_cache(loaded))?;
+    let host = PluginHost::with_capacity(capacity, max_memory, disk_cache(loaded))?;
     for (path, source) in to_load {
         let name = source.settings.name.clone();
         plugins.insert(name, Arc::new(Plugin::load_source(&host, &path, source)?));

@@ -205,6 +205,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    if let Ok(list) = std::env::var("PLUGIN_BENCH_LANGS") {
+        languages(&list, calls);
+        return;
+    }
     let host = PluginHost::new(16, 16 << 20, None).expect("engine");
     let request = browser_handshake();
     let mut examples = examples();
@@ -283,4 +287,89 @@ fn main() {
     for row in &mut rows {
         print(row);
     }
+}
+
+/// Instances created to weigh one (`PLUGIN_BENCH_LANGS`).
+const WEIGHED: usize = 16;
+
+/// The same plugin in several languages (`PLUGIN_BENCH_LANGS="rust=a.wasm,js=b.wasm"`, as
+/// `bench/plugin-languages.sh` builds them from `airlock plugin new`): what each costs
+/// to load, to hold and to call, with the admitted origin the template lists.
+fn languages(list: &str, calls: usize) {
+    let config = r#"{"allow":["https://app.example.com"]}"#;
+    println!(
+        "| plugin | component | compiled | load: compile + first instance | memory image (shared) | memory per instance | fresh instance: create, configure, call p50 | warm call p50 | p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let request = browser_handshake();
+    for entry in list.split(',') {
+        let (label, path) = entry.split_once('=').expect("LABEL=PATH");
+        let path = PathBuf::from(path);
+        let settings = PluginSettings {
+            name: label.into(),
+            timeout: Duration::from_secs(1),
+            max_memory: None,
+            instances: WEIGHED + 1,
+            on_error: OnError::Deny,
+            config_json: config.into(),
+        };
+        // Compiled afresh into an empty cache, whose entry is the machine code's size.
+        let cache_dir =
+            std::env::temp_dir().join(format!("airlock-bench-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&cache_dir);
+        std::fs::create_dir_all(&cache_dir).unwrap();
+        let cache = airlock_plugins::DiskCache::open(&cache_dir).expect("cache");
+        let host = PluginHost::new(WEIGHED + 1, 64 << 20, Some(cache)).expect("engine");
+        let started = Instant::now();
+        let plugin =
+            Plugin::load(&host, &path, settings).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let load = started.elapsed();
+        let compiled: u64 = std::fs::read_dir(&cache_dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        let _ = std::fs::remove_dir_all(&cache_dir);
+        expect_allow(label, plugin.call(&request).expect("call"));
+
+        let before = private_dirty_kib();
+        plugin.prewarm(WEIGHED + 1).expect("instances");
+        let per_instance = (private_dirty_kib() - before) / WEIGHED as f64;
+
+        let mut fresh = Row::new("fresh", FRESH_CALLS, || {
+            std::hint::black_box(plugin.call_fresh(&request).expect("call"));
+        });
+        let mut warm = Row::new("warm", calls, || {
+            std::hint::black_box(plugin.call(&request).expect("call"));
+        });
+        for _ in 0..ROUNDS {
+            fresh.round();
+            warm.round();
+        }
+        fresh.times.sort_unstable();
+        warm.times.sort_unstable();
+        println!(
+            "| {label} | {:.1} MB | {:.1} MB | {:.2} s | {:.1} MiB | {:.2} MiB | {:.0} µs | {:.1} µs | {:.1} µs |",
+            std::fs::metadata(&path).unwrap().len() as f64 / 1e6,
+            compiled as f64 / 1e6,
+            load.as_secs_f64(),
+            plugin.memory_starts_at() as f64 / f64::from(1 << 20),
+            per_instance / 1024.0,
+            us(quantile(&fresh.times, 0.5)),
+            us(quantile(&warm.times, 0.5)),
+            us(quantile(&warm.times, 0.99)),
+        );
+    }
+}
+
+/// The process's private dirty memory, in KiB: what instances write (their heaps, the
+/// pages of their memory images they change) and do not share.
+fn private_dirty_kib() -> f64 {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").expect("Linux");
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Private_Dirty:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("Private_Dirty")
 }
