@@ -68,18 +68,21 @@ servers = ["{}"]
 
 [plugin.tenants]
 wasm = "{}"
+instances = 3
 config = {{ domain = "chat.test", tenants = {{ acme = "acme", globex = "globex" }} }}
 "#,
         acme.addr,
         globex.addr,
         wasm.display()
     )));
-    // Its language was read from the component, and its memory cap follows.
+    // Its language was read from the component, and its memory cap follows; its
+    // instances were all started at load, not in the middle of requests.
     airlock
         .wait_for_log("plugin loaded", |v| {
             v["message"] == "plugin loaded"
                 && v["language"] == "JavaScript (ComponentizeJS)"
                 && v["max_memory"] == 48 << 20
+                && v["instances_started"] == 3
         })
         .await;
     let addr = airlock.addr();

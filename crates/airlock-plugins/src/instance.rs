@@ -448,6 +448,11 @@ impl InstancePool {
         self.release_slot();
     }
 
+    /// How many instances exist, idle or in a call.
+    pub fn live(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).live
+    }
+
     /// Create instances until `n` exist (at most `instances`), all idle and configured.
     pub fn prewarm(&self, n: usize) -> Result<(), PluginError> {
         let wanted = n.min(self.settings.instances);

@@ -184,10 +184,16 @@ impl Plugin {
     fn load_source(host: &PluginHost, wasm: &Path, source: Source) -> Result<Self, PluginError> {
         let settings = &source.settings;
         let pool = InstancePool::new(host, wasm, settings, source.language)?;
+        // A language runtime takes milliseconds to start an instance: start them all now
+        // rather than in the middle of a request when the pool grows.
+        if source.language.starts_slowly() {
+            pool.prewarm(settings.instances)?;
+        }
         tracing::info!(
             plugin = settings.name,
             language = source.language.describe(),
             max_memory = source.max_memory(),
+            instances_started = pool.live(),
             "plugin loaded"
         );
         Ok(Self {
