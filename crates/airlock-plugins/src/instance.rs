@@ -181,7 +181,7 @@ impl Instance {
 
 /// The least CPU time creating an instance and its `configure` call get, whatever the
 /// plugin's `timeout` (sized for `on-handshake`): a language runtime starts up there. A
-/// Python instance takes about 2 ms to create, a JavaScript one about 1 ms (see
+/// Python instance takes about 3.5 ms to create, a JavaScript one about 1 ms (see
 /// `docs/plugins.md`), and a `configure` that loops forever is still stopped.
 pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(1);
 
