@@ -4,6 +4,7 @@
     loop   run forever (the call's deadline stops it)
     alloc  allocate without bound (the instance's memory cap stops it)
     raise  raise an exception
+    print  print to stdout (a plugin has none: the call fails)
 
 Anything else is allowed unchanged. Built with plugins/signed-url-py's componentize-py.
 """
@@ -27,6 +28,8 @@ class WitWorld(wit_world.WitWorld):
                 kept.append(bytearray(1 << 20))
         if mode == "raise":
             raise RuntimeError("raised on purpose")
+        if mode == "print":
+            print("printed on purpose")
         return types.Verdict_Allow(
             types.Mutations(None, None, [], [], None, None, None, None, [], [])
         )

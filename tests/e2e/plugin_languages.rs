@@ -279,6 +279,43 @@ async fn a_python_loop_allocation_bomb_or_exception_costs_one_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_print_fails_its_call_alike_in_the_proxy_and_in_plugin_test() {
+    let wasm = tokio::task::spawn_blocking(|| py_plugin("test-guest-py", "app"))
+        .await
+        .unwrap();
+    let cause = "plugins have no stdout or stderr (use the host log function)";
+    let backend = Backend::start("b").await;
+    let airlock = Airlock::start(&config(&format!(
+        "[[route]]\nname = \"r\"\nupstream = \"u\"\nplugins = [\"p\"]\n\n[upstream.u]\nservers = [\"{}\"]\n\n[plugin.p]\nwasm = \"{}\"\n",
+        backend.addr,
+        wasm.display()
+    )));
+    let (status, _) = ws(airlock.addr(), "/", &[("x-misbehave", "print")]).await;
+    assert_eq!(status, 503);
+    airlock
+        .wait_for_log(cause, |v| {
+            v["error"].as_str().is_some_and(|m| m.contains(cause))
+        })
+        .await;
+    assert_eq!(ws(airlock.addr(), "/", &[]).await.0, 101);
+
+    // `airlock plugin test` says the same, rather than admitting what the proxy refuses.
+    let mut command = Command::new(airlock_bin());
+    command
+        .args(["plugin", "test", "--wasm"])
+        .arg(&wasm)
+        .args(["-H", "x-misbehave: print", "GET", "/"])
+        .env("XDG_CACHE_HOME", crate::support::e2e_cache_home());
+    let out = output(command).await;
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["verdict"], "error", "{verdict}");
+    assert!(
+        verdict["error"].as_str().is_some_and(|m| m.contains(cause)),
+        "{verdict}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_max_memory_below_a_runtimes_starting_image_is_refused_with_advice() {
     let wasm = tokio::task::spawn_blocking(|| py_plugin("test-guest-py", "app"))
         .await

@@ -160,13 +160,19 @@ impl Plugin {
         Self::load_source(host, wasm, source)
     }
 
-    /// [`Plugin::load`] into an engine of its own, sized for this plugin's instances
-    /// (for `airlock plugin test`, which loads one plugin).
+    /// [`Plugin::load`] into an engine of its own, sized for this plugin's instances and
+    /// keeping its machine code in the default compile cache (for `airlock plugin test`,
+    /// which loads one plugin: a JavaScript or Python one takes 10-15 s to compile).
     pub fn load_alone(wasm: &Path, settings: PluginSettings) -> Result<Self, PluginError> {
         let source = Source::read(wasm, settings)?;
         let mut capacity = Capacity::default();
         capacity.add(source.settings.instances, source.footprint);
-        let host = PluginHost::with_capacity(capacity, source.max_memory(), None)?;
+        let disk = cache::default_dir().and_then(|dir| {
+            DiskCache::open(&dir)
+                .inspect_err(|error| tracing::warn!(error, "plugin cache off"))
+                .ok()
+        });
+        let host = PluginHost::with_capacity(capacity, source.max_memory(), disk)?;
         Self::load_source(&host, wasm, source)
     }
 

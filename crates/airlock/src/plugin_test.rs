@@ -21,13 +21,19 @@ pub fn run(args: &PluginTestArgs) -> anyhow::Result<()> {
         None => route_chain(args)?,
     };
     let request = handshake(args, &route)?;
-    let started = Instant::now();
-    let outcome = chain.run(request.clone());
-    let first_us = started.elapsed().as_secs_f64() * 1e6;
-    // Again on the now-warm instances: what a handshake costs in steady state.
-    let started = Instant::now();
-    let _ = chain.run(request);
-    let warm_us = started.elapsed().as_secs_f64() * 1e6;
+    // The calls run inside a Tokio runtime, as the proxy runs them, so that a plugin
+    // that works here works there: WASI's blocking writes (a `print` to stdout) cannot
+    // run on a runtime's thread and fail the call in both.
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let (outcome, first_us, warm_us) = runtime.block_on(async {
+        let started = Instant::now();
+        let outcome = chain.run(request.clone());
+        let first_us = started.elapsed().as_secs_f64() * 1e6;
+        // Again on the now-warm instances: what a handshake costs in steady state.
+        let started = Instant::now();
+        let _ = chain.run(request);
+        (outcome, first_us, started.elapsed().as_secs_f64() * 1e6)
+    });
     let mut out = outcome_json(outcome);
     out["first_call_us"] = json!(round(first_us));
     out["warm_call_us"] = json!(round(warm_us));
