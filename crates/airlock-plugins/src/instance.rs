@@ -13,7 +13,6 @@ use crate::bindings::v0_1::airlock::plugin::host::{self, Level};
 use crate::bindings::{v0_1, v0_2, v0_3};
 use crate::engine::{PluginHost, Running, Ticker};
 use crate::error::{CallError, PluginError};
-use crate::language::Language;
 use crate::request::{self, CurrentRequest};
 use crate::{Handshake, PluginSettings, Verdict};
 
@@ -188,7 +187,7 @@ pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) struct InstancePool {
     pre: Pre,
     settings: PluginSettings,
-    /// Linear memory one instance may grow to: `max_memory`, or the language's default.
+    /// Linear memory one instance may grow to (`Source::max_memory`).
     max_memory: usize,
     name: Arc<str>,
     /// The headers the plugin reads (lowercase), from its `wanted-headers`; `None`: all.
@@ -213,21 +212,21 @@ impl InstancePool {
         host: &PluginHost,
         wasm: &Path,
         settings: &PluginSettings,
-        language: Language,
+        max_memory: usize,
     ) -> Result<Self, PluginError> {
         let bytes = std::fs::read(wasm).map_err(|source| PluginError::Read {
             plugin: settings.name.clone(),
             path: wasm.to_path_buf(),
             source,
         })?;
-        Self::from_bytes(host, &bytes, settings, language)
+        Self::from_bytes(host, &bytes, settings, max_memory)
     }
 
     fn from_bytes(
         host: &PluginHost,
         wasm: &[u8],
         settings: &PluginSettings,
-        language: Language,
+        max_memory: usize,
     ) -> Result<Self, PluginError> {
         let compile_error = |e: wasmtime::Error| PluginError::Compile {
             plugin: settings.name.clone(),
@@ -242,7 +241,7 @@ impl InstancePool {
         let mut pool = Self {
             pre,
             settings: settings.clone(),
-            max_memory: settings.max_memory.unwrap_or(language.default_max_memory()),
+            max_memory,
             name: settings.name.as_str().into(),
             wanted: None,
             state: Mutex::new(PoolState {
@@ -536,7 +535,7 @@ mod tests {
             on_error: crate::OnError::Deny,
             config_json: "{}".into(),
         };
-        let Err(error) = InstancePool::from_bytes(&host, empty, &settings, Language::Other) else {
+        let Err(error) = InstancePool::from_bytes(&host, empty, &settings, 1 << 20) else {
             panic!("an empty component loaded as a plugin");
         };
         let text = error.to_string();

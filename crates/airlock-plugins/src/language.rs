@@ -132,11 +132,6 @@ impl Inspected {
 }
 
 impl Language {
-    /// [`Inspected::read`]'s language alone.
-    pub fn of(wasm: &[u8]) -> Self {
-        Inspected::read(wasm).language
-    }
-
     /// How airlock names it in messages and the log.
     pub fn describe(self) -> &'static str {
         match self {
@@ -177,6 +172,10 @@ mod tests {
         assert_eq!(Inspected::read(b"\0asm\x01\0\0\0").memory_starts_at, 0);
     }
 
+    fn language_of(wasm: &[u8]) -> Language {
+        Inspected::read(wasm).language
+    }
+
     /// A core module with one producers section holding `fields`.
     fn with_producers(fields: &[(&str, &[&str])]) -> Vec<u8> {
         fn name(out: &mut Vec<u8>, s: &str) {
@@ -202,7 +201,7 @@ mod tests {
 
     #[test]
     fn the_toolchain_mark_decides_over_the_runtimes_own_rust() {
-        let of = |fields: &[(&str, &[&str])]| Language::of(&with_producers(fields));
+        let of = |fields: &[(&str, &[&str])]| language_of(&with_producers(fields));
         assert_eq!(of(&[("language", &["Rust"])]), Language::Rust);
         assert_eq!(
             of(&[
@@ -222,11 +221,11 @@ mod tests {
         // A module importing from CPython's shared library, as componentize-py links it.
         let mut python = b"\0asm\x01\0\0\0\x02\x16\x01\x10libpython3.14.so\x01f\x00\x00".to_vec();
         python.extend(&with_producers(&[("language", &["Rust"])])[8..]);
-        assert_eq!(Language::of(&python), Language::Python);
+        assert_eq!(language_of(&python), Language::Python);
         assert_eq!(of(&[("language", &["C11"])]), Language::Other);
         assert_eq!(of(&[]), Language::Other);
-        assert_eq!(Language::of(b"\0asm\x0d\0\x01\0"), Language::Other);
-        assert_eq!(Language::of(b"not wasm"), Language::Other);
+        assert_eq!(language_of(b"\0asm\x0d\0\x01\0"), Language::Other);
+        assert_eq!(language_of(b"not wasm"), Language::Other);
     }
 
     #[test]

@@ -167,18 +167,9 @@ impl Plugin {
         let source = Source::read(wasm, settings)?;
         let mut capacity = Capacity::default();
         capacity.add(source.settings.instances, source.footprint);
-        let disk = cache::default_dir().and_then(|dir| {
-            DiskCache::open(&dir)
-                .inspect_err(|error| tracing::warn!(error, "plugin cache off"))
-                .ok()
-        });
+        let disk = cache::default_dir().and_then(|dir| open_cache(&dir));
         let host = PluginHost::with_capacity(capacity, source.max_memory(), disk)?;
         Self::load_source(&host, wasm, source)
-    }
-
-    /// The language the plugin was written in, as its component says.
-    pub fn language(&self) -> Language {
-        self.source.language
     }
 
     /// The size its linear memory starts at, in bytes: the memory image its instances
@@ -189,7 +180,7 @@ impl Plugin {
 
     fn load_source(host: &PluginHost, wasm: &Path, source: Source) -> Result<Self, PluginError> {
         let settings = &source.settings;
-        let pool = InstancePool::new(host, wasm, settings, source.language)?;
+        let pool = InstancePool::new(host, wasm, settings, source.max_memory())?;
         // A language runtime takes milliseconds to start an instance: start them all now
         // rather than in the middle of a request when the pool grows.
         if source.language.starts_slowly() {
@@ -285,7 +276,12 @@ pub fn disk_cache(loaded: &airlock_config::LoadedConfig) -> Option<DiskCache> {
         Some(dir) => loaded.resolve(dir),
         None => cache::default_dir()?,
     };
-    DiskCache::open(&dir)
+    open_cache(&dir)
+}
+
+/// The cache in `dir`; one that cannot be used is a warning, never an error.
+fn open_cache(dir: &Path) -> Option<DiskCache> {
+    DiskCache::open(dir)
         .inspect_err(|error| tracing::warn!(error, "plugin cache off"))
         .ok()
 }
