@@ -8,43 +8,28 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use futures_util::StreamExt as _;
 use hmac::Mac as _;
-use tokio_tungstenite::connect_async;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-use crate::support::client::get_with;
+use crate::support::client::{get_with, ws_handshake};
 use crate::support::components::{self, js_plugin, py_plugin};
 use crate::support::{Airlock, Backend, TempDir, airlock_bin, config, output};
 
-/// A WebSocket handshake to `path` with `headers`: the status, and the backend's first
-/// message when it was a `101`.
-async fn ws(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
-    for (k, v) in headers {
-        request.headers_mut().insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    match connect_async(request).await {
-        Ok((mut ws, response)) => {
-            let first = ws.next().await.unwrap().unwrap();
-            (
-                response.status().as_u16(),
-                first.into_text().unwrap().to_string(),
-            )
-        }
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            let body = response
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            (response.status().as_u16(), body)
-        }
-        Err(e) => panic!("handshake failed: {e}"),
-    }
+/// A config with one route, `name`, running only the plugin `name` (the component at
+/// `wasm`, with the more keys of its table in `options`) in front of `upstream`.
+fn one_plugin(name: &str, upstream: &str, wasm: &Path, options: &str) -> String {
+    config(&format!(
+        "[[route]]\nname = \"{name}\"\nupstream = \"u\"\nplugins = [\"{name}\"]\n\n[upstream.u]\nservers = [\"{upstream}\"]\n\n[plugin.{name}]\nwasm = \"{}\"\n{options}\n",
+        wasm.display()
+    ))
+}
+
+/// What `airlock check` printed refusing `config`, which it must refuse with status 64.
+fn check_refuses(config: &str) -> String {
+    let dir = TempDir::new();
+    let out = crate::support::airlock_command("check", &dir.write("airlock.toml", config));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    stderr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +84,7 @@ config = {{ domain = "chat.test", tenants = {{ acme = "acme", globex = "globex" 
         (&[("host", "acme.chat.test")][..], "acme", &acme),
     ] {
         let before = opened(pool);
-        let (status, first) = ws(addr, "/headers", headers).await;
+        let (status, first) = ws_handshake(addr, "/headers", headers).await;
         assert_eq!(status, 101);
         assert!(
             first.contains(&format!(r#""x-tenant":"{tenant}""#)),
@@ -109,7 +94,7 @@ config = {{ domain = "chat.test", tenants = {{ acme = "acme", globex = "globex" 
     }
 
     // Unknown and missing tenants are refused with the plugin's answers.
-    let (status, body) = ws(addr, "/headers", &[("x-tenant", "initech")]).await;
+    let (status, body) = ws_handshake(addr, "/headers", &[("x-tenant", "initech")]).await;
     assert_eq!((status, body.as_str()), (403, "unknown tenant\n"));
     let r = get_with(addr, "/api", &[]).await;
     assert_eq!(r.status, 400);
@@ -128,17 +113,12 @@ async fn the_javascript_tenant_router_refuses_a_bad_config_by_name() {
     let wasm = tokio::task::spawn_blocking(|| js_plugin("tenant-router-js", "plugin.js"))
         .await
         .unwrap();
-    let dir = TempDir::new();
-    let path = dir.write(
-        "airlock.toml",
-        &config(&format!(
-            "[[route]]\nname = \"r\"\nupstream = \"u\"\nplugins = [\"tenants\"]\n\n[upstream.u]\nservers = [\"127.0.0.1:9\"]\n\n[plugin.tenants]\nwasm = \"{}\"\nconfig = {{ tenants = {{ \"Not A Label\" = \"u\" }} }}\n",
-            wasm.display()
-        )),
-    );
-    let out = crate::support::airlock_command("check", &path);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let stderr = check_refuses(&one_plugin(
+        "tenants",
+        "127.0.0.1:9",
+        &wasm,
+        "config = { tenants = { \"Not A Label\" = \"u\" } }",
+    ));
     assert!(
         stderr.contains("plugin `tenants` refused its configuration: config.tenants: `Not A Label` is not a tenant name"),
         "{stderr}"
@@ -161,11 +141,12 @@ async fn the_python_signed_url_plugin_admits_only_valid_unexpired_signatures() {
         .await
         .unwrap();
     let backend = Backend::start("feed").await;
-    let airlock = Airlock::start(&config(&format!(
-        "[[route]]\nname = \"feed\"\nupstream = \"u\"\nplugins = [\"signed\"]\n\n[upstream.u]\nservers = [\"{}\"]\n\n[plugin.signed]\nwasm = \"{}\"\nconfig = {{ keys = {{ k1 = \"{KEY}\" }}, max_ttl_seconds = 600 }}\n",
-        backend.addr,
-        wasm.display()
-    )));
+    let airlock = Airlock::start(&one_plugin(
+        "signed",
+        &backend.addr.to_string(),
+        &wasm,
+        &format!("config = {{ keys = {{ k1 = \"{KEY}\" }}, max_ttl_seconds = 600 }}"),
+    ));
     airlock
         .wait_for_log("plugin loaded", |v| {
             v["message"] == "plugin loaded" && v["language"] == "Python (componentize-py)"
@@ -179,7 +160,7 @@ async fn the_python_signed_url_plugin_admits_only_valid_unexpired_signatures() {
 
     // A valid URL: admitted, and the upstream sees it without the key id and signature.
     let query = format!("room=42&expires={}&kid=k1", now + 300);
-    let (status, first) = ws(addr, &signed("/ws/feed", &query), &[]).await;
+    let (status, first) = ws_handshake(addr, &signed("/ws/feed", &query), &[]).await;
     assert_eq!(status, 101);
     assert_eq!(
         first,
@@ -204,7 +185,11 @@ async fn the_python_signed_url_plugin_admits_only_valid_unexpired_signatures() {
         (too_far, 403, "the signed URL expires too far ahead\n"),
         (unknown_key, 403, "unknown signing key\n"),
     ] {
-        assert_eq!(ws(addr, &url, &[]).await, (want, body.to_string()), "{url}");
+        assert_eq!(
+            ws_handshake(addr, &url, &[]).await,
+            (want, body.to_string()),
+            "{url}"
+        );
     }
     airlock
         .wait_for_log("access line with the key id", |v| {
@@ -242,7 +227,7 @@ async fn each_failure_costs_one_request(wasm: &Path, exception: &str) {
         ),
         ("roomy", exception, "trapped".to_string()),
     ] {
-        let (status, _) = ws(addr, &format!("/{route}"), &[("x-misbehave", mode)]).await;
+        let (status, _) = ws_handshake(addr, &format!("/{route}"), &[("x-misbehave", mode)]).await;
         assert_eq!(status, 503, "{mode}");
         airlock
             .wait_for_log(&cause, |v| {
@@ -251,7 +236,7 @@ async fn each_failure_costs_one_request(wasm: &Path, exception: &str) {
             })
             .await;
         // The instance that failed is gone; the next request gets a sound one.
-        let (status, first) = ws(addr, &format!("/{route}"), &[]).await;
+        let (status, first) = ws_handshake(addr, &format!("/{route}"), &[]).await;
         assert_eq!(
             (status, first),
             (101, format!("path:/{route}")),
@@ -285,19 +270,15 @@ async fn a_python_print_fails_its_call_alike_in_the_proxy_and_in_plugin_test() {
         .unwrap();
     let cause = "plugins have no stdout or stderr (use the host log function)";
     let backend = Backend::start("b").await;
-    let airlock = Airlock::start(&config(&format!(
-        "[[route]]\nname = \"r\"\nupstream = \"u\"\nplugins = [\"p\"]\n\n[upstream.u]\nservers = [\"{}\"]\n\n[plugin.p]\nwasm = \"{}\"\n",
-        backend.addr,
-        wasm.display()
-    )));
-    let (status, _) = ws(airlock.addr(), "/", &[("x-misbehave", "print")]).await;
+    let airlock = Airlock::start(&one_plugin("p", &backend.addr.to_string(), &wasm, ""));
+    let (status, _) = ws_handshake(airlock.addr(), "/", &[("x-misbehave", "print")]).await;
     assert_eq!(status, 503);
     airlock
         .wait_for_log(cause, |v| {
             v["error"].as_str().is_some_and(|m| m.contains(cause))
         })
         .await;
-    assert_eq!(ws(airlock.addr(), "/", &[]).await.0, 101);
+    assert_eq!(ws_handshake(airlock.addr(), "/", &[]).await.0, 101);
 
     // `airlock plugin test` says the same, rather than admitting what the proxy refuses.
     let mut command = Command::new(airlock_bin());
@@ -320,17 +301,12 @@ async fn a_max_memory_below_a_runtimes_starting_image_is_refused_with_advice() {
     let wasm = tokio::task::spawn_blocking(|| py_plugin("test-guest-py", "app"))
         .await
         .unwrap();
-    let dir = TempDir::new();
-    let path = dir.write(
-        "airlock.toml",
-        &config(&format!(
-            "[[route]]\nname = \"r\"\nupstream = \"u\"\nplugins = [\"p\"]\n\n[upstream.u]\nservers = [\"127.0.0.1:9\"]\n\n[plugin.p]\nwasm = \"{}\"\nmax_memory = \"8MiB\"\n",
-            wasm.display()
-        )),
-    );
-    let out = crate::support::airlock_command("check", &path);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let stderr = check_refuses(&one_plugin(
+        "p",
+        "127.0.0.1:9",
+        &wasm,
+        "max_memory = \"8MiB\"",
+    ));
     assert!(
         stderr.contains("plugin `p`: its memory starts at ")
             && stderr.contains(" MiB but max_memory is 8.0 MiB; Python (componentize-py) plugins need more: leave max_memory unset (their default is 48 MiB)"),

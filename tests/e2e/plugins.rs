@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-use crate::support::client::{get, get_with};
+use crate::support::client::{get, get_with, ws_handshake};
 use crate::support::{Airlock, Backend, config, plugin_wasm};
 
 /// A config whose route `main` (every path) runs `plugins` in front of `backend`, with the
@@ -48,21 +47,7 @@ fn guest_route(name: &str, prefix: &str, guest_config: &str, options: &str) -> S
 
 /// A WebSocket handshake with these headers; the status the client got.
 async fn ws_status(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
-    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
-    for (k, v) in headers {
-        request.headers_mut().insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    match connect_async(request).await {
-        Ok((mut ws, response)) => {
-            ws.next().await.unwrap().unwrap();
-            response.status().as_u16()
-        }
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
-        Err(e) => panic!("handshake failed: {e}"),
-    }
+    ws_handshake(addr, path, headers).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

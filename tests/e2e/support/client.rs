@@ -141,3 +141,36 @@ where
     ws.close(None).await.unwrap();
     let _ = tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
 }
+
+/// A WebSocket handshake to `path` with `headers` (each replacing the client's own, `host`
+/// included): the status, and the backend's first message after a `101` or the body of
+/// any other answer.
+pub async fn ws_handshake(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    for (k, v) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((mut ws, response)) => {
+            let first = ws.next().await.unwrap().unwrap();
+            (
+                response.status().as_u16(),
+                first.into_text().unwrap().to_string(),
+            )
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            (response.status().as_u16(), body)
+        }
+        Err(e) => panic!("handshake failed: {e}"),
+    }
+}

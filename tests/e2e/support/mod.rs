@@ -290,6 +290,20 @@ pub async fn output(mut command: Command) -> std::process::Output {
         .unwrap()
 }
 
+/// Run a tool the tests need (npm, python3, componentize-py) to completion, requiring
+/// success.
+pub fn run(command: &mut Command) {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Run `airlock COMMAND --config PATH` to completion.
 pub fn airlock_command(command: &str, config: &std::path::Path) -> std::process::Output {
     airlock_cmd()

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
+use super::run;
+
 fn tests_python() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python"))
 }
@@ -67,17 +69,6 @@ pub fn spawn_script(script: &str, args: &[&str]) -> std::process::Child {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn run(command: &mut Command) {
-    let out = command
-        .output()
-        .expect("python3, for the tests' Python tools");
-    assert!(
-        out.status.success(),
-        "{command:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// One sample of a metric family, as `prometheus_client`'s OpenMetrics parser read it.
