@@ -26,27 +26,28 @@ const IDLE: Duration = Duration::from_millis(100);
 /// thread beyond these is ticked every `TICK` while it runs, as if already late.
 const SLOTS: usize = 64;
 
-/// How many instances of each kind the engine's pools hold.
-#[derive(Debug, Clone, Copy)]
+/// How many instances of each kind the engine's pools hold: the live instances of every
+/// component loaded, plus [`SPARES`] of the largest, for the instances being replaced
+/// beside the live ones (a failed instance is discarded while its replacement starts).
+///
+/// Every memory slot reserves several GiB of address space (never memory), so spares
+/// sized for a componentize-py plugin when only Rust plugins are loaded would reserve
+/// four times more than needed: more than valgrind, or a tight `ulimit -v`, allows.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Capacity {
+    live: Totals,
+    largest: Footprint,
+}
+
+/// Instances replaced at once, at most, beyond the live ones.
+const SPARES: u32 = 4;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
     component_instances: u32,
     core_instances: u32,
     memories: u32,
     tables: u32,
-}
-
-impl Default for Capacity {
-    /// Room for the instances being replaced beside the live ones: a failed instance is
-    /// discarded while its replacement starts.
-    fn default() -> Self {
-        let spare = Footprint::LARGEST_EXPECTED;
-        Self {
-            component_instances: 4,
-            core_instances: 4 * spare.core_instances,
-            memories: 4 * spare.memories,
-            tables: 4 * spare.tables,
-        }
-    }
 }
 
 impl Capacity {
@@ -54,12 +55,28 @@ impl Capacity {
     pub(crate) fn add(&mut self, instances: usize, footprint: Footprint) {
         let n = u32::try_from(instances.max(1)).unwrap_or(u32::MAX);
         let room = |per: u32| n.saturating_mul(per.max(1));
-        self.component_instances = self.component_instances.saturating_add(n);
-        self.core_instances = self
+        let live = &mut self.live;
+        live.component_instances = live.component_instances.saturating_add(n);
+        live.core_instances = live
             .core_instances
             .saturating_add(room(footprint.core_instances));
-        self.memories = self.memories.saturating_add(room(footprint.memories));
-        self.tables = self.tables.saturating_add(room(footprint.tables));
+        live.memories = live.memories.saturating_add(room(footprint.memories));
+        live.tables = live.tables.saturating_add(room(footprint.tables));
+        let largest = &mut self.largest;
+        largest.core_instances = largest.core_instances.max(footprint.core_instances);
+        largest.memories = largest.memories.max(footprint.memories);
+        largest.tables = largest.tables.max(footprint.tables);
+    }
+
+    /// The pools' sizes: the live instances and the spares.
+    fn totals(&self) -> Totals {
+        let spare = |live: u32, per: u32| live.saturating_add(SPARES * per.max(1));
+        Totals {
+            component_instances: spare(self.live.component_instances, 1),
+            core_instances: spare(self.live.core_instances, self.largest.core_instances),
+            memories: spare(self.live.memories, self.largest.memories),
+            tables: spare(self.live.tables, self.largest.tables),
+        }
     }
 }
 
@@ -99,12 +116,13 @@ impl PluginHost {
         disk: Option<DiskCache>,
     ) -> Result<Self, PluginError> {
         let engine_error = |e: wasmtime::Error| PluginError::Engine(format!("{e:#}"));
+        let totals = capacity.totals();
         let mut pooling = PoolingAllocationConfig::default();
         pooling
-            .total_component_instances(capacity.component_instances)
-            .total_core_instances(capacity.core_instances)
-            .total_memories(capacity.memories)
-            .total_tables(capacity.tables)
+            .total_component_instances(totals.component_instances)
+            .total_core_instances(totals.core_instances)
+            .total_memories(totals.memories)
+            .total_tables(totals.tables)
             .max_memory_size(max_memory.max(1 << 16))
             // Reset memory with PAGEMAP_SCAN where the kernel has it, and keep the first
             // pages resident so reuse does not fault them in again.
@@ -413,6 +431,33 @@ fn thread_slot() -> Option<usize> {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn spares_are_sized_for_the_largest_component_loaded() {
+        let rust = Footprint {
+            core_instances: 3,
+            memories: 1,
+            tables: 1,
+        };
+        let python = Footprint {
+            core_instances: 14,
+            memories: 2,
+            tables: 5,
+        };
+        let mut capacity = Capacity::default();
+        capacity.add(1, rust);
+        capacity.add(2, rust);
+        let totals = capacity.totals();
+        assert_eq!(totals.component_instances, 3 + SPARES);
+        assert_eq!(totals.core_instances, 9 + SPARES * 3);
+        assert_eq!(totals.memories, 3 + SPARES);
+        capacity.add(2, python);
+        let totals = capacity.totals();
+        assert_eq!(totals.component_instances, 5 + SPARES);
+        assert_eq!(totals.core_instances, 9 + 28 + SPARES * 14);
+        assert_eq!(totals.memories, 3 + 4 + SPARES * 2);
+        assert_eq!(totals.tables, 3 + 10 + SPARES * 5);
+    }
 
     /// Wait (at most 5 s) until `done`.
     fn wait_for(what: &str, done: impl Fn() -> bool) {
