@@ -50,8 +50,9 @@ pub struct RequestLog {
 impl RequestLog {
     pub fn new(req: &http::Request<crate::http::body::ProxyBody>, conn: &ConnCtx) -> Self {
         let tls = conn.tls.as_ref();
+        let started = Instant::now();
         Self {
-            started: Instant::now(),
+            started,
             request_id: crate::observe::RequestId::next(),
             method: req.method().clone(),
             path: req.uri().path().to_string(),
@@ -76,7 +77,7 @@ impl RequestLog {
                 .snapshot
                 .telemetry
                 .as_ref()
-                .map(|tracer| RequestTrace::start(tracer, req, conn)),
+                .map(|tracer| RequestTrace::start(tracer, req, conn, started)),
         }
     }
 
@@ -136,14 +137,14 @@ impl RequestLog {
         );
     }
 
-    /// What the trace's spans say; the path moves into them (the line is written).
-    fn facts(&mut self, status: http::StatusCode, answered: Instant) -> Facts<'_> {
+    /// What the trace's spans say.
+    fn facts(&self, status: http::StatusCode, answered: Instant) -> Facts<'_> {
         Facts {
             started: self.started,
             answered,
             status,
             method: &self.method,
-            path: std::mem::take(&mut self.path),
+            path: &self.path,
             peer: self.client,
             request_id: self.request_id,
             route: self.route.as_ref(),

@@ -9,16 +9,17 @@
 //! └─ websocket tunnel      the 101 → close: bytes, messages, who closed and why
 //! ```
 //!
-//! Nothing is held for an open tunnel but its ids (see [`TunnelTrace`]): its span is
-//! built and exported when it closes. Without `[telemetry]` a request has no trace and
-//! none of this runs.
+//! Each span is written as OTLP the moment it ends, into the request's buffer, which goes
+//! to the exporter when the request is answered. Nothing is held for an open tunnel but
+//! its ids (see [`TunnelTrace`]): its span is written and exported when it closes.
+//! Without `[telemetry]` a request has no trace and none of this runs.
 
 use std::sync::Arc;
 
 use airlock_config::TrustTraceparent;
 use airlock_plugins::chain::Step;
 use airlock_telemetry::trace::{
-    Attributes, Clock, Event, Kind, SpanId, SpanName, SpanRecord, TraceId, Tracer, Value, context,
+    Clock, Head, Kind, SpanId, Spans, TraceId, Tracer, Value, context, unix_now,
 };
 use http::HeaderMap;
 use http::header::HeaderValue;
@@ -40,9 +41,9 @@ pub struct RequestTrace {
     /// The client's span, when its trace is continued.
     parent: Option<SpanId>,
     tracestate: Option<Arc<str>>,
-    /// The client span's id, once the upstream request has begun; its `traceparent`
-    /// names it whether or not the trace is sampled.
-    upstream_span: Option<SpanId>,
+    /// The client span's id (drawn with the server span's); its `traceparent` names it
+    /// whether or not the trace is sampled.
+    upstream_span: SpanId,
     /// What a sampled trace records; `None` when it is not sampled (its context is
     /// passed on all the same).
     recording: Option<Box<Recording>>,
@@ -55,22 +56,38 @@ struct Recording {
     client: std::net::IpAddr,
     scheme: &'static str,
     protocol: &'static str,
-    /// Finished child spans (plugin calls).
-    children: Vec<SpanRecord>,
+    /// The spans ended so far (plugin calls), written.
+    spans: Spans,
     upstream: Option<UpstreamTiming>,
 }
 
 /// The client span's start and its failed connects.
 struct UpstreamTiming {
     started: Instant,
-    events: Vec<Event>,
-    failed_attempts: u32,
+    failed: Vec<FailedConnect>,
 }
+
+struct FailedConnect {
+    /// Unix nanoseconds.
+    time: u64,
+    server: String,
+    error: String,
+}
+
+/// What a request's spans take, written: its server and client spans (about 700 bytes)
+/// and a plugin span or two (150 each) without growing. (2 KiB costs the allocator four
+/// times as much.)
+const REQUEST_SPANS_BYTES: usize = 1024;
 
 impl RequestTrace {
     /// The trace a request arriving on `conn` belongs to: the client's, when the listener
-    /// trusts its `traceparent`, else a new one.
-    pub fn start<B>(tracer: &Arc<Tracer>, req: &http::Request<B>, conn: &ConnCtx) -> Box<Self> {
+    /// trusts its `traceparent`, else a new one. It `started` a moment ago.
+    pub fn start<B>(
+        tracer: &Arc<Tracer>,
+        req: &http::Request<B>,
+        conn: &ConnCtx,
+        started: Instant,
+    ) -> Box<Self> {
         let headers = req.headers();
         let trusted = match tracer.trust() {
             TrustTraceparent::All => true,
@@ -93,7 +110,7 @@ impl RequestTrace {
         };
         let recording = tracer.sampled(trace_id, sampled_flag).then(|| {
             Box::new(Recording {
-                clock: Clock::now(),
+                clock: Clock::at(started.into_std()),
                 client: forwarded::client_ip(headers, conn.peer.ip(), &conn.listener.trusted),
                 scheme: conn.scheme(),
                 protocol: match req.version() {
@@ -101,17 +118,18 @@ impl RequestTrace {
                     http::Version::HTTP_10 => "1.0",
                     _ => "1.1",
                 },
-                children: Vec::new(),
+                spans: Spans::with_capacity(REQUEST_SPANS_BYTES),
                 upstream: None,
             })
         });
+        let (span_id, upstream_span) = SpanId::random_pair();
         Box::new(Self {
             tracer: tracer.clone(),
             trace_id,
-            span_id: SpanId::random(),
+            span_id,
             parent,
             tracestate,
-            upstream_span: None,
+            upstream_span,
             recording,
         })
     }
@@ -132,36 +150,29 @@ impl RequestTrace {
             Step::Rejected => "reject",
             Step::Failed(_) => "error",
         };
-        let mut attributes: Attributes = vec![
-            ("airlock.plugin.name".into(), plugin.clone().into()),
-            ("airlock.plugin.verdict".into(), verdict.into()),
-        ];
-        let mut error = None;
-        if let Step::Failed(failure) = step {
-            attributes.push(("error.type".into(), failure.cause().into()));
-            error = Some(failure.to_string());
-        }
         let clock = recording.clock;
-        recording.children.push(SpanRecord {
+        let mut span = recording.spans.span(&Head {
             trace_id: self.trace_id,
             span_id: SpanId::random(),
             parent: Some(self.span_id),
-            tracestate: self.tracestate.clone(),
-            name: SpanName::Pair("plugin", plugin.clone()),
+            tracestate: self.tracestate.as_deref(),
+            name: ("plugin", Some(plugin)),
             kind: Kind::Internal,
             start: clock.unix((end - took).into_std()),
             end: clock.unix(end.into_std()),
-            attributes,
-            events: Vec::new(),
-            error,
         });
+        span.attr("airlock.plugin.name", plugin)
+            .attr("airlock.plugin.verdict", verdict);
+        if let Step::Failed(failure) = step {
+            span.attr("error.type", failure.cause());
+            span.error(&failure.to_string());
+        }
     }
 
     /// The request to the upstream starts (before the first connect): with `propagate`,
     /// its `traceparent` names the client span, and `tracestate` is the client's or none.
     pub fn begin_upstream(&mut self, headers: &mut HeaderMap) {
-        let span_id = SpanId::random();
-        self.upstream_span = Some(span_id);
+        let span_id = self.upstream_span;
         if self.tracer.propagate() {
             let value = context::traceparent(self.trace_id, span_id, self.sampled());
             headers.insert(
@@ -180,8 +191,7 @@ impl RequestTrace {
         if let Some(recording) = &mut self.recording {
             recording.upstream = Some(UpstreamTiming {
                 started: Instant::now(),
-                events: Vec::new(),
-                failed_attempts: 0,
+                failed: Vec::new(),
             });
         }
     }
@@ -195,14 +205,10 @@ impl RequestTrace {
         let Some(upstream) = &mut recording.upstream else {
             return;
         };
-        upstream.failed_attempts += 1;
-        upstream.events.push(Event {
-            name: "connect failed".into(),
+        upstream.failed.push(FailedConnect {
             time,
-            attributes: vec![
-                ("server.address".into(), server.to_string().into()),
-                ("error.message".into(), error.to_string().into()),
-            ],
+            server: server.to_string(),
+            error: error.to_string(),
         });
     }
 
@@ -225,33 +231,41 @@ impl RequestTrace {
             return;
         };
         let end = recording.clock.unix(facts.answered.into_std());
-        let mut spans = std::mem::take(&mut recording.children);
-        spans.reserve(2);
-        if let (Some(timing), Some(span_id)) = (recording.upstream.take(), self.upstream_span) {
-            spans.push(self.client_span(&recording, timing, span_id, &facts, end));
+        if let Some(timing) = recording.upstream.take() {
+            self.client_span(&mut recording, timing, self.upstream_span, &facts, end);
         }
-        spans.push(self.server_span(&recording, facts, end));
-        self.tracer.export(spans);
+        self.server_span(&mut recording, &facts, end);
+        self.tracer.export(recording.spans);
     }
 
-    fn server_span(&self, recording: &Recording, facts: Facts<'_>, end: u64) -> SpanRecord {
+    fn server_span(&self, recording: &mut Recording, facts: &Facts<'_>, end: u64) {
         let status = facts.status;
-        let mut attributes: Attributes = Vec::with_capacity(20);
-        attributes.extend([
-            ("http.request.method".into(), method(facts.method)),
-            ("url.path".into(), facts.path.into()),
-            ("url.scheme".into(), recording.scheme.into()),
-            ("network.protocol.version".into(), recording.protocol.into()),
-            ("client.address".into(), recording.client.into()),
-            ("network.peer.address".into(), facts.peer.ip().into()),
-            ("network.peer.port".into(), facts.peer.port().into()),
-            ("http.response.status_code".into(), status.as_u16().into()),
-            (
-                "airlock.request.id".into(),
-                Value::Hex(facts.request_id.get()),
-            ),
-            ("airlock.upgrade".into(), facts.upgrade.into()),
-        ]);
+        let method = facts.method.as_str();
+        let name = match facts.route {
+            Some(route) => (method, Some(&**route)),
+            None => (method, None),
+        };
+        let start = recording.clock.unix(facts.started.into_std());
+        let mut span = recording.spans.span(&Head {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent: self.parent,
+            tracestate: self.tracestate.as_deref(),
+            name,
+            kind: Kind::Server,
+            start,
+            end,
+        });
+        span.attr("http.request.method", method)
+            .attr("url.path", facts.path)
+            .attr("url.scheme", recording.scheme)
+            .attr("network.protocol.version", recording.protocol)
+            .attr("client.address", recording.client)
+            .attr("network.peer.address", facts.peer.ip())
+            .attr("network.peer.port", facts.peer.port())
+            .attr("http.response.status_code", status.as_u16())
+            .attr("airlock.request.id", Value::Hex(facts.request_id.get()))
+            .attr("airlock.upgrade", facts.upgrade);
         let optional = [
             ("airlock.route", facts.route),
             ("airlock.upstream", facts.upstream),
@@ -261,128 +275,80 @@ impl RequestTrace {
         ];
         for (key, value) in optional {
             if let Some(value) = value {
-                attributes.push((key.into(), value.clone().into()));
+                span.attr(key, value);
             }
         }
         if let Some((source, cause, _)) = facts.error {
-            attributes.push(("error.type".into(), (*cause).into()));
-            attributes.push(("airlock.error.source".into(), (*source).into()));
+            span.attr("error.type", *cause)
+                .attr("airlock.error.source", *source);
         }
         // What plugins attached for the access log; keys and tokens they chose not to
         // show (affinity and limit keys) are never among them.
         for (key, value) in facts.plugin_attributes {
-            attributes.push((
-                format!("airlock.plugin.attribute.{key}").into(),
-                value.clone().into(),
-            ));
+            span.attr_prefixed("airlock.plugin.attribute.", key, value.into());
         }
-        let name = match (facts.route, method_name(facts.method)) {
-            (Some(route), Some(method)) => SpanName::Pair(method, route.clone()),
-            (None, Some(method)) => SpanName::Static(method),
-            (route, None) => SpanName::Owned(match route {
-                Some(route) => format!("{} {route}", facts.method),
-                None => facts.method.to_string(),
-            }),
-        };
-        SpanRecord {
-            trace_id: self.trace_id,
-            span_id: self.span_id,
-            parent: self.parent,
-            tracestate: self.tracestate.clone(),
-            name,
-            kind: Kind::Server,
-            start: recording.clock.unix(facts.started.into_std()),
-            end,
-            attributes,
-            events: Vec::new(),
-            // Server spans: only a 5xx is the server's error (semantic conventions).
-            error: status
-                .is_server_error()
-                .then(|| facts.error.map(|e| e.2.clone()).unwrap_or_default()),
+        // Server spans: only a 5xx is the server's error (semantic conventions).
+        if status.is_server_error() {
+            span.error(facts.error.map_or("", |e| &e.2));
         }
     }
 
     fn client_span(
         &self,
-        recording: &Recording,
+        recording: &mut Recording,
         timing: UpstreamTiming,
         span_id: SpanId,
         facts: &Facts<'_>,
         end: u64,
-    ) -> SpanRecord {
-        let mut attributes: Attributes = Vec::with_capacity(6);
-        attributes.push(("http.request.method".into(), method(facts.method)));
-        let mut error = None;
+    ) {
+        let method = facts.method.as_str();
+        let start = recording.clock.unix(timing.started.into_std());
+        let mut span = recording.spans.span(&Head {
+            trace_id: self.trace_id,
+            span_id,
+            parent: Some(self.span_id),
+            tracestate: self.tracestate.as_deref(),
+            name: (method, None),
+            kind: Kind::Client,
+            start,
+            end,
+        });
+        span.attr("http.request.method", method);
         if let Some(server) = facts.server {
             let (host, port) = server.rsplit_once(':').unwrap_or((server, ""));
-            attributes.push(("server.address".into(), host.to_string().into()));
+            span.attr("server.address", host);
             if let Ok(port) = port.parse::<u16>() {
-                attributes.push(("server.port".into(), port.into()));
+                span.attr("server.port", port);
             }
+        }
+        let failed = u32::try_from(timing.failed.len()).unwrap_or(u32::MAX);
+        if failed > 0 {
+            span.attr("http.request.resend_count", failed);
+        }
+        for connect in &timing.failed {
+            span.event(
+                "connect failed",
+                connect.time,
+                &[
+                    ("server.address", connect.server.as_str().into()),
+                    ("error.message", connect.error.as_str().into()),
+                ],
+            );
         }
         match facts.error {
             // The upstream failed: no answer to report.
             Some((source @ "upstream", cause, message)) => {
-                attributes.push(("error.type".into(), (*cause).into()));
-                attributes.push(("airlock.error.source".into(), (*source).into()));
-                error = Some(message.clone());
+                span.attr("error.type", *cause)
+                    .attr("airlock.error.source", *source);
+                span.error(message);
             }
             _ => {
-                attributes.push((
-                    "http.response.status_code".into(),
-                    facts.status.as_u16().into(),
-                ));
+                span.attr("http.response.status_code", facts.status.as_u16());
                 if facts.status.as_u16() >= 400 {
-                    error = Some(String::new());
+                    span.error("");
                 }
             }
         }
-        if timing.failed_attempts > 0 {
-            attributes.push((
-                "http.request.resend_count".into(),
-                i64::from(timing.failed_attempts).into(),
-            ));
-        }
-        SpanRecord {
-            trace_id: self.trace_id,
-            span_id,
-            parent: Some(self.span_id),
-            tracestate: self.tracestate.clone(),
-            name: match method_name(facts.method) {
-                Some(method) => SpanName::Static(method),
-                None => SpanName::Owned(facts.method.to_string()),
-            },
-            kind: Kind::Client,
-            start: recording.clock.unix(timing.started.into_std()),
-            end,
-            attributes,
-            events: timing.events,
-            error,
-        }
-    }
-}
-
-/// A standard method's name, without an allocation.
-fn method_name(method: &http::Method) -> Option<&'static str> {
-    use http::Method as M;
-    Some(match *method {
-        M::GET => "GET",
-        M::POST => "POST",
-        M::PUT => "PUT",
-        M::DELETE => "DELETE",
-        M::HEAD => "HEAD",
-        M::OPTIONS => "OPTIONS",
-        M::PATCH => "PATCH",
-        M::CONNECT => "CONNECT",
-        M::TRACE => "TRACE",
-        _ => return None,
-    })
-}
-
-fn method(method: &http::Method) -> Value {
-    match method_name(method) {
-        Some(name) => name.into(),
-        None => method.to_string().into(),
     }
 }
 
@@ -393,8 +359,7 @@ pub struct Facts<'a> {
     pub answered: Instant,
     pub status: http::StatusCode,
     pub method: &'a http::Method,
-    /// Moved into the span: the access log has written it already.
-    pub path: String,
+    pub path: &'a str,
     pub peer: std::net::SocketAddr,
     pub request_id: crate::observe::RequestId,
     pub route: Option<&'a Arc<str>>,
@@ -408,7 +373,7 @@ pub struct Facts<'a> {
 }
 
 /// What an open tunnel keeps for its span: the trace's ids (about 60 bytes, boxed; a
-/// pointer's worth when the trace is not sampled). Its span is built when it closes.
+/// pointer's worth when the trace is not sampled). Its span is written when it closes.
 pub struct TunnelTrace {
     tracer: Arc<Tracer>,
     trace_id: TraceId,
@@ -425,70 +390,63 @@ impl TunnelTrace {
         outcome: &Outcome,
         websocket: bool,
     ) -> (TraceId, SpanId) {
-        let clock = Clock::now();
-        let end = clock.unix_now();
+        let end = unix_now();
         let duration = u64::try_from(outcome.duration.as_nanos()).unwrap_or(u64::MAX);
-        let mut attributes: Attributes = vec![
-            ("airlock.upstream.server".into(), server.clone().into()),
-            (
-                "airlock.tunnel.bytes_from_client".into(),
-                outcome.client_to_upstream.into(),
-            ),
-            (
-                "airlock.tunnel.bytes_from_upstream".into(),
-                outcome.upstream_to_client.into(),
-            ),
-            (
-                "airlock.tunnel.closed_by".into(),
-                outcome.closed_by.as_str().into(),
-            ),
-            (
-                "airlock.tunnel.close_reason".into(),
-                outcome.reason.name().into(),
-            ),
-        ];
-        if let Some(code) = outcome.close_code {
-            attributes.push(("airlock.tunnel.close_code".into(), code.into()));
-        }
-        if let Some(frames) = &outcome.frames {
-            attributes.push((
-                "airlock.websocket.messages_from_client".into(),
-                frames.messages_from_client.into(),
-            ));
-            attributes.push((
-                "airlock.websocket.messages_from_upstream".into(),
-                frames.messages_from_upstream.into(),
-            ));
-            if let Some(close) = &frames.peer_close {
-                attributes.push((
-                    "airlock.websocket.peer_close.by".into(),
-                    close.side.as_str().into(),
-                ));
-                attributes.push((
-                    "airlock.websocket.peer_close.code".into(),
-                    close.code.into(),
-                ));
-            }
-        }
         let span_id = SpanId::random();
-        self.tracer.export(vec![SpanRecord {
+        let mut spans = Spans::with_capacity(TUNNEL_SPAN_BYTES);
+        let mut span = spans.span(&Head {
             trace_id: self.trace_id,
             span_id,
             parent: Some(self.parent),
-            tracestate: self.tracestate.clone(),
-            name: SpanName::Static(if websocket {
-                "websocket tunnel"
-            } else {
-                "tunnel"
-            }),
+            tracestate: self.tracestate.as_deref(),
+            name: (
+                if websocket {
+                    "websocket tunnel"
+                } else {
+                    "tunnel"
+                },
+                None,
+            ),
             kind: Kind::Internal,
             start: end.saturating_sub(duration),
             end,
-            attributes,
-            events: Vec::new(),
-            error: matches!(outcome.reason, crate::tunnel::CloseReason::Error(_))
-                .then(|| outcome.reason.to_string()),
-        }]);
+        });
+        span.attr("airlock.upstream.server", server)
+            .attr(
+                "airlock.tunnel.bytes_from_client",
+                outcome.client_to_upstream,
+            )
+            .attr(
+                "airlock.tunnel.bytes_from_upstream",
+                outcome.upstream_to_client,
+            )
+            .attr("airlock.tunnel.closed_by", outcome.closed_by.as_str())
+            .attr("airlock.tunnel.close_reason", outcome.reason.name());
+        if let Some(code) = outcome.close_code {
+            span.attr("airlock.tunnel.close_code", code);
+        }
+        if let Some(frames) = &outcome.frames {
+            span.attr(
+                "airlock.websocket.messages_from_client",
+                frames.messages_from_client,
+            )
+            .attr(
+                "airlock.websocket.messages_from_upstream",
+                frames.messages_from_upstream,
+            );
+            if let Some(close) = &frames.peer_close {
+                span.attr("airlock.websocket.peer_close.by", close.side.as_str())
+                    .attr("airlock.websocket.peer_close.code", close.code);
+            }
+        }
+        if let crate::tunnel::CloseReason::Error(_) = outcome.reason {
+            span.error(&outcome.reason.to_string());
+        }
+        drop(span);
+        self.tracer.export(spans);
         (self.trace_id, span_id)
     }
 }
+
+/// What a tunnel's span takes, written.
+const TUNNEL_SPAN_BYTES: usize = 512;

@@ -27,6 +27,17 @@ impl SpanId {
     pub fn random() -> Self {
         Self(rand::random::<NonZeroU64>().get().to_be_bytes())
     }
+
+    /// Two ids from one draw (a request's server and client spans).
+    pub fn random_pair() -> (Self, Self) {
+        loop {
+            let bits = rand::random::<u128>();
+            let (high, low) = ((bits >> 64) as u64, bits as u64);
+            if high != 0 && low != 0 {
+                return (Self(high.to_be_bytes()), Self(low.to_be_bytes()));
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for TraceId {
@@ -132,6 +143,14 @@ mod tests {
         assert!(sampled);
         assert_eq!(&traceparent(trace, span, true)[..], EXAMPLE);
         assert_eq!(&traceparent(trace, span, false)[53..], b"00");
+    }
+
+    #[test]
+    fn paired_ids_differ() {
+        for _ in 0..1000 {
+            let (a, b) = SpanId::random_pair();
+            assert!(a != b && a.0 != [0; 8] && b.0 != [0; 8]);
+        }
     }
 
     #[test]

@@ -1,15 +1,15 @@
-//! The exporter: spans go into a bounded queue and leave it in batches, posted to the
-//! collector from a thread of their own, so that a slow, refusing or dead collector
+//! The exporter: spans go into a bounded queue and leave it in batches, encoded and
+//! posted to the collector from a thread of their own, so that a slow, refusing or dead collector
 //! never holds up a request or a tunnel. When the queue is full or an export fails, the
 //! spans are dropped and counted ([`stats`]), with at most one warning a minute.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use super::client::Collector;
-use super::otlp;
-use super::span::SpanRecord;
+use super::otlp::{self, Spans};
 
 /// Spans in one export at most.
 const MAX_BATCH: usize = 512;
@@ -40,12 +40,6 @@ pub fn stats() -> Stats {
     }
 }
 
-enum Message {
-    Spans(Vec<SpanRecord>),
-    /// Export what is queued now, then answer.
-    Flush(mpsc::SyncSender<()>),
-}
-
 /// How the exporter sends.
 pub struct Settings {
     pub endpoint: String,
@@ -57,17 +51,61 @@ pub struct Settings {
 
 /// The sending end; the thread exports what is left and ends when it is dropped.
 pub struct Exporter {
-    queue: mpsc::Sender<Message>,
-    queued: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
     max_queue: usize,
+}
+
+/// Spans waiting for the export thread. A request adds its spans under the lock without
+/// waking the thread, unless they are the first of a batch (the thread then starts the
+/// batch's clock) or they fill one: a busy proxy wakes it once a batch, not once a span.
+struct Queue {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Batches of at most [`MAX_BATCH`] spans, the last one filling.
+    batches: VecDeque<Batch>,
+    /// Spans in `batches`, and in the export under way.
+    queued: usize,
+    exporting: usize,
+    /// Callers of [`Exporter::flush`] waiting.
+    flushes: Vec<mpsc::SyncSender<()>>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Batch {
+    parts: Vec<Spans>,
+    spans: usize,
+}
+
+impl State {
+    fn full_batches(&self) -> usize {
+        match self.batches.back() {
+            Some(last) if last.spans < MAX_BATCH => self.batches.len() - 1,
+            _ => self.batches.len(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Exporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.queue.lock();
         f.debug_struct("Exporter")
-            .field("queued", &self.queued.load(Ordering::Relaxed))
+            .field("queued", &state.queued)
+            .field("exporting", &state.exporting)
             .field("max_queue", &self.max_queue)
             .finish()
+    }
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state consistent (plain counters and
+        // whole batches): carry on.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -76,11 +114,12 @@ impl Exporter {
     /// cannot start; the collector is not contacted until the first batch.
     pub fn start(settings: Settings) -> Result<Self, String> {
         let collector = Collector::new(&settings.endpoint, settings.headers)?;
-        let (queue, rx) = mpsc::channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queue = Arc::new(Queue {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+        });
         let worker = Worker {
-            rx,
-            queued: queued.clone(),
+            queue: queue.clone(),
             collector,
             encoder: settings.encoder,
             timeout: settings.timeout,
@@ -92,17 +131,19 @@ impl Exporter {
             .map_err(|e| format!("cannot start the span exporter thread: {e}"))?;
         Ok(Self {
             queue,
-            queued,
             max_queue: settings.max_queue,
         })
     }
 
     /// Queue a request's spans, or drop and count them when the queue is full.
-    pub fn send(&self, spans: Vec<SpanRecord>) {
+    pub fn send(&self, spans: Spans) {
         let n = spans.len();
-        let before = self.queued.fetch_add(n, Ordering::Relaxed);
-        if before + n > self.max_queue || self.queue.send(Message::Spans(spans)).is_err() {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
+        if n == 0 {
+            return;
+        }
+        let mut state = self.queue.lock();
+        if state.closed || state.queued + state.exporting + n > self.max_queue {
+            drop(state);
             DROPPED_QUEUE_FULL.fetch_add(n as u64, Ordering::Relaxed);
             warn_dropped(&QUEUE_FULL_WARNING, n, || {
                 format!(
@@ -110,22 +151,50 @@ impl Exporter {
                     self.max_queue
                 )
             });
+            return;
+        }
+        let first = state.queued == 0;
+        state.queued += n;
+        let batch = match state.batches.back_mut() {
+            Some(last) if last.spans < MAX_BATCH => last,
+            _ => {
+                state.batches.push_back(Batch::default());
+                state.batches.back_mut().expect("just pushed")
+            }
+        };
+        batch.spans += n;
+        batch.parts.push(spans);
+        let filled = batch.spans >= MAX_BATCH;
+        drop(state);
+        if first || filled {
+            self.queue.wake.notify_one();
         }
     }
 
     /// Export what is queued, waiting at most `within`. Whether it finished in time.
     pub fn flush(&self, within: Duration) -> bool {
         let (done, finished) = mpsc::sync_channel(1);
-        if self.queue.send(Message::Flush(done)).is_err() {
-            return true;
+        {
+            let mut state = self.queue.lock();
+            if state.closed {
+                return true;
+            }
+            state.flushes.push(done);
         }
+        self.queue.wake.notify_one();
         finished.recv_timeout(within).is_ok()
     }
 }
 
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.queue.lock().closed = true;
+        self.queue.wake.notify_one();
+    }
+}
+
 struct Worker {
-    rx: mpsc::Receiver<Message>,
-    queued: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
     collector: Collector,
     encoder: otlp::Encoder,
     timeout: Duration,
@@ -141,62 +210,76 @@ impl Worker {
             Ok(runtime) => runtime,
             Err(e) => {
                 tracing::error!(error = %e, "span exporter cannot start; spans will be dropped");
+                self.queue.lock().closed = true;
                 return;
             }
         };
-        let mut batch: Vec<SpanRecord> = Vec::new();
+        // When the oldest queued span has waited long enough for its batch to fill.
         let mut due: Option<Instant> = None;
         loop {
-            let message = match due {
-                None => self
-                    .rx
-                    .recv()
-                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-                Some(due) => self
-                    .rx
-                    .recv_timeout(due.saturating_duration_since(Instant::now())),
-            };
-            match message {
-                Ok(Message::Spans(spans)) => {
-                    batch.extend(spans);
-                    due.get_or_insert_with(|| Instant::now() + BATCH_DELAY);
-                    while batch.len() >= MAX_BATCH {
-                        let rest = batch.split_off(MAX_BATCH);
-                        self.export(&runtime, std::mem::replace(&mut batch, rest));
-                    }
-                    if batch.is_empty() {
+            let (batches, flushes, closed) = {
+                let mut state = self.queue.lock();
+                loop {
+                    if state.queued == 0 {
                         due = None;
+                    } else if due.is_none() {
+                        due = Some(Instant::now() + BATCH_DELAY);
                     }
+                    let late = due.is_some_and(|due| Instant::now() >= due);
+                    if state.closed || late || !state.flushes.is_empty() {
+                        break;
+                    }
+                    if state.full_batches() > 0 {
+                        break;
+                    }
+                    let wake = &self.queue.wake;
+                    state = match due {
+                        None => wake.wait(state).unwrap_or_else(|e| e.into_inner()),
+                        Some(due) => {
+                            let wait = due.saturating_duration_since(Instant::now());
+                            let woken = wake.wait_timeout(state, wait);
+                            woken.unwrap_or_else(|e| e.into_inner()).0
+                        }
+                    };
                 }
-                Ok(Message::Flush(done)) => {
-                    self.export(&runtime, std::mem::take(&mut batch));
+                let all = state.closed
+                    || !state.flushes.is_empty()
+                    || due.is_some_and(|due| Instant::now() >= due);
+                let take = if all {
+                    state.batches.len()
+                } else {
+                    state.full_batches()
+                };
+                let batches: Vec<Batch> = state.batches.drain(..take).collect();
+                let n: usize = batches.iter().map(|b| b.spans).sum();
+                state.queued -= n;
+                state.exporting += n;
+                if all {
                     due = None;
-                    let _ = done.try_send(());
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.export(&runtime, std::mem::take(&mut batch));
-                    due = None;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.export(&runtime, std::mem::take(&mut batch));
-                    return;
-                }
+                (batches, std::mem::take(&mut state.flushes), state.closed)
+            };
+            for batch in batches {
+                self.export(&runtime, batch);
+            }
+            for done in flushes {
+                let _ = done.try_send(());
+            }
+            if closed && self.queue.lock().queued == 0 {
+                return;
             }
         }
     }
 
-    fn export(&mut self, runtime: &tokio::runtime::Runtime, batch: Vec<SpanRecord>) {
-        if batch.is_empty() {
-            return;
-        }
-        let n = batch.len();
-        let body = self.encoder.encode(&batch);
+    fn export(&mut self, runtime: &tokio::runtime::Runtime, batch: Batch) {
+        let n = batch.spans;
+        let body = self.encoder.encode(&batch.parts);
         drop(batch);
         // The timer is made inside the runtime: it needs the runtime's clock.
         let (timeout, collector) = (self.timeout, &mut self.collector);
         let sent =
             runtime.block_on(async { tokio::time::timeout(timeout, collector.post(body)).await });
-        self.queued.fetch_sub(n, Ordering::Relaxed);
+        self.queue.lock().exporting -= n;
         let failure = match sent {
             Ok(Ok(status)) if status.is_success() => {
                 EXPORTED.fetch_add(n as u64, Ordering::Relaxed);

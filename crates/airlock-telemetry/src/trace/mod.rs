@@ -1,6 +1,6 @@
-//! OpenTelemetry traces: ids and the W3C headers that carry them ([`context`]), spans as
-//! plain records ([`span`]), and their export over OTLP/HTTP ([`export`], [`otlp`],
-//! `client`). A [`Tracer`] is what one `[telemetry]` table becomes.
+//! OpenTelemetry traces: ids and the W3C headers that carry them ([`context`]), spans
+//! written as OTLP as they finish ([`span`], [`otlp`]), and their export over OTLP/HTTP
+//! ([`export`], `client`). A [`Tracer`] is what one `[telemetry]` table becomes.
 //!
 //! Not here: which spans a request has and what they say. The proxy's phases build them
 //! (`airlock_proxy::observe::trace`); this module only samples and ships them.
@@ -17,7 +17,8 @@ use airlock_config::{Sampler, Telemetry, TrustTraceparent};
 
 pub use context::{Parent, SpanId, TraceId};
 pub use export::{Stats, stats};
-pub use span::{Attributes, Clock, Event, Kind, SpanName, SpanRecord, Value};
+pub use otlp::{Head, SpanWriter, Spans};
+pub use span::{Clock, Kind, Value, unix_now};
 
 /// One `[telemetry]` table at run time: the sampler, the trust and propagation settings
 /// and the exporter.
@@ -88,7 +89,7 @@ impl Tracer {
     }
 
     /// Queue finished spans for export (dropped and counted when the queue is full).
-    pub fn export(&self, spans: Vec<SpanRecord>) {
+    pub fn export(&self, spans: Spans) {
         self.exporter.send(spans);
     }
 

@@ -1,36 +1,192 @@
 //! Spans as an OTLP `ExportTraceServiceRequest` in protobuf.
 //!
-//! The parts that never change (the resource, the instrumentation scope) are built once
-//! with the OpenTelemetry project's generated types (`opentelemetry-proto`). The spans
-//! are written straight from airlock's records, in one pass: building the generated
-//! structs for every span (a `String` per attribute key and value) and letting prost size
-//! the nested messages cost about 29,000 instructions per traced WebSocket handshake (its
-//! three spans), more than half of what the handshake itself costs; this costs about
-//! 7,000 (`docs/benchmarks.md#tracing`). The tests decode the
+//! Each span is written as protobuf the moment it finishes, on the request's thread,
+//! straight from what the request knows ([`Spans::span`]): no record of it is built,
+//! queued and dropped, which cost more than writing it (`docs/benchmarks.md#tracing`).
+//! The exporter's thread only puts the finished spans of a batch between the parts that
+//! never change (the resource and the instrumentation scope, built once with the
+//! OpenTelemetry project's generated types, `opentelemetry-proto`). The tests decode the
 //! result with the generated types, and the e2e tests with the Python package.
 
-use std::fmt::Write as _;
+use std::net::IpAddr;
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
-use prost::encoding::{WireType, encoded_len_varint};
+use prost::encoding::encoded_len_varint;
 
-use super::span::{Attributes, Kind, SpanRecord, Value};
+use super::context::{SpanId, TraceId};
+use super::span::{Kind, Value};
 
 /// The semantic conventions airlock's attribute names follow.
 pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.26.0";
+
+/// Finished spans, each written as a `ScopeSpans.spans` field, ready to be exported.
+#[derive(Debug, Default)]
+pub struct Spans {
+    buf: Vec<u8>,
+    count: usize,
+}
+
+/// What every span has, known when it is begun.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent: Option<SpanId>,
+    /// The `tracestate` of the trace this span continues.
+    pub tracestate: Option<&'a str>,
+    /// The name, in two parts joined by a space when there is a second (`GET chat`): a
+    /// name costs no formatting.
+    pub name: (&'a str, Option<&'a str>),
+    pub kind: Kind,
+    /// Unix time, nanoseconds.
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Spans {
+    /// Room for about `bytes` of spans (a span with a dozen attributes takes 500).
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(bytes),
+            count: 0,
+        }
+    }
+
+    /// How many spans.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Their size, encoded.
+    pub fn size(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Begin a span. Its attributes, events and status are added through the writer; it
+    /// is complete when the writer is dropped.
+    pub fn span(&mut self, head: &Head<'_>) -> SpanWriter<'_> {
+        let out = &mut self.buf;
+        out.reserve(256);
+        // ScopeSpans.spans = 2, its length (two bytes, written when it ends), and
+        // Span { trace_id = 1, span_id = 2, trace_state = 3, parent_span_id = 4,
+        //        name = 5, kind = 6, start_time_unix_nano = 7, end_time_unix_nano = 8 }:
+        // the fixed-size parts are put together first, and copied in one piece.
+        let body = out.len() + 1;
+        let mut ids = [0u8; 3 + 18 + 10];
+        ids[0] = tag(2, LEN);
+        ids[3..5].copy_from_slice(&[tag(1, LEN), 16]);
+        ids[5..21].copy_from_slice(&head.trace_id.0);
+        ids[21..23].copy_from_slice(&[tag(2, LEN), 8]);
+        ids[23..31].copy_from_slice(&head.span_id.0);
+        out.extend_from_slice(&ids);
+        if let Some(state) = head.tracestate {
+            string(out, tag(3, LEN), state.as_bytes());
+        }
+        if let Some(parent) = head.parent {
+            let mut field = [tag(4, LEN), 8, 0, 0, 0, 0, 0, 0, 0, 0];
+            field[2..].copy_from_slice(&parent.0);
+            out.extend_from_slice(&field);
+        }
+        match head.name {
+            (name, None) => string(out, tag(5, LEN), name.as_bytes()),
+            (first, Some(second)) => {
+                out.push(tag(5, LEN));
+                varint(out, (first.len() + 1 + second.len()) as u64);
+                out.extend_from_slice(first.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(second.as_bytes());
+            }
+        }
+        let kind = match head.kind {
+            Kind::Internal => 1,
+            Kind::Server => 2,
+            Kind::Client => 3,
+        };
+        let mut times = [0u8; 2 + 9 + 9];
+        times[..3].copy_from_slice(&[tag(6, VARINT), kind, tag(7, I64)]);
+        times[3..11].copy_from_slice(&head.start.to_le_bytes());
+        times[11] = tag(8, I64);
+        times[12..].copy_from_slice(&head.end.to_le_bytes());
+        out.extend_from_slice(&times);
+        SpanWriter { spans: self, body }
+    }
+}
+
+/// Adds to a span being written; the span is complete when this is dropped.
+pub struct SpanWriter<'a> {
+    spans: &'a mut Spans,
+    /// Where the span's length goes.
+    body: usize,
+}
+
+impl SpanWriter<'_> {
+    /// An attribute (Span.attributes = 9).
+    #[inline(always)]
+    pub fn attr<'v>(&mut self, key: &str, value: impl Into<Value<'v>>) -> &mut Self {
+        key_value(&mut self.spans.buf, tag(9, LEN), "", key, value.into());
+        self
+    }
+
+    /// An attribute whose key is `prefix` followed by `key`.
+    pub fn attr_prefixed(&mut self, prefix: &str, key: &str, value: Value<'_>) -> &mut Self {
+        key_value(&mut self.spans.buf, tag(9, LEN), prefix, key, value);
+        self
+    }
+
+    /// Something that happened at `time` (Unix nanoseconds) during the span.
+    pub fn event(&mut self, name: &str, time: u64, attributes: &[(&str, Value<'_>)]) {
+        let out = &mut self.spans.buf;
+        // Span.events = 11: Event { time_unix_nano = 1, name = 2, attributes = 3 }
+        out.push(tag(11, LEN));
+        let body = open_len(out);
+        out.push(tag(1, I64));
+        out.extend_from_slice(&time.to_le_bytes());
+        string(out, tag(2, LEN), name.as_bytes());
+        for (key, value) in attributes {
+            key_value(out, tag(3, LEN), "", key, *value);
+        }
+        close_len(out, body);
+    }
+
+    /// Mark the span failed, with `message` (empty: none). Once per span at most.
+    pub fn error(&mut self, message: &str) {
+        let out = &mut self.spans.buf;
+        // Span.status = 15: Status { message = 2, code = 3 (2: error) }
+        let len = if message.is_empty() {
+            0
+        } else {
+            1 + encoded_len_varint(message.len() as u64) + message.len()
+        } + 2;
+        out.push(tag(15, LEN));
+        varint(out, len as u64);
+        if !message.is_empty() {
+            string(out, tag(2, LEN), message.as_bytes());
+        }
+        out.extend_from_slice(&[tag(3, VARINT), 2]);
+    }
+}
+
+impl Drop for SpanWriter<'_> {
+    fn drop(&mut self) {
+        let out = &mut self.spans.buf;
+        // flags = 16, fixed32: W3C "sampled" (only sampled spans are written).
+        out.extend_from_slice(&[0x85, 0x01, 1, 0, 0, 0]);
+        close_len(out, self.body);
+        self.spans.count += 1;
+    }
+}
 
 /// Encodes batches for one resource.
 pub struct Encoder {
     /// The encoded `Resource` and `InstrumentationScope` messages.
     resource: Vec<u8>,
     scope: Vec<u8>,
-    /// The spans of the batch being encoded, and of one span: kept between batches so
-    /// that a warm exporter does not grow a buffer per batch.
-    spans: Vec<u8>,
-    scratch: Vec<u8>,
-    text: String,
 }
 
 impl Encoder {
@@ -65,176 +221,160 @@ impl Encoder {
         Self {
             resource: resource.encode_to_vec(),
             scope: scope.encode_to_vec(),
-            spans: Vec::new(),
-            scratch: Vec::with_capacity(1024),
-            text: String::new(),
         }
     }
 
-    /// The request body for one batch.
-    pub fn encode(&mut self, spans: &[SpanRecord]) -> Vec<u8> {
-        // ScopeSpans { scope = 1, spans = 2 (each), schema_url = 3 }
-        let scope_spans = &mut self.spans;
-        scope_spans.clear();
-        message(scope_spans, 1, &self.scope);
-        for record in spans {
-            self.scratch.clear();
-            span(&mut self.scratch, &mut self.text, record);
-            message(scope_spans, 2, &self.scratch);
-        }
-        string(scope_spans, 3, SCHEMA_URL);
-        let scope_spans = &self.spans;
-        // ResourceSpans { resource = 1, scope_spans = 2, schema_url = 3 } inside
-        // ExportTraceServiceRequest { resource_spans = 1 }: the headers are written
-        // around the spans, which are copied once.
+    /// The request body for one batch: these spans, copied once.
+    pub fn encode(&self, batch: &[Spans]) -> Vec<u8> {
         let field_len = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+        // ExportTraceServiceRequest { resource_spans = 1: ResourceSpans { resource = 1,
+        // scope_spans = 2: ScopeSpans { scope = 1, spans = 2 (each), schema_url = 3 },
+        // schema_url = 3 } }
+        let spans_len: usize = batch.iter().map(Spans::size).sum();
+        let scope_spans_len = field_len(self.scope.len()) + spans_len + field_len(SCHEMA_URL.len());
         let resource_spans_len = field_len(self.resource.len())
-            + field_len(scope_spans.len())
+            + field_len(scope_spans_len)
             + field_len(SCHEMA_URL.len());
         let mut request = Vec::with_capacity(field_len(resource_spans_len));
-        encode_key(1, WireType::LengthDelimited, &mut request);
-        encode_varint(resource_spans_len as u64, &mut request);
-        message(&mut request, 1, &self.resource);
-        message(&mut request, 2, scope_spans);
-        string(&mut request, 3, SCHEMA_URL);
+        request.push(tag(1, LEN));
+        varint(&mut request, resource_spans_len as u64);
+        string(&mut request, tag(1, LEN), &self.resource);
+        request.push(tag(2, LEN));
+        varint(&mut request, scope_spans_len as u64);
+        string(&mut request, tag(1, LEN), &self.scope);
+        for spans in batch {
+            request.extend_from_slice(&spans.buf);
+        }
+        string(&mut request, tag(3, LEN), SCHEMA_URL.as_bytes());
+        string(&mut request, tag(3, LEN), SCHEMA_URL.as_bytes());
         request
     }
 }
 
-/// One `Span` message's fields (opentelemetry/proto/trace/v1/trace.proto).
-fn span(out: &mut Vec<u8>, text: &mut String, record: &SpanRecord) {
-    bytes(out, 1, &record.trace_id.0);
-    bytes(out, 2, &record.span_id.0);
-    if let Some(state) = &record.tracestate {
-        string(out, 3, state);
-    }
-    if let Some(parent) = record.parent {
-        bytes(out, 4, &parent.0);
-    }
-    match record.name.parts() {
-        (name, None) => string(out, 5, name),
-        (first, Some(second)) => {
-            encode_key(5, WireType::LengthDelimited, out);
-            encode_varint((first.len() + 1 + second.len()) as u64, out);
-            out.extend_from_slice(first.as_bytes());
-            out.push(b' ');
-            out.extend_from_slice(second.as_bytes());
-        }
-    }
-    let kind = match record.kind {
-        Kind::Internal => 1,
-        Kind::Server => 2,
-        Kind::Client => 3,
+/// Wire types.
+const VARINT: u8 = 0;
+const I64: u8 = 1;
+const LEN: u8 = 2;
+
+/// A field's key, for the field numbers below 16 that fit a byte.
+#[inline(always)]
+const fn tag(field: u8, wire_type: u8) -> u8 {
+    assert!(field < 16);
+    field << 3 | wire_type
+}
+
+/// `KeyValue { key = 1, value = 2: AnyValue }` under the field key `field`.
+///
+/// Written a few bytes at a time from fixed-size arrays, which compile to stores: with a
+/// byte pushed at a time, this cost twice as much (the attributes are most of a span).
+/// Inlined into each call, where the key and the kind of value are mostly constants.
+#[inline(always)]
+fn key_value(out: &mut Vec<u8>, field: u8, prefix: &str, key: &str, value: Value<'_>) {
+    let mut text = [0u8; 45];
+    // AnyValue { string_value = 1, bool_value = 2, int_value = 3, double_value = 4 }
+    let scalar = match value {
+        Value::Str(s) => Scalar::Text(s.as_bytes()),
+        Value::Ip(ip) => Scalar::Text(write_ip(&mut text, ip)),
+        Value::Hex(n) => Scalar::Text(write_hex(&mut text, n)),
+        Value::Bool(b) => Scalar::Varint(tag(2, VARINT), u64::from(b)),
+        Value::Int(n) => Scalar::Varint(tag(3, VARINT), n as u64),
+        Value::Float(f) => Scalar::Fixed64(f.to_bits()),
     };
-    encode_key(6, WireType::Varint, out);
-    encode_varint(kind, out);
-    fixed64(out, 7, record.start);
-    fixed64(out, 8, record.end);
-    attributes(out, text, 9, &record.attributes);
-    for event in &record.events {
-        // Event { time_unix_nano = 1, name = 2, attributes = 3 }
-        let mut body = Vec::with_capacity(128);
-        fixed64(&mut body, 1, event.time);
-        string(&mut body, 2, &event.name);
-        attributes(&mut body, text, 3, &event.attributes);
-        message(out, 11, &body);
+    let any_len = match scalar {
+        Scalar::Text(s) => 1 + encoded_len_varint(s.len() as u64) + s.len(),
+        Scalar::Varint(_, v) => 1 + encoded_len_varint(v),
+        Scalar::Fixed64(_) => 1 + 8,
+    };
+    let key_len = prefix.len() + key.len();
+    let kv_len = 1
+        + encoded_len_varint(key_len as u64)
+        + key_len
+        + 1
+        + encoded_len_varint(any_len as u64)
+        + any_len;
+    out.reserve(kv_len + 10);
+    if kv_len < 128 {
+        out.extend_from_slice(&[field, kv_len as u8, tag(1, LEN), key_len as u8]);
+    } else {
+        out.push(field);
+        varint(out, kv_len as u64);
+        out.push(tag(1, LEN));
+        varint(out, key_len as u64);
     }
-    if let Some(error) = &record.error {
-        // Status { message = 2, code = 3 (2: error) }
-        let len = string_len(2, error) + 2;
-        encode_key(15, WireType::LengthDelimited, out);
-        encode_varint(len as u64, out);
-        string(out, 2, error);
-        encode_key(3, WireType::Varint, out);
-        encode_varint(2, out);
-    }
-    // flags = 16, fixed32: W3C "sampled" (only sampled spans are exported).
-    encode_key(16, WireType::ThirtyTwoBit, out);
-    out.extend_from_slice(&1u32.to_le_bytes());
-}
-
-/// Repeated `KeyValue { key = 1, value = 2: AnyValue }` under `tag`.
-fn attributes(out: &mut Vec<u8>, text: &mut String, tag: u32, attributes: &Attributes) {
-    for (key, value) in attributes {
-        // AnyValue { string_value = 1, bool_value = 2, int_value = 3, double_value = 4 }
-        let any: (u32, Scalar<'_>) = match value {
-            Value::Str(s) => (1, Scalar::Text(s)),
-            Value::Shared(s) => (1, Scalar::Text(s)),
-            Value::Ip(ip) => {
-                write_ip(text, *ip);
-                (1, Scalar::Text(text.as_str()))
-            }
-            Value::Hex(n) => {
-                text.clear();
-                let _ = write!(text, "{n:x}");
-                (1, Scalar::Text(text.as_str()))
-            }
-            Value::Bool(b) => (2, Scalar::Varint(u64::from(*b))),
-            Value::Int(n) => (3, Scalar::Varint(*n as u64)),
-            Value::Float(f) => (4, Scalar::Fixed64(f.to_bits())),
-        };
-        let any_len = match any.1 {
-            Scalar::Text(s) => string_len(any.0, s),
-            Scalar::Varint(v) => 1 + encoded_len_varint(v),
-            Scalar::Fixed64(_) => 1 + 8,
-        };
-        let key_value_len = string_len(1, key) + 1 + encoded_len_varint(any_len as u64) + any_len;
-        encode_key(tag, WireType::LengthDelimited, out);
-        encode_varint(key_value_len as u64, out);
-        string(out, 1, key);
-        encode_key(2, WireType::LengthDelimited, out);
-        encode_varint(any_len as u64, out);
-        match any.1 {
-            Scalar::Text(s) => string(out, any.0, s),
-            Scalar::Varint(v) => {
-                encode_key(any.0, WireType::Varint, out);
-                encode_varint(v, out);
-            }
-            Scalar::Fixed64(v) => {
-                encode_key(any.0, WireType::SixtyFourBit, out);
-                out.extend_from_slice(&v.to_le_bytes());
-            }
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(key.as_bytes());
+    match scalar {
+        Scalar::Text(s) if any_len < 128 => {
+            out.extend_from_slice(&[tag(2, LEN), any_len as u8, tag(1, LEN), s.len() as u8]);
+            out.extend_from_slice(s);
         }
-    }
-}
-
-/// An address as text, IPv4 without the formatting machinery (most are).
-fn write_ip(text: &mut String, ip: std::net::IpAddr) {
-    text.clear();
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    text.push('.');
-                }
-                if octet >= 100 {
-                    text.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    text.push(char::from(b'0' + octet / 10 % 10));
-                }
-                text.push(char::from(b'0' + octet % 10));
-            }
+        Scalar::Text(s) => {
+            out.push(tag(2, LEN));
+            varint(out, any_len as u64);
+            string(out, tag(1, LEN), s);
         }
-        std::net::IpAddr::V6(v6) => {
-            let _ = write!(text, "{v6}");
+        Scalar::Varint(key, v) => {
+            out.extend_from_slice(&[tag(2, LEN), any_len as u8, key]);
+            varint(out, v);
+        }
+        Scalar::Fixed64(v) => {
+            out.extend_from_slice(&[tag(2, LEN), any_len as u8, tag(4, I64)]);
+            out.extend_from_slice(&v.to_le_bytes());
         }
     }
 }
 
 enum Scalar<'a> {
-    Text(&'a str),
-    Varint(u64),
+    Text(&'a [u8]),
+    Varint(u8, u64),
     Fixed64(u64),
 }
 
-/// A field's key. prost's own `encode_key` and `encode_varint` write through `BufMut`;
-/// these write into the `Vec` directly.
-fn encode_key(tag: u32, wire_type: WireType, out: &mut Vec<u8>) {
-    encode_varint(u64::from(tag << 3 | wire_type as u32), out);
+/// An address as text, IPv4 without the formatting machinery (most are).
+fn write_ip(text: &mut [u8; 45], ip: IpAddr) -> &[u8] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                text[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            &text[..n]
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            // An IPv6 address is at most 45 characters (with an IPv4 tail).
+            let _ = write!(cursor, "{v6}");
+            let n = cursor.position() as usize;
+            &text[..n]
+        }
+    }
 }
 
-fn encode_varint(mut value: u64, out: &mut Vec<u8>) {
+/// `n` in lower-case hex.
+fn write_hex(text: &mut [u8; 45], n: u64) -> &[u8] {
+    let digits = (16 - n.leading_zeros() as usize / 4).max(1);
+    for (i, digit) in text[..digits].iter_mut().rev().enumerate() {
+        *digit = b"0123456789abcdef"[(n >> (4 * i) & 0xf) as usize];
+    }
+    &text[..digits]
+}
+
+#[inline(always)]
+fn varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8 & 0x7f) | 0x80);
         value >>= 7;
@@ -242,49 +382,50 @@ fn encode_varint(mut value: u64, out: &mut Vec<u8>) {
     out.push(value as u8);
 }
 
-fn message(out: &mut Vec<u8>, tag: u32, body: &[u8]) {
-    bytes(out, tag, body);
-}
-
-fn bytes(out: &mut Vec<u8>, tag: u32, value: &[u8]) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(value.len() as u64, out);
+/// A length-delimited field's length and bytes, after its key `key`.
+#[inline]
+fn string(out: &mut Vec<u8>, key: u8, value: &[u8]) {
+    out.push(key);
+    varint(out, value.len() as u64);
     out.extend_from_slice(value);
 }
 
-fn string(out: &mut Vec<u8>, tag: u32, value: &str) {
-    bytes(out, tag, value.as_bytes());
+/// Make room for the length of a message whose size is not known yet: two bytes, which
+/// hold lengths from 128 to 16,383 (most spans).
+fn open_len(out: &mut Vec<u8>) -> usize {
+    out.extend_from_slice(&[0, 0]);
+    out.len() - 2
 }
 
-fn fixed64(out: &mut Vec<u8>, tag: u32, value: u64) {
-    encode_key(tag, WireType::SixtyFourBit, out);
-    out.extend_from_slice(&value.to_le_bytes());
-}
-
-/// The encoded length of a string field with a one-byte key (tags below 16).
-fn string_len(tag: u32, value: &str) -> usize {
-    debug_assert!(tag < 16);
-    1 + encoded_len_varint(value.len() as u64) + value.len()
+/// Write the length of the message whose two bytes for it are at `at` (see
+/// [`open_len`]), moving the message when its length needs other than two.
+fn close_len(out: &mut Vec<u8>, at: usize) {
+    let len = out.len() - at - 2;
+    if (128..16384).contains(&len) {
+        out[at] = (len as u8 & 0x7f) | 0x80;
+        out[at + 1] = (len >> 7) as u8;
+    } else {
+        let mut bytes = Vec::with_capacity(10);
+        varint(&mut bytes, len as u64);
+        out.splice(at..at + 2, bytes);
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
     use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
     use super::*;
-    use crate::trace::{Event, SpanId, SpanName, TraceId};
 
     fn value(kv: &KeyValue) -> any_value::Value {
         kv.value.clone().unwrap().value.unwrap()
     }
 
     #[test]
-    fn addresses_are_written_as_the_standard_library_writes_them() {
-        let mut text = String::new();
+    fn addresses_and_ids_are_written_as_the_standard_library_writes_them() {
+        let mut text = [0u8; 45];
         for ip in [
             "0.0.0.0",
             "10.0.0.1",
@@ -293,48 +434,65 @@ mod tests {
             "255.9.99.100",
             "::1",
             "2001:db8::7",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
         ] {
-            write_ip(&mut text, ip.parse().unwrap());
-            assert_eq!(text, ip);
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(write_ip(&mut text, ip), ip.to_string().as_bytes());
+        }
+        for n in [0, 1, 0xf, 0x10, 0xab1, u64::MAX, 1 << 60] {
+            assert_eq!(write_hex(&mut text, n), format!("{n:x}").as_bytes());
+        }
+    }
+
+    fn head(span_id: u8) -> Head<'static> {
+        Head {
+            trace_id: TraceId([7; 16]),
+            span_id: SpanId([span_id; 8]),
+            parent: None,
+            tracestate: None,
+            name: ("tunnel", None),
+            kind: Kind::Internal,
+            start: 1,
+            end: 2,
         }
     }
 
     #[test]
     fn what_is_written_decodes_with_the_opentelemetry_types() {
-        let mut encoder = Encoder::new("edge", &[("region".into(), "eu".into())]);
-        let record = SpanRecord {
-            trace_id: TraceId([7; 16]),
-            span_id: SpanId([8; 8]),
-            parent: Some(SpanId([9; 8])),
-            tracestate: Some(Arc::from("vendor=abc")),
-            name: SpanName::Pair("GET", Arc::from("chat")),
-            kind: Kind::Server,
-            start: 1_700_000_000_000_000_000,
-            end: 1_700_000_000_002_000_000,
-            attributes: vec![
-                ("http.request.method".into(), "GET".into()),
-                ("airlock.route".into(), Value::Shared(Arc::from("chat"))),
-                ("client.address".into(), Value::Ip([10, 0, 0, 1].into())),
-                ("http.response.status_code".into(), 101u16.into()),
-                ("negative".into(), Value::Int(-3)),
-                ("id".into(), Value::Hex(0xab1)),
-                ("airlock.upgrade".into(), true.into()),
-                ("ratio".into(), 0.25.into()),
-                ("long".into(), "x".repeat(300).into()),
-            ],
-            events: vec![Event {
-                name: "connect failed".into(),
-                time: 1_700_000_000_001_000_000,
-                attributes: vec![("server.address".into(), "10.0.0.6:80".into())],
-            }],
-            error: Some("upstream refused".into()),
-        };
-        let mut unset = record.clone();
-        unset.parent = None;
-        unset.tracestate = None;
-        unset.error = None;
-        unset.events.clear();
-        let body = encoder.encode(&[record, unset]);
+        let encoder = Encoder::new("edge", &[("region".into(), "eu".into())]);
+        let mut first = Spans::with_capacity(0);
+        {
+            let mut span = first.span(&Head {
+                parent: Some(SpanId([9; 8])),
+                tracestate: Some("vendor=abc"),
+                name: ("GET", Some("chat")),
+                kind: Kind::Server,
+                start: 1_700_000_000_000_000_000,
+                end: 1_700_000_000_002_000_000,
+                ..head(8)
+            });
+            span.attr("http.request.method", "GET")
+                .attr("client.address", Value::Ip([10, 0, 0, 1].into()))
+                .attr("http.response.status_code", 101u16)
+                .attr("negative", Value::Int(-3))
+                .attr("id", Value::Hex(0xab1))
+                .attr("airlock.upgrade", true)
+                .attr("ratio", 0.25)
+                .attr("long", "x".repeat(300).as_str())
+                .attr_prefixed("airlock.plugin.attribute.", "tenant", "acme".into());
+            span.event(
+                "connect failed",
+                1_700_000_000_001_000_000,
+                &[("server.address", "10.0.0.6:80".into())],
+            );
+            span.error("upstream refused");
+        }
+        first.span(&head(10));
+        let mut second = Spans::default();
+        second.span(&head(11)).error("");
+        assert_eq!((first.len(), second.len()), (2, 1));
+
+        let body = encoder.encode(&[first, second]);
         let request = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
         let rs = &request.resource_spans[0];
         let resource = &rs.resource.as_ref().unwrap().attributes;
@@ -346,8 +504,9 @@ mod tests {
         assert_eq!(resource.last().unwrap().key, "region");
         assert_eq!(rs.schema_url, SCHEMA_URL);
         let scope = &rs.scope_spans[0];
+        assert_eq!(scope.schema_url, SCHEMA_URL);
         assert_eq!(scope.scope.as_ref().unwrap().name, "airlock");
-        let [span, unset]: &[_; 2] = scope.spans.as_slice().try_into().unwrap();
+        let [span, plain, failed]: &[_; 3] = scope.spans.as_slice().try_into().unwrap();
         assert_eq!(span.trace_id, vec![7; 16]);
         assert_eq!(span.span_id, vec![8; 8]);
         assert_eq!(span.parent_span_id, vec![9; 8]);
@@ -367,7 +526,6 @@ mod tests {
             attrs,
             vec![
                 ("http.request.method".into(), V::StringValue("GET".into())),
-                ("airlock.route".into(), V::StringValue("chat".into())),
                 ("client.address".into(), V::StringValue("10.0.0.1".into())),
                 ("http.response.status_code".into(), V::IntValue(101)),
                 ("negative".into(), V::IntValue(-3)),
@@ -375,6 +533,10 @@ mod tests {
                 ("airlock.upgrade".into(), V::BoolValue(true)),
                 ("ratio".into(), V::DoubleValue(0.25)),
                 ("long".into(), V::StringValue("x".repeat(300))),
+                (
+                    "airlock.plugin.attribute.tenant".into(),
+                    V::StringValue("acme".into())
+                ),
             ]
         );
         assert_eq!(span.events[0].name, "connect failed");
@@ -383,7 +545,30 @@ mod tests {
         let status = span.status.as_ref().unwrap();
         assert_eq!(status.code, StatusCode::Error as i32);
         assert_eq!(status.message, "upstream refused");
-        assert!(unset.parent_span_id.is_empty() && unset.trace_state.is_empty());
-        assert!(unset.status.is_none() && unset.events.is_empty());
+        // A span under 128 bytes: its length takes one byte.
+        assert_eq!(plain.span_id, vec![10; 8]);
+        assert!(plain.parent_span_id.is_empty() && plain.trace_state.is_empty());
+        assert!(plain.status.is_none() && plain.events.is_empty());
+        assert_eq!((plain.name.as_str(), plain.flags), ("tunnel", 1));
+        let status = failed.status.as_ref().unwrap();
+        assert_eq!(
+            (status.code, status.message.as_str()),
+            (StatusCode::Error as i32, "")
+        );
+    }
+
+    #[test]
+    fn a_span_longer_than_16_kib_is_written_whole() {
+        let mut spans = Spans::default();
+        let long = "y".repeat(20_000);
+        spans.span(&head(1)).attr("long", long.as_str());
+        let body = Encoder::new("edge", &[]).encode(&[spans]);
+        let request = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        let span = &request.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(
+            value(&span.attributes[0]),
+            any_value::Value::StringValue(long)
+        );
+        assert_eq!(span.flags, 1);
     }
 }

@@ -1,11 +1,8 @@
-//! A finished span as airlock records it: plain data, built by the request's phases and
-//! turned into OTLP only on the exporter's thread.
+//! What a span is made of, as the request's phases describe it: its kind, its
+//! attributes' values, and the clock that turns their instants into Unix time. The spans
+//! themselves are written as OTLP the moment they finish ([`super::otlp::Spans`]).
 
-use std::borrow::Cow;
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
-
-use super::context::{SpanId, TraceId};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What a span stands for, as OpenTelemetry names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,123 +12,68 @@ pub enum Kind {
     Client,
 }
 
-/// An attribute's value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Str(Cow<'static, str>),
-    Shared(Arc<str>),
-    /// An address, written out only when exported.
+/// An attribute's value, borrowed for as long as it takes to write it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Str(&'a str),
+    /// An address, written out as text.
     Ip(std::net::IpAddr),
-    /// A number shown in lower-case hex (a request id), written out only when exported.
+    /// A number shown in lower-case hex (a request id).
     Hex(u64),
     Int(i64),
     Bool(bool),
     Float(f64),
 }
 
-impl From<&'static str> for Value {
-    fn from(s: &'static str) -> Self {
-        Self::Str(Cow::Borrowed(s))
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(s: &'a str) -> Self {
+        Self::Str(s)
     }
 }
-impl From<String> for Value {
-    fn from(s: String) -> Self {
-        Self::Str(Cow::Owned(s))
+impl<'a> From<&'a String> for Value<'a> {
+    fn from(s: &'a String) -> Self {
+        Self::Str(s)
     }
 }
-impl From<Arc<str>> for Value {
-    fn from(s: Arc<str>) -> Self {
-        Self::Shared(s)
+impl<'a> From<&'a std::sync::Arc<str>> for Value<'a> {
+    fn from(s: &'a std::sync::Arc<str>) -> Self {
+        Self::Str(s)
     }
 }
-impl From<std::net::IpAddr> for Value {
+impl From<std::net::IpAddr> for Value<'_> {
     fn from(ip: std::net::IpAddr) -> Self {
         Self::Ip(ip)
     }
 }
-impl From<i64> for Value {
+impl From<i64> for Value<'_> {
     fn from(n: i64) -> Self {
         Self::Int(n)
     }
 }
-impl From<u64> for Value {
+impl From<u64> for Value<'_> {
     fn from(n: u64) -> Self {
         Self::Int(i64::try_from(n).unwrap_or(i64::MAX))
     }
 }
-impl From<u16> for Value {
+impl From<u16> for Value<'_> {
     fn from(n: u16) -> Self {
         Self::Int(n.into())
     }
 }
-impl From<bool> for Value {
+impl From<u32> for Value<'_> {
+    fn from(n: u32) -> Self {
+        Self::Int(n.into())
+    }
+}
+impl From<bool> for Value<'_> {
     fn from(b: bool) -> Self {
         Self::Bool(b)
     }
 }
-impl From<f64> for Value {
+impl From<f64> for Value<'_> {
     fn from(f: f64) -> Self {
         Self::Float(f)
     }
-}
-
-pub type Attributes = Vec<(Cow<'static, str>, Value)>;
-
-/// A span's name, kept in parts so that making one costs no formatting on the request's
-/// thread: `Pair("GET", route)` is exported as `GET chat`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SpanName {
-    Static(&'static str),
-    Pair(&'static str, Arc<str>),
-    Owned(String),
-}
-
-impl SpanName {
-    /// The name's length and its parts (the second after a space).
-    pub fn parts(&self) -> (&str, Option<&str>) {
-        match self {
-            Self::Static(s) => (s, None),
-            Self::Pair(a, b) => (a, Some(b)),
-            Self::Owned(s) => (s, None),
-        }
-    }
-}
-
-impl std::fmt::Display for SpanName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.parts() {
-            (a, None) => f.write_str(a),
-            (a, Some(b)) => write!(f, "{a} {b}"),
-        }
-    }
-}
-
-/// Something that happened at one moment of a span.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub name: Cow<'static, str>,
-    /// Unix time, nanoseconds.
-    pub time: u64,
-    pub attributes: Attributes,
-}
-
-/// One finished span.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpanRecord {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
-    pub parent: Option<SpanId>,
-    /// The `tracestate` of the trace this span continues.
-    pub tracestate: Option<Arc<str>>,
-    pub name: SpanName,
-    pub kind: Kind,
-    /// Unix time, nanoseconds.
-    pub start: u64,
-    pub end: u64,
-    pub attributes: Attributes,
-    pub events: Vec<Event>,
-    /// `Some` sets the span's status to error, with this message.
-    pub error: Option<String>,
 }
 
 /// Wall-clock times for monotonic instants: a request's start read once from both
@@ -143,23 +85,22 @@ pub struct Clock {
 }
 
 impl Clock {
-    pub fn now() -> Self {
-        let unix_nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    /// The clock of a request that started at `instant`, a moment ago (the wall clock is
+    /// read now: the difference is the sub-microsecond gap between the two).
+    pub fn at(instant: Instant) -> Self {
         Self {
-            unix_nanos,
-            at: Instant::now(),
+            unix_nanos: unix_now(),
+            at: instant,
         }
     }
 
     /// `instant` as Unix nanoseconds.
     pub fn unix(&self, instant: Instant) -> u64 {
         match instant.checked_duration_since(self.at) {
-            Some(after) => self.unix_nanos + after.as_nanos() as u64,
+            Some(after) => self.unix_nanos.saturating_add(nanos(after)),
             None => self
                 .unix_nanos
-                .saturating_sub(self.at.duration_since(instant).as_nanos() as u64),
+                .saturating_sub(nanos(self.at.duration_since(instant))),
         }
     }
 
@@ -167,4 +108,18 @@ impl Clock {
     pub fn unix_now(&self) -> u64 {
         self.unix(Instant::now())
     }
+}
+
+/// Unix nanoseconds now, from the wall clock.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, nanos)
+}
+
+/// A duration in nanoseconds, without `as_nanos`' 128-bit arithmetic (until 2554).
+fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
 }
