@@ -34,9 +34,7 @@ fn check_refuses(config: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_javascript_tenant_router_sends_each_tenant_to_its_pool() {
-    let wasm = tokio::task::spawn_blocking(|| js_plugin("tenant-router-js", "plugin.js"))
-        .await
-        .unwrap();
+    let wasm = js_plugin("tenant-router-js", "plugin.js").await;
     let (acme, globex) = (Backend::start("acme").await, Backend::start("globex").await);
     let airlock = Airlock::start(&config(&format!(
         r#"
@@ -110,9 +108,7 @@ config = {{ domain = "chat.test", tenants = {{ acme = "acme", globex = "globex" 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_javascript_tenant_router_refuses_a_bad_config_by_name() {
-    let wasm = tokio::task::spawn_blocking(|| js_plugin("tenant-router-js", "plugin.js"))
-        .await
-        .unwrap();
+    let wasm = js_plugin("tenant-router-js", "plugin.js").await;
     let stderr = check_refuses(&one_plugin(
         "tenants",
         "127.0.0.1:9",
@@ -137,9 +133,7 @@ fn signed(path: &str, query: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_signed_url_plugin_admits_only_valid_unexpired_signatures() {
-    let wasm = tokio::task::spawn_blocking(|| py_plugin("signed-url-py", "app"))
-        .await
-        .unwrap();
+    let wasm = py_plugin("signed-url-py", "app").await;
     let backend = Backend::start("feed").await;
     let airlock = Airlock::start(&one_plugin(
         "signed",
@@ -249,25 +243,19 @@ async fn each_failure_costs_one_request(wasm: &Path, exception: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_javascript_loop_allocation_bomb_or_exception_costs_one_request() {
-    let wasm = tokio::task::spawn_blocking(|| js_plugin("test-guest-js", "guest.js"))
-        .await
-        .unwrap();
+    let wasm = js_plugin("test-guest-js", "guest.js").await;
     each_failure_costs_one_request(&wasm, "throw").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_loop_allocation_bomb_or_exception_costs_one_request() {
-    let wasm = tokio::task::spawn_blocking(|| py_plugin("test-guest-py", "app"))
-        .await
-        .unwrap();
+    let wasm = py_plugin("test-guest-py", "app").await;
     each_failure_costs_one_request(&wasm, "raise").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_print_fails_its_call_alike_in_the_proxy_and_in_plugin_test() {
-    let wasm = tokio::task::spawn_blocking(|| py_plugin("test-guest-py", "app"))
-        .await
-        .unwrap();
+    let wasm = py_plugin("test-guest-py", "app").await;
     let cause = "plugins have no stdout or stderr (use the host log function)";
     let backend = Backend::start("b").await;
     let airlock = Airlock::start(&one_plugin("p", &backend.addr.to_string(), &wasm, ""));
@@ -298,9 +286,7 @@ async fn a_python_print_fails_its_call_alike_in_the_proxy_and_in_plugin_test() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_max_memory_below_a_runtimes_starting_image_is_refused_with_advice() {
-    let wasm = tokio::task::spawn_blocking(|| py_plugin("test-guest-py", "app"))
-        .await
-        .unwrap();
+    let wasm = py_plugin("test-guest-py", "app").await;
     let stderr = check_refuses(&one_plugin(
         "p",
         "127.0.0.1:9",

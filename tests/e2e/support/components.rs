@@ -49,8 +49,15 @@ pub fn componentize_py_bin() -> PathBuf {
     bin
 }
 
-/// `plugins/DIR/FILE.js`, built with ComponentizeJS; the component's path.
-pub fn js_plugin(dir: &str, file: &str) -> PathBuf {
+/// `plugins/DIR/FILE.js`, built with ComponentizeJS (off the test's runtime: a build
+/// takes seconds); the component's path.
+pub async fn js_plugin(dir: &'static str, file: &'static str) -> PathBuf {
+    tokio::task::spawn_blocking(move || build_js(dir, file))
+        .await
+        .unwrap()
+}
+
+fn build_js(dir: &str, file: &str) -> PathBuf {
     let _building = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let project = componentize_js_project();
     let source = repo().join("plugins").join(dir);
@@ -77,8 +84,15 @@ pub fn js_plugin(dir: &str, file: &str) -> PathBuf {
     out
 }
 
-/// The module `plugins/DIR/MODULE.py`, built with componentize-py; the component's path.
-pub fn py_plugin(dir: &str, module: &str) -> PathBuf {
+/// The module `plugins/DIR/MODULE.py`, built with componentize-py (off the test's
+/// runtime); the component's path.
+pub async fn py_plugin(dir: &'static str, module: &'static str) -> PathBuf {
+    tokio::task::spawn_blocking(move || build_py(dir, module))
+        .await
+        .unwrap()
+}
+
+fn build_py(dir: &str, module: &str) -> PathBuf {
     let _building = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let bin = componentize_py_bin();
     let source = repo().join("plugins").join(dir);

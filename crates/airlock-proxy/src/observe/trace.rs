@@ -241,10 +241,7 @@ impl RequestTrace {
     fn server_span(&self, recording: &mut Recording, facts: &Facts<'_>, end: u64) {
         let status = facts.status;
         let method = facts.method.as_str();
-        let name = match facts.route {
-            Some(route) => (method, Some(&**route)),
-            None => (method, None),
-        };
+        let name = (method, facts.route.map(|route| &**route));
         let start = recording.clock.unix(facts.started.into_std());
         let mut span = recording.spans.span(&Head {
             trace_id: self.trace_id,

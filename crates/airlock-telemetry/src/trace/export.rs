@@ -219,7 +219,9 @@ impl Worker {
         loop {
             let (batches, flushes, closed) = {
                 let mut state = self.queue.lock();
-                loop {
+                // Whether to export everything queued (closing, flushing, or the oldest
+                // span has waited long enough), or only the full batches.
+                let all = loop {
                     if state.queued == 0 {
                         due = None;
                     } else if due.is_none() {
@@ -227,10 +229,10 @@ impl Worker {
                     }
                     let late = due.is_some_and(|due| Instant::now() >= due);
                     if state.closed || late || !state.flushes.is_empty() {
-                        break;
+                        break true;
                     }
                     if state.full_batches() > 0 {
-                        break;
+                        break false;
                     }
                     let wake = &self.queue.wake;
                     state = match due {
@@ -241,10 +243,7 @@ impl Worker {
                             woken.unwrap_or_else(|e| e.into_inner()).0
                         }
                     };
-                }
-                let all = state.closed
-                    || !state.flushes.is_empty()
-                    || due.is_some_and(|due| Instant::now() >= due);
+                };
                 let take = if all {
                     state.batches.len()
                 } else {
