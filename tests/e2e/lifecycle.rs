@@ -117,3 +117,42 @@ async fn a_second_signal_exits_at_once() {
         .wait_for_log("second signal", |v| message_starts(v, "second signal"))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_before_shutdown_gets_its_first_request_answered() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // The open tunnel keeps the process draining for a few seconds.
+    let (_backend, airlock, _ws) = with_open_tunnel("10s", "8s").await;
+    let mut late = TcpStream::connect(airlock.addr()).await.unwrap();
+    let mut silent = TcpStream::connect(airlock.addr()).await.unwrap();
+    // Both accepted, and waiting for a first request.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    airlock.signal("TERM");
+    airlock
+        .wait_for_log("the shutdown", |v| {
+            v["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("shutting down")
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    late.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), late.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed after its answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    // One that says nothing is closed after the grace (1 s), without an answer.
+    let mut nothing = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut nothing))
+        .await
+        .expect("the silent connection is closed")
+        .unwrap();
+    assert!(nothing.is_empty());
+}

@@ -50,6 +50,10 @@ pub enum First<T> {
     Closed,
 }
 
+/// How long a connection that has not sent its first request yet is waited for once
+/// shutdown begins.
+const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Read a connection's first request head; proxy it from here if it is an upgrade, and
 /// say what the caller should do next.
 pub async fn first_request(
@@ -58,12 +62,21 @@ pub async fn first_request(
 ) -> First<impl Future<Output = ()> + Send + use<>> {
     let listener = &conn.listener;
     let mut buf = BytesMut::new();
-    let read = read_head(&mut stream, &mut buf, listener.max_header_bytes);
-    let read = tokio::time::timeout(listener.handshake_timeout, read);
-    let head = tokio::select! {
-        head = read => head,
-        // Nothing is in flight yet: close, as hyper does with an idle connection.
-        _ = conn.drain.stopping.cancelled() => return First::Closed,
+    let head = {
+        let read = read_head(&mut stream, &mut buf, listener.max_header_bytes);
+        let mut read = std::pin::pin!(tokio::time::timeout(listener.handshake_timeout, read));
+        tokio::select! {
+            head = &mut read => head,
+            // A connection accepted just before shutdown (or a handoff) was opened to
+            // send a request, which may be on its way: it gets a moment to come. One
+            // that says nothing is closed, as hyper closes an idle connection.
+            _ = conn.drain.stopping.cancelled() => {
+                match tokio::time::timeout(FIRST_REQUEST_GRACE, &mut read).await {
+                    Ok(head) => head,
+                    Err(_) => return First::Closed,
+                }
+            }
+        }
     };
     let found = match head {
         Ok(Ok(Head::Upgrade(found))) => found,

@@ -25,13 +25,18 @@ pub async fn serve(stream: Stream, conn: Arc<ConnCtx>, answered: Option<Response
         .timer(TokioTimer::new())
         .header_read_timeout(listener.handshake_timeout)
         .max_header_size(listener.max_header_bytes);
+    // Shutdown began while the first request was read: serve that one, then close (a
+    // graceful shutdown now would close the connection before hyper has read it).
+    let last = conn.drain.stopping.is_cancelled();
+    builder.keep_alive(!last);
     let mut connection = builder
         .serve_connection(TokioIo::new(stream), service(conn.clone(), answered))
         .with_upgrades();
 
     let result = tokio::select! {
         result = &mut connection => result,
-        _ = conn.drain.stopping.cancelled() => {
+        _ = conn.drain.force.cancelled(), if last => return,
+        _ = conn.drain.stopping.cancelled(), if !last => {
             // Finish the request in flight, if any, then close; idle connections close now.
             std::pin::Pin::new(&mut connection).graceful_shutdown();
             tokio::select! {
