@@ -9,6 +9,7 @@ mod cli;
 mod dns;
 mod drain;
 mod frames;
+mod handoff;
 mod health;
 mod http;
 mod lifecycle;

@@ -3,15 +3,18 @@
 //! draining).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_config::LoadedConfig;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::drain::Drain;
+use crate::handoff::{self, HandoffError, Inherited, Offered};
 use crate::limit::Connections;
 use crate::reload::{ReloadError, Reloaded, Reloader};
 use crate::snapshot::{self, BuildError, Snapshot};
@@ -60,15 +63,42 @@ impl Plan {
 
     /// Bind every listener and the admin endpoint. Nothing is served until `start`.
     pub async fn bind(self) -> Result<Bound, StartError> {
+        self.bind_inheriting(None).await
+    }
+
+    /// Like [`Plan::bind`], but use the sockets `inherited` from a predecessor where they
+    /// are the ones this configuration names; bind the rest.
+    pub async fn bind_inheriting(
+        self,
+        mut inherited: Option<&mut Inherited>,
+    ) -> Result<Bound, StartError> {
         let mut listeners = Vec::new();
         for listener in self.snapshot.listeners() {
-            let socket = bind(&listener.name, listener.bind).await?;
+            let taken = inherited
+                .as_deref_mut()
+                .and_then(|i| i.take_listener(&listener.name, listener.bind));
+            let socket = match taken {
+                Some(socket) => adopt(&listener.name, listener.bind, socket)?,
+                None => bind(&listener.name, listener.bind).await?,
+            };
             listeners.push((listener.name.clone(), socket));
         }
         let admin = match self.admin {
-            Some(addr) => Some(bind("admin", addr).await?),
+            Some(addr) => match inherited.as_deref_mut().and_then(|i| i.take_admin(addr)) {
+                Some(socket) => Some(adopt("admin", addr, socket)?),
+                None => Some(bind("admin", addr).await?),
+            },
             None => None,
         };
+        if let Some(inherited) = inherited {
+            for left in &inherited.listeners {
+                tracing::info!(
+                    listener = left.name,
+                    addr = %left.addr,
+                    "a listener of the predecessor that this configuration does not have; it stops with the predecessor"
+                );
+            }
+        }
         // Servers given by name get their addresses before the first request.
         for pool in self.snapshot.pools_by_name() {
             pool.resolve_names().await;
@@ -96,6 +126,19 @@ async fn bind(listener: &str, addr: SocketAddr) -> Result<TcpListener, StartErro
             addr,
             source,
         })
+}
+
+/// A socket taken over from a predecessor, for the runtime.
+fn adopt(
+    listener: &str,
+    addr: SocketAddr,
+    socket: std::net::TcpListener,
+) -> Result<TcpListener, StartError> {
+    TcpListener::from_std(socket).map_err(|source| StartError::Bind {
+        listener: listener.to_string(),
+        addr,
+        source,
+    })
 }
 
 /// Sockets bound and ready to serve.
@@ -133,12 +176,17 @@ impl Bound {
             drain.clone(),
             connections.clone(),
         ));
+        let admin_stop = CancellationToken::new();
+        let mut admin_socket = None;
         if let Some(admin) = self.admin {
             if let Ok(addr) = admin.local_addr() {
                 tracing::info!(addr = %addr, "admin listening");
             }
+            let admin = Arc::new(admin);
+            admin_socket = self.admin_bind.map(|addr| (addr, Arc::downgrade(&admin)));
             tokio::spawn(admin::serve(
                 admin,
+                admin_stop.clone(),
                 drain.clone(),
                 self.snapshot.clone(),
                 connections.clone(),
@@ -163,6 +211,8 @@ impl Bound {
             shutdown_grace: self.shutdown_grace,
             snapshot: self.snapshot,
             reloader,
+            admin: admin_socket,
+            admin_stop,
         }
     }
 }
@@ -203,9 +253,71 @@ pub struct Running {
     pub shutdown_grace: Duration,
     snapshot: snapshot::Shared,
     reloader: Arc<Reloader>,
+    /// The admin endpoint's configured address and socket, for a handoff.
+    admin: Option<(SocketAddr, std::sync::Weak<TcpListener>)>,
+    /// Stops the admin endpoint (after a handoff, the successor answers it).
+    admin_stop: CancellationToken,
 }
 
 impl Running {
+    /// Listen at `path` for a successor (see [`handoff`]), replacing a socket file left
+    /// there by a predecessor.
+    pub fn listen_for_successor(path: &Path) -> std::io::Result<UnixListener> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        UnixListener::bind(path)
+    }
+
+    /// Hand the listening sockets to the first successor that connects on `listener` and
+    /// gets ready; a successor that fails is logged, and the next one waited for. Returns
+    /// the successor's pid, with this process's admin endpoint stopped: begin the shutdown
+    /// next.
+    pub async fn hand_over(&self, listener: &UnixListener) -> u32 {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a successor's connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.hand_over_on(stream).await {
+                Ok(pid) => {
+                    self.admin_stop.cancel();
+                    return pid;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a successor did not take over; still serving")
+                }
+            }
+        }
+    }
+
+    async fn hand_over_on(&self, stream: tokio::net::UnixStream) -> Result<u32, HandoffError> {
+        let io = |source| HandoffError::Exchange { pid: 0, source };
+        let stream = stream.into_std().map_err(io)?;
+        stream.set_nonblocking(false).map_err(io)?;
+        let admin = match self.admin.as_ref() {
+            Some((addr, socket)) => match socket.upgrade() {
+                Some(socket) => Some((*addr, socket.as_fd().try_clone_to_owned().map_err(io)?)),
+                None => None,
+            },
+            None => None,
+        };
+        let offered = Offered {
+            listeners: self.reloader.sockets().map_err(io)?,
+            admin,
+        };
+        // The exchange blocks on the successor's answers: off the serving threads.
+        match tokio::task::spawn_blocking(move || handoff::hand_over(stream, offered)).await {
+            Ok(result) => result,
+            Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
+        }
+    }
+
     /// Load every TLS listener's certificates again (SIGHUP). New handshakes use them;
     /// open connections and tunnels are untouched. A listener whose new files are unusable
     /// keeps its current certificates, and the log says why.

@@ -19,13 +19,15 @@
 //! admin endpoint cannot move on a reload.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::handoff::Described;
 use crate::snapshot::{self, BuildError, Kept, Snapshot};
 use crate::{drain::Drain, limit::Connections, listen};
 
@@ -58,6 +60,8 @@ struct Serving {
     stop: CancellationToken,
     /// The accept loop; it closes the socket when it ends.
     task: tokio::task::JoinHandle<()>,
+    /// The socket, while the accept loop holds it (for a handoff to a successor).
+    socket: Weak<TcpListener>,
 }
 
 /// Why a reload was refused. The running configuration is unchanged.
@@ -126,6 +130,8 @@ impl Reloader {
             tracing::info!(listener = name, addr = %bound, "listening");
         }
         let stop = self.drain.stopping.child_token();
+        let listener = Arc::new(listener);
+        let socket = Arc::downgrade(&listener);
         let task = tokio::spawn(listen::accept_loop(
             listener,
             name.into(),
@@ -139,7 +145,24 @@ impl Reloader {
             addr,
             stop,
             task,
+            socket,
         });
+    }
+
+    /// The listeners accepting now, each with a copy of its socket's descriptor.
+    pub(crate) fn sockets(&self) -> std::io::Result<Vec<Described<OwnedFd>>> {
+        let mut sockets = Vec::new();
+        for serving in self.serving_now().iter() {
+            let Some(listener) = serving.socket.upgrade() else {
+                continue;
+            };
+            sockets.push(Described {
+                name: serving.name.clone(),
+                addr: serving.addr,
+                socket: listener.as_fd().try_clone_to_owned()?,
+            });
+        }
+        Ok(sockets)
     }
 
     fn serving_now(&self) -> std::sync::MutexGuard<'_, Vec<Serving>> {

@@ -37,6 +37,7 @@ const LAYERS: &[&str] = &[
     "request",
     "listen",
     // Around the data plane.
+    "handoff",
     "reload",
     "admin",
     "lifecycle",

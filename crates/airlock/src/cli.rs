@@ -10,6 +10,8 @@ Examples:
   airlock demo                                  # try it: open http://127.0.0.1:8080/
   airlock check --config airlock.toml           # validate a configuration, exit 64 on errors
   airlock run --config airlock.toml             # serve until SIGTERM/SIGINT
+  airlock run --config airlock.toml --handoff /run/airlock.sock
+                                                # the same, and a new one started alike takes over
   airlock reload --config airlock.toml          # apply an edited file; open tunnels stay
   AIRLOCK_LOG=debug airlock run --config airlock.toml --log-format json
 ";
@@ -36,6 +38,12 @@ pub enum Command {
         /// The TOML configuration file.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Take the listening sockets over from the airlock serving this Unix socket, if
+        /// one does (it then drains and exits; no connection is refused meanwhile), and
+        /// serve it for the next one. Start every airlock with the same path to upgrade
+        /// the binary or restart without a gap.
+        #[arg(long, value_name = "SOCKET")]
+        handoff: Option<PathBuf>,
     },
     /// Validate a configuration file and exit: 0 when valid, 64 with the errors otherwise.
     Check {

@@ -9,6 +9,7 @@ mod plugin_new;
 mod plugin_test;
 mod reload;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -53,8 +54,8 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Run { config } => match load(&config) {
-            Ok(loaded) => serve(loaded, Some(config), None),
+        Command::Run { config, handoff } => match load(&config) {
+            Ok(loaded) => serve(loaded, Some(config), None, handoff),
             Err(code) => code,
         },
         Command::Reload { config, admin } => reload::run(&config, admin),
@@ -92,7 +93,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo(args) => match demo::prepare(&args) {
-            Ok((loaded, path, upstream)) => serve(loaded, Some(path), Some(upstream)),
+            Ok((loaded, path, upstream)) => serve(loaded, Some(path), Some(upstream), None),
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
@@ -119,6 +120,7 @@ fn serve(
     loaded: airlock_config::LoadedConfig,
     path: Option<std::path::PathBuf>,
     demo: Option<demo::Upstream>,
+    handoff: Option<PathBuf>,
 ) -> ExitCode {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all().thread_name("airlock-worker");
@@ -128,7 +130,7 @@ fn serve(
     let result = runtime
         .build()
         .context("cannot start the Tokio runtime")
-        .and_then(|rt| rt.block_on(run(loaded, path, demo)));
+        .and_then(|rt| rt.block_on(run(loaded, path, demo, handoff)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -143,18 +145,63 @@ async fn run(
     loaded: airlock_config::LoadedConfig,
     path: Option<std::path::PathBuf>,
     demo: Option<demo::Upstream>,
+    handoff: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let mut plan = airlock_proxy::Plan::build(&loaded)?;
     if let Some(path) = path {
         plan = plan.reloadable_from(path);
     }
-    let bound = plan.bind().await?;
+    let mut inherited = match handoff.clone() {
+        Some(at) => tokio::task::spawn_blocking(move || airlock_proxy::take_over(&at)).await??,
+        None => None,
+    };
+    let listen_for_successor = |at: &std::path::Path| {
+        airlock_proxy::Running::listen_for_successor(at)
+            .with_context(|| format!("cannot listen for a successor at {}", at.display()))
+    };
+    // With no predecessor the path is free: a path that cannot be used fails the start
+    // before anything is bound.
+    let mut successors = match (&handoff, &inherited) {
+        (Some(at), None) => Some(listen_for_successor(at)?),
+        _ => None,
+    };
+    let bound = plan.bind_inheriting(inherited.as_mut()).await?;
+    if let Some(predecessor) = inherited {
+        let pid = predecessor.pid();
+        tokio::task::spawn_blocking(move || predecessor.commit()).await??;
+        tracing::info!(
+            predecessor = pid,
+            "took over the listening sockets; the predecessor stops accepting and drains"
+        );
+        // The predecessor's path is this process's now. Past the commit nothing may stop
+        // the start: without the path, this process serves and the next upgrade restarts.
+        if let Some(at) = &handoff {
+            match listen_for_successor(at) {
+                Ok(listener) => successors = Some(listener),
+                Err(e) => tracing::error!("{e:#}; serving without a handoff for the next one"),
+            }
+        }
+    }
     // The demo's files go when it ends.
     let _demo_dir = demo.map(|demo| demo.start(&bound)).transpose()?;
     let running = bound.start();
 
     let mut signals = Signals::new()?;
-    let first = signals.next_stop(&running).await;
+    let first = tokio::select! {
+        signal = signals.next_stop(&running) => signal,
+        pid = hand_over(&running, successors.as_ref()) => {
+            tracing::info!(successor = pid, "handed the listening sockets to the successor");
+            // The path is the successor's now.
+            successors = None;
+            "handoff"
+        }
+    };
+    // A successor that comes while this one drains finds no one at the path, binds, and
+    // is refused the ports this one still holds: clearer than waiting for an answer.
+    if let (Some(listener), Some(at)) = (successors.take(), &handoff) {
+        drop(listener);
+        let _ = std::fs::remove_file(at);
+    }
     tracing::info!(
         signal = first,
         grace = ?running.shutdown_grace,
@@ -176,6 +223,17 @@ async fn run(
     }
     running.flush_traces().await;
     Ok(())
+}
+
+/// The successor's pid once one took the sockets over; never without `--handoff`.
+async fn hand_over(
+    running: &airlock_proxy::Running,
+    successors: Option<&tokio::net::UnixListener>,
+) -> u32 {
+    match successors {
+        Some(listener) => running.hand_over(listener).await,
+        None => std::future::pending().await,
+    }
 }
 
 struct Signals {

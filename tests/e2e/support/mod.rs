@@ -86,6 +86,11 @@ pub struct Airlock {
 impl Airlock {
     /// Start airlock with `config` (TOML). Listeners and admin should bind port 0.
     pub fn start(config: &str) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// Start airlock with `config` and more arguments for `airlock run`.
+    pub fn start_with(config: &str, args: &[&std::ffi::OsStr]) -> Self {
         let dir = TempDir::new();
         let path = dir.write("airlock.toml", config);
         let listener_count = toml_listener_count(config);
@@ -93,6 +98,7 @@ impl Airlock {
         let mut child = airlock_cmd()
             .args(["--log-format", "json", "--log", "info", "run", "--config"])
             .arg(&path)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

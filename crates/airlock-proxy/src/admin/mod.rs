@@ -25,15 +25,22 @@ use crate::limit::Connections;
 use crate::reload::{ReloadError, Reloader};
 use crate::snapshot::{self, Snapshot};
 
+/// Serve the admin endpoint until `stop` (a handoff to a successor; on shutdown it goes on
+/// answering, `/readyz` with 503, until the process exits).
 pub async fn serve(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
+    stop: tokio_util::sync::CancellationToken,
     drain: Drain,
     snapshot: snapshot::Shared,
     connections: Arc<Connections>,
     reloader: Arc<Reloader>,
 ) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };

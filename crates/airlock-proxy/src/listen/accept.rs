@@ -25,10 +25,10 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Accept connections on the listener called `name` until `stop` (shutdown, or a reload
 /// that removes or moves the listener); each runs in its own tracked task, with the
-/// snapshot current when it was accepted. Stopping closes the listening socket; the
-/// connections it accepted carry on.
+/// snapshot current when it was accepted. Stopping closes the listening socket (this loop
+/// holds its one strong reference); the connections it accepted carry on.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     name: Arc<str>,
     snapshot: snapshot::Shared,
     drain: Drain,
