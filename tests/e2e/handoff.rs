@@ -101,6 +101,10 @@ async fn a_new_process_takes_the_sockets_over_and_no_connection_is_refused() {
     let args = [OsStr::new("--handoff"), socket.as_os_str()];
 
     let mut first = Airlock::start_with(&cfg, &args);
+    // Whoever can connect gets the sockets: the owner only.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     let (mut tunnel, _) = connect_async(format!("ws://{}/", first.addr()))
         .await
         .unwrap();

@@ -261,13 +261,17 @@ pub struct Running {
 
 impl Running {
     /// Listen at `path` for a successor (see [`handoff`]), replacing a socket file left
-    /// there by a predecessor.
+    /// there by a predecessor. Whoever can connect gets the listening sockets, so the
+    /// socket is the owner's alone (mode 0600).
     pub fn listen_for_successor(path: &Path) -> std::io::Result<UnixListener> {
+        use std::os::unix::fs::PermissionsExt as _;
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        UnixListener::bind(path)
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(listener)
     }
 
     /// Hand the listening sockets to the first successor that connects on `listener` and
