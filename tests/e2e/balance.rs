@@ -5,10 +5,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use tokio_tungstenite::connect_async;
 
-use crate::support::client::{Conn, get, get_with};
+use crate::support::client::{Conn, get, get_with, open_ws};
 use crate::support::{Airlock, Backend, config, refused_addr, single_route};
 
 async fn tally(addr: SocketAddr, n: usize) -> HashMap<String, usize> {
@@ -65,10 +64,7 @@ async fn least_conn_sends_new_work_away_from_servers_holding_tunnels() {
         "",
         "balance = \"least_conn\"",
     ));
-    let (mut ws1, _) = connect_async(format!("ws://{}/t1", airlock.addr()))
-        .await
-        .unwrap();
-    ws1.next().await.unwrap().unwrap();
+    let _ws1 = open_ws(airlock.addr(), "/t1").await;
     let first = airlock
         .wait_for_log("upgrade line", |v| v["upgrade"] == true)
         .await["upstream.server"]
@@ -98,10 +94,7 @@ async fn least_conn_sends_new_work_away_from_servers_holding_tunnels() {
         );
     }
     // A second tunnel goes to the other server; the admin endpoint shows one on each.
-    let (mut ws2, _) = connect_async(format!("ws://{}/t2", airlock.addr()))
-        .await
-        .unwrap();
-    ws2.next().await.unwrap().unwrap();
+    let _ws2 = open_ws(airlock.addr(), "/t2").await;
     let counts = active(&airlock).await;
     assert_eq!(
         (counts[&busy.to_string()], counts[&idle.to_string()]),
@@ -129,10 +122,7 @@ async fn fails_over_to_the_next_server_and_marks_the_dead_one_down() {
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0]["marked_down"], true);
     // WebSocket upgrades fail over too.
-    let (mut ws, _) = connect_async(format!("ws://{}/ws", airlock.addr()))
-        .await
-        .unwrap();
-    ws.next().await.unwrap().unwrap();
+    let _ws = open_ws(airlock.addr(), "/ws").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,23 +4,16 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-use crate::support::client::request;
+use crate::support::client::{Ws, open_ws, request};
 use crate::support::{Airlock, Backend, single_route};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Open `n` WebSockets through `airlock`, each past its greeting.
 async fn open(airlock: &Airlock, n: usize) -> Vec<Ws> {
     let mut all = Vec::new();
     for _ in 0..n {
-        let (mut ws, _) = connect_async(format!("ws://{}/", airlock.addr()))
-            .await
-            .unwrap();
-        ws.next().await.unwrap().unwrap();
+        let ws = open_ws(airlock.addr(), "/").await;
         all.push(ws);
     }
     all

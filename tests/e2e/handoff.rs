@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,10 +12,9 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::client::get;
+use crate::support::client::{get, open_ws};
 use crate::support::{Airlock, Backend, TempDir, airlock_cmd, output, single_route};
 
 /// One request on a new connection; its status, or why there was none.
@@ -90,29 +90,50 @@ fn access_lines(airlock: &Airlock) -> usize {
         .len()
 }
 
+/// A backend, a configuration routing to it, and a handoff path in a directory of its own.
+struct Setup {
+    _backend: Backend,
+    cfg: String,
+    dir: TempDir,
+    socket: PathBuf,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let backend = Backend::start("a").await;
+        let cfg = single_route(&[backend.addr], "", "");
+        let dir = TempDir::new();
+        let socket = dir.path().join("handoff.sock");
+        Self {
+            _backend: backend,
+            cfg,
+            dir,
+            socket,
+        }
+    }
+
+    fn args(&self) -> [&OsStr; 2] {
+        [OsStr::new("--handoff"), self.socket.as_os_str()]
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_process_takes_the_sockets_over_and_no_connection_is_refused() {
-    let backend = Backend::start("a").await;
-    let cfg = single_route(&[backend.addr], "", "");
-    let dir = TempDir::new();
-    let socket = dir.path().join("handoff.sock");
+    let setup = Setup::new().await;
+    let (cfg, socket, args) = (&setup.cfg, &setup.socket, setup.args());
     // A socket file left by a process that is gone: the first airlock starts anyway.
-    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-    let args = [OsStr::new("--handoff"), socket.as_os_str()];
+    drop(std::os::unix::net::UnixListener::bind(socket).unwrap());
 
-    let mut first = Airlock::start_with(&cfg, &args);
+    let mut first = Airlock::start_with(cfg, &args);
     // Whoever can connect gets the sockets: the owner only.
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    let mode = std::fs::metadata(socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
-    let (mut tunnel, _) = connect_async(format!("ws://{}/", first.addr()))
-        .await
-        .unwrap();
-    tunnel.next().await.unwrap().unwrap();
+    let mut tunnel = open_ws(first.addr(), "/").await;
     let hammer = Hammer::start(first.addr());
     hammer.go_on_for(20).await;
 
-    let mut second = Airlock::start_with(&cfg, &args);
+    let mut second = Airlock::start_with(cfg, &args);
     assert_eq!(second.addr(), first.addr(), "the same socket");
     assert_eq!(second.admin(), first.admin());
     first
@@ -172,16 +193,13 @@ async fn a_new_process_takes_the_sockets_over_and_no_connection_is_refused() {
     );
 
     // The new process serves WebSockets and the admin endpoint on the same ports.
-    let (mut ws, _) = connect_async(format!("ws://{}/", second.addr()))
-        .await
-        .unwrap();
-    ws.next().await.unwrap().unwrap();
+    let mut ws = open_ws(second.addr(), "/").await;
     ws.send(Message::text("after")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("after"));
     assert_eq!(get(second.admin(), "/readyz").await.status, 200);
 
     // And it hands over in turn to the next one.
-    let third = Airlock::start_with(&cfg, &args);
+    let third = Airlock::start_with(cfg, &args);
     assert!(second.wait_exit(Duration::from_secs(10)).await.success());
     assert_eq!(third.addr(), first.addr());
     assert_eq!(get(third.addr(), "/").await.status, 200);
@@ -189,12 +207,9 @@ async fn a_new_process_takes_the_sockets_over_and_no_connection_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successor_that_cannot_start_leaves_the_running_one_serving() {
-    let backend = Backend::start("a").await;
-    let cfg = single_route(&[backend.addr], "", "");
-    let dir = TempDir::new();
-    let socket = dir.path().join("handoff.sock");
-    let args = [OsStr::new("--handoff"), socket.as_os_str()];
-    let mut running = Airlock::start_with(&cfg, &args);
+    let setup = Setup::new().await;
+    let (cfg, dir, args) = (&setup.cfg, &setup.dir, setup.args());
+    let mut running = Airlock::start_with(cfg, &args);
 
     // The successor's configuration adds a listener on a port that is taken.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -231,7 +246,7 @@ async fn a_successor_that_cannot_start_leaves_the_running_one_serving() {
     assert_eq!(get(running.admin(), "/readyz").await.status, 200);
 
     // It still hands over to a successor that starts.
-    let next = Airlock::start_with(&cfg, &args);
+    let next = Airlock::start_with(cfg, &args);
     assert!(running.wait_exit(Duration::from_secs(10)).await.success());
     assert_eq!(get(next.addr(), "/").await.status, 200);
 }

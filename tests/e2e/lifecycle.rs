@@ -6,12 +6,9 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-use crate::support::client::{close_ws, get};
+use crate::support::client::{Ws, close_ws, get, open_ws};
 use crate::support::{Airlock, Backend, single_route};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// airlock with the given `shutdown_grace` and `drain_spread`, and one WebSocket open
 /// through it. (The drain closes a lone tunnel half-way through the spread.)
@@ -22,10 +19,7 @@ async fn with_open_tunnel(grace: &str, spread: &str) -> (Backend, Airlock, Ws) {
         &format!("shutdown_grace = \"{grace}\"\ndrain_spread = \"{spread}\""),
     );
     let airlock = Airlock::start(&cfg);
-    let (mut ws, _) = connect_async(format!("ws://{}/", airlock.addr()))
-        .await
-        .unwrap();
-    ws.next().await.unwrap().unwrap();
+    let ws = open_ws(airlock.addr(), "/").await;
     (backend, airlock, ws)
 }
 

@@ -174,3 +174,17 @@ pub async fn ws_handshake(addr: SocketAddr, path: &str, headers: &[(&str, &str)]
         Err(e) => panic!("handshake failed: {e}"),
     }
 }
+
+/// A WebSocket client connection, as `connect_async` makes it.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket through `addr` to `path`, past the backend's greeting.
+pub async fn open_ws(addr: SocketAddr, path: &str) -> Ws {
+    use futures_util::StreamExt as _;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+        .await
+        .unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws
+}
