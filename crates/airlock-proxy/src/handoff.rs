@@ -49,6 +49,9 @@ pub enum HandoffError {
     Connect { path: String, source: io::Error },
     #[error("handoff with pid {pid} failed: {source}")]
     Exchange { pid: u32, source: io::Error },
+    /// Before the other process said who it is.
+    #[error("handoff failed: {0}")]
+    Io(#[from] io::Error),
     #[error("handoff failed: {0}")]
     Protocol(String),
 }
@@ -194,11 +197,9 @@ pub fn take_over(path: &Path) -> Result<Option<Inherited>, HandoffError> {
 /// ready. `Ok(pid)` once it is: this process has said `ok` and must stop accepting.
 pub fn hand_over(stream: UnixStream, offered: Offered) -> Result<u32, HandoffError> {
     let protocol = HandoffError::Protocol;
-    stream
-        .set_read_timeout(Some(PATIENCE))
-        .and_then(|()| stream.set_write_timeout(Some(PATIENCE)))
-        .map_err(|source| HandoffError::Exchange { pid: 0, source })?;
-    let hello = read_line(&stream).map_err(|source| HandoffError::Exchange { pid: 0, source })?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    stream.set_write_timeout(Some(PATIENCE))?;
+    let hello = read_line(&stream)?;
     let pid = hello
         .strip_prefix(HELLO)
         .and_then(|rest| rest.trim().strip_prefix("pid="))
@@ -232,6 +233,16 @@ pub fn hand_over(stream: UnixStream, offered: Offered) -> Result<u32, HandoffErr
     }
     (&stream).write_all(b"ok\n").map_err(exchange)?;
     Ok(pid)
+}
+
+/// A copy of the descriptor of `socket`, while anything still holds the socket (a
+/// listener's accept loop holds its one strong reference, so a stopped listener is not
+/// kept open by this).
+pub fn descriptor<S: AsFd>(socket: &std::sync::Weak<S>) -> io::Result<Option<OwnedFd>> {
+    socket
+        .upgrade()
+        .map(|socket| socket.as_fd().try_clone_to_owned())
+        .transpose()
 }
 
 /// Send `line` with `fds` attached.

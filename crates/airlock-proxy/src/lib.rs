@@ -37,11 +37,11 @@ mod upgrade;
 
 // Around the data plane.
 mod admin;
-pub mod handoff;
+mod handoff;
 mod lifecycle;
 mod reload;
 
 pub use error::{ErrorSource, ProxyError};
-pub use handoff::{HandoffError, Inherited, take_over};
+pub use handoff::HandoffError;
 pub use lifecycle::{Bound, Plan, Running, StartError};
 pub use reload::{ReloadError, Reloaded};

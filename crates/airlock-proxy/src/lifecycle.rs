@@ -3,7 +3,6 @@
 //! draining).
 
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +28,14 @@ pub enum StartError {
     Bind {
         listener: String,
         addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Handoff(#[from] HandoffError),
+    #[error("cannot listen for a successor at {path}")]
+    Successors {
+        path: String,
         #[source]
         source: std::io::Error,
     },
@@ -66,9 +73,47 @@ impl Plan {
         self.bind_inheriting(None).await
     }
 
+    /// Like [`Plan::bind`], for `--handoff PATH`: take the listening sockets over from the
+    /// airlock serving `path`, if one does (see `handoff.rs`; it stops accepting once this
+    /// one is bound and ready), and listen at `path` for this one's successor (the
+    /// listener to give [`Running::hand_over`]).
+    pub async fn bind_taking_over(
+        self,
+        path: &Path,
+    ) -> Result<(Bound, Option<UnixListener>), StartError> {
+        let taken = {
+            let at = path.to_path_buf();
+            off_runtime(move || handoff::take_over(&at)).await?
+        };
+        let Some(mut inherited) = taken else {
+            // Nobody serves the path: one that cannot be used fails the start before
+            // anything is bound.
+            let successors = listen_for_successor(path)?;
+            return Ok((self.bind().await?, Some(successors)));
+        };
+        let bound = self.bind_inheriting(Some(&mut inherited)).await?;
+        let pid = inherited.pid();
+        off_runtime(move || inherited.commit()).await?;
+        tracing::info!(
+            predecessor = pid,
+            "took over the listening sockets; the predecessor stops accepting and drains"
+        );
+        // The predecessor's path is this process's now. Past the commit nothing may stop
+        // the start: without the path, this process serves and the next upgrade restarts.
+        let successors = listen_for_successor(path)
+            .inspect_err(|e| {
+                tracing::error!(
+                    "{}; serving without a handoff for the next one",
+                    crate::error::chain(e)
+                )
+            })
+            .ok();
+        Ok((bound, successors))
+    }
+
     /// Like [`Plan::bind`], but use the sockets `inherited` from a predecessor where they
     /// are the ones this configuration names; bind the rest.
-    pub async fn bind_inheriting(
+    async fn bind_inheriting(
         self,
         mut inherited: Option<&mut Inherited>,
     ) -> Result<Bound, StartError> {
@@ -126,6 +171,34 @@ async fn bind(listener: &str, addr: SocketAddr) -> Result<TcpListener, StartErro
             addr,
             source,
         })
+}
+
+/// Listen at `path` for a successor, replacing a socket file left there by a predecessor.
+/// Whoever can connect gets the listening sockets, so the socket is the owner's alone
+/// (mode 0600).
+fn listen_for_successor(path: &Path) -> Result<UnixListener, StartError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let listen = || {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(listener)
+    };
+    listen().map_err(|source| StartError::Successors {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Run `work`, which blocks, off the threads that serve traffic.
+async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
+    }
 }
 
 /// A socket taken over from a predecessor, for the runtime.
@@ -260,20 +333,6 @@ pub struct Running {
 }
 
 impl Running {
-    /// Listen at `path` for a successor (see [`handoff`]), replacing a socket file left
-    /// there by a predecessor. Whoever can connect gets the listening sockets, so the
-    /// socket is the owner's alone (mode 0600).
-    pub fn listen_for_successor(path: &Path) -> std::io::Result<UnixListener> {
-        use std::os::unix::fs::PermissionsExt as _;
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(listener)
-    }
-
     /// Hand the listening sockets to the first successor that connects on `listener` and
     /// gets ready; a successor that fails is logged, and the next one waited for. Returns
     /// the successor's pid, with this process's admin endpoint stopped: begin the shutdown
@@ -301,25 +360,18 @@ impl Running {
     }
 
     async fn hand_over_on(&self, stream: tokio::net::UnixStream) -> Result<u32, HandoffError> {
-        let io = |source| HandoffError::Exchange { pid: 0, source };
-        let stream = stream.into_std().map_err(io)?;
-        stream.set_nonblocking(false).map_err(io)?;
-        let admin = match self.admin.as_ref() {
-            Some((addr, socket)) => match socket.upgrade() {
-                Some(socket) => Some((*addr, socket.as_fd().try_clone_to_owned().map_err(io)?)),
-                None => None,
-            },
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        let admin = match &self.admin {
+            Some((addr, socket)) => handoff::descriptor(socket)?.map(|fd| (*addr, fd)),
             None => None,
         };
         let offered = Offered {
-            listeners: self.reloader.sockets().map_err(io)?,
+            listeners: self.reloader.sockets()?,
             admin,
         };
-        // The exchange blocks on the successor's answers: off the serving threads.
-        match tokio::task::spawn_blocking(move || handoff::hand_over(stream, offered)).await {
-            Ok(result) => result,
-            Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
-        }
+        // The exchange blocks on the successor's answers.
+        off_runtime(move || handoff::hand_over(stream, offered)).await
     }
 
     /// Load every TLS listener's certificates again (SIGHUP). New handshakes use them;

@@ -19,7 +19,7 @@
 //! admin endpoint cannot move on a reload.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::handoff::Described;
+use crate::handoff::{self, Described};
 use crate::snapshot::{self, BuildError, Kept, Snapshot};
 use crate::{drain::Drain, limit::Connections, listen};
 
@@ -153,14 +153,13 @@ impl Reloader {
     pub(crate) fn sockets(&self) -> std::io::Result<Vec<Described<OwnedFd>>> {
         let mut sockets = Vec::new();
         for serving in self.serving_now().iter() {
-            let Some(listener) = serving.socket.upgrade() else {
-                continue;
-            };
-            sockets.push(Described {
-                name: serving.name.clone(),
-                addr: serving.addr,
-                socket: listener.as_fd().try_clone_to_owned()?,
-            });
+            if let Some(socket) = handoff::descriptor(&serving.socket)? {
+                sockets.push(Described {
+                    name: serving.name.clone(),
+                    addr: serving.addr,
+                    socket,
+                });
+            }
         }
         Ok(sockets)
     }

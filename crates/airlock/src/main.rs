@@ -151,37 +151,10 @@ async fn run(
     if let Some(path) = path {
         plan = plan.reloadable_from(path);
     }
-    let mut inherited = match handoff.clone() {
-        Some(at) => tokio::task::spawn_blocking(move || airlock_proxy::take_over(&at)).await??,
-        None => None,
+    let (bound, mut successors) = match &handoff {
+        Some(path) => plan.bind_taking_over(path).await?,
+        None => (plan.bind().await?, None),
     };
-    let listen_for_successor = |at: &std::path::Path| {
-        airlock_proxy::Running::listen_for_successor(at)
-            .with_context(|| format!("cannot listen for a successor at {}", at.display()))
-    };
-    // With no predecessor the path is free: a path that cannot be used fails the start
-    // before anything is bound.
-    let mut successors = match (&handoff, &inherited) {
-        (Some(at), None) => Some(listen_for_successor(at)?),
-        _ => None,
-    };
-    let bound = plan.bind_inheriting(inherited.as_mut()).await?;
-    if let Some(predecessor) = inherited {
-        let pid = predecessor.pid();
-        tokio::task::spawn_blocking(move || predecessor.commit()).await??;
-        tracing::info!(
-            predecessor = pid,
-            "took over the listening sockets; the predecessor stops accepting and drains"
-        );
-        // The predecessor's path is this process's now. Past the commit nothing may stop
-        // the start: without the path, this process serves and the next upgrade restarts.
-        if let Some(at) = &handoff {
-            match listen_for_successor(at) {
-                Ok(listener) => successors = Some(listener),
-                Err(e) => tracing::error!("{e:#}; serving without a handoff for the next one"),
-            }
-        }
-    }
     // The demo's files go when it ends.
     let _demo_dir = demo.map(|demo| demo.start(&bound)).transpose()?;
     let running = bound.start();
@@ -196,8 +169,9 @@ async fn run(
             "handoff"
         }
     };
-    // A successor that comes while this one drains finds no one at the path, binds, and
-    // is refused the ports this one still holds: clearer than waiting for an answer.
+    // A successor that comes while this one drains finds no one at the path and starts
+    // afresh (this one's listeners close as the drain begins), rather than waiting for an
+    // answer that would never come.
     if let (Some(listener), Some(at)) = (successors.take(), &handoff) {
         drop(listener);
         let _ = std::fs::remove_file(at);
